@@ -1,0 +1,82 @@
+# Bourse's one command runner. `make help` lists every target.
+# Every target installs what it needs: a .venv with uv (from PyPI) and the locked dependencies.
+
+SHELL := bash
+.DEFAULT_GOAL := help
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed-stamp
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+$(STAMP): pyproject.toml uv.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bourse needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	@$(UV) sync --frozen --quiet --python $(BIN)/python
+	@touch $@
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install Bourse with its locked dependencies
+
+.PHONY: up
+up: $(STAMP) ## Run Bourse on this machine: SQLite, embedded processes, http://127.0.0.1:8000
+	@$(BIN)/bourse up
+
+.PHONY: serve
+serve: $(STAMP) ## Serve only the HTTP API (expects a migrated database)
+	@$(BIN)/bourse serve
+
+.PHONY: migrate
+migrate: $(STAMP) ## Upgrade the configured database to the latest migration
+	@$(BIN)/bourse migrate
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip if unreachable, unless BOURSE_REQUIRE_SERVICES=1)
+	@$(BIN)/pytest
+
+.PHONY: lint
+lint: $(STAMP) ## Lint with ruff
+	@$(BIN)/ruff check src tests migrations
+
+.PHONY: format
+format: $(STAMP) ## Format the code with ruff
+	@$(BIN)/ruff format src tests migrations
+	@$(BIN)/ruff check --fix src tests migrations
+
+.PHONY: format-check
+format-check: $(STAMP) ## Check formatting without changing files
+	@$(BIN)/ruff format --check src tests migrations
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## Type-check src/bourse with mypy --strict
+	@$(BIN)/mypy
+
+.PHONY: alembic-check
+alembic-check: $(STAMP) ## Fail if the models and the migrations have drifted apart (on a scratch SQLite database)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  export BOURSE_DATABASE_URL="sqlite:///$$tmp/check.db" && \
+	  $(BIN)/bourse migrate >/dev/null && $(BIN)/alembic check
+
+.PHONY: check
+check: lint format-check typecheck alembic-check ## All static checks: lint, format, types, migrations
+
+.PHONY: ci
+ci: ## What CI runs: .ci/run
+	@bash .ci/run
+
+.PHONY: lock
+lock: $(STAMP) ## Re-resolve the dependencies into uv.lock
+	@$(UV) lock
+
+.PHONY: clean
+clean: ## Remove the venv, caches and the embedded database in ./var
+	@rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

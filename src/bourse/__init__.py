@@ -1,0 +1,3 @@
+"""Bourse: a trading platform for brokerages."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from bourse.cli import main
+
+main()

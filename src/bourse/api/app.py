@@ -1,0 +1,95 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, FastAPI
+from redis import Redis
+
+import bourse
+from bourse.api import health
+from bourse.api.errors import install_error_handlers
+from bourse.api.middleware import RequestContextMiddleware
+from bourse.api.routing import router
+from bourse.db import Database
+from bourse.settings import Settings, load_settings
+
+API_PREFIX = "/api/v1"
+
+
+def create_redis(settings: Settings) -> Redis | None:
+    if settings.redis_url is None:
+        return None
+    url = settings.redis_url
+    password = None
+    if settings.redis_password is not None:
+        # The secret wins over a password in the URL, as BOURSE_DATABASE_PASSWORD does.
+        password = settings.redis_password.get_secret_value()
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username
+        url = urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
+    client: Redis = Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=settings.readiness_timeout_seconds,
+        socket_connect_timeout=settings.readiness_timeout_seconds,
+        health_check_interval=30,
+    )
+    return client
+
+
+def _meta_router() -> APIRouter:
+    meta = router(prefix=API_PREFIX, tags=["meta"])
+
+    @meta.get("/version", summary="Server version")
+    def version() -> dict[str, str]:
+        return {"version": bourse.__version__, "api": "v1"}
+
+    return meta
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    redis: Redis | None = None,
+) -> FastAPI:
+    """Build the API. The caller may pass a database or Redis client to share."""
+    settings = settings or load_settings()
+    db = database or Database.from_settings(settings)
+    redis_client = redis if redis is not None else create_redis(settings)
+    owns_db = database is None
+    owns_redis = redis is None and redis_client is not None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_db:
+            db.dispose()
+        if owns_redis and redis_client is not None:
+            redis_client.close()
+
+    app = FastAPI(
+        title="Bourse",
+        version=bourse.__version__,
+        summary="Brokerage trading platform API",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.redis = redis_client
+
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
+    app.include_router(_meta_router())
+    return app

@@ -1,0 +1,200 @@
+"""The ``bourse`` command.
+
+Heavy modules are imported inside each command, so ``bourse healthcheck`` (run
+as an exec probe every few seconds) starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+import bourse
+
+if TYPE_CHECKING:
+    from bourse.settings import Settings
+
+EXIT_CONFIG = 2
+# Ctrl-C on `bourse up` stops everything within this many seconds.
+UP_STOP_SECONDS = 9
+
+
+def _fail_config(message: str) -> NoReturn:
+    click.echo(f"bourse: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _settings() -> Settings:
+    from bourse.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail_config(str(exc))
+
+
+def _configure_logging(settings: Settings) -> None:
+    from bourse.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def _probe_host(host: str) -> str:
+    if host in {"", "0.0.0.0"}:  # noqa: S104 - mapping the wildcard address to loopback, not binding to it
+        return "127.0.0.1"
+    if host in {"::", "[::]"}:
+        return "::1"
+    return host
+
+
+def http_status(host: str, port: int, path: str, timeout: float) -> int | None:
+    """GET a local URL; the status code, or None if nothing answered in time."""
+    import http.client
+
+    connection = http.client.HTTPConnection(_probe_host(host), port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+host_option = click.option("--host", default=None, help="Interface to bind. [default: BOURSE_HOST]")
+port_option = click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port to bind. [default: BOURSE_PORT]"
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(bourse.__version__, prog_name="bourse")
+def main() -> None:
+    """Bourse: a trading platform for brokerages."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(bourse.__version__)
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def config_show(as_json: bool) -> None:
+    """Print the effective configuration, secrets masked, with each value's source."""
+    from bourse.settings import SettingsError, describe
+
+    settings = _settings()
+    try:
+        rows = describe(settings)
+    except SettingsError as exc:
+        _fail_config(str(exc))
+    if as_json:
+        click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        return
+    width = max(len(row.name) for row in rows)
+    value_width = min(48, max(len(row.value) for row in rows))
+    for row in rows:
+        click.echo(f"{row.name:<{width}}  {row.value:<{value_width}}  {row.source}")
+
+
+@main.command()
+@click.option("--revision", default="heads", show_default=True, help="Target revision.")
+def migrate(revision: str) -> None:
+    """Upgrade the database schema (to the latest revision by default)."""
+    from bourse.migrations import upgrade
+
+    settings = _settings()
+    _configure_logging(settings)
+    _ensure_sqlite_dir(settings)
+    upgrade(settings, revision)
+    click.echo(f"database migrated to {revision}")
+
+
+@main.command()
+@host_option
+@port_option
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API (one process) until SIGTERM or SIGINT."""
+    from bourse.api.app import create_app
+    from bourse.server import run_server
+
+    settings = _settings()
+    _configure_logging(settings)
+    app = create_app(settings)
+    started = run_server(app, settings, host=host or settings.host, port=port or settings.port)
+    sys.exit(0 if started else 1)
+
+
+@main.command()
+@click.option("--ready", is_flag=True, help="Check readiness (/readyz) instead of liveness (/livez).")
+@host_option
+@port_option
+@click.option("--timeout", type=click.FloatRange(0.1, 2.0), default=1.5, show_default=True, help="Seconds to wait.")
+def healthcheck(ready: bool, host: str | None, port: int | None, timeout: float) -> None:
+    """Exit 0 if the local server is alive (or ready), 1 if not, 2 if misconfigured. For probes."""
+    settings = _settings()
+    status = http_status(host or settings.host, port or settings.port, "/readyz" if ready else "/livez", timeout)
+    sys.exit(0 if status == HTTPStatus.OK else 1)
+
+
+def _ensure_sqlite_dir(settings: Settings) -> None:
+    database = settings.database
+    if database.get_backend_name() == "sqlite" and database.database not in {None, "", ":memory:"}:
+        Path(database.database or "").parent.mkdir(parents=True, exist_ok=True)
+
+
+def _announce_when_ready(host: str, port: int, timeout: float = 60.0) -> Callable[[], None]:
+    deadline = time.monotonic() + timeout
+    announced = False
+
+    def tick() -> None:
+        nonlocal announced
+        if announced or time.monotonic() > deadline:
+            return
+        if http_status(host, port, "/readyz", timeout=0.5) == HTTPStatus.OK:
+            announced = True
+            url = f"http://{_probe_host(host)}:{port}"
+            click.echo(f"\nBourse is running at {url}  (API docs: {url}/api/docs)  Press Ctrl-C to stop.\n")
+
+    return tick
+
+
+@main.command()
+@host_option
+@port_option
+def up(host: str | None, port: int | None) -> None:
+    """Run everything on this machine: migrate, then serve under supervision."""
+    from bourse.migrations import upgrade
+    from bourse.supervisor import ChildSpec, Supervisor
+
+    settings = _settings()
+    _configure_logging(settings)
+    _ensure_sqlite_dir(settings)
+    upgrade(settings)
+    host = host or settings.host
+    port = port or settings.port
+    bourse_cmd = [sys.executable, "-m", "bourse"]
+    # No load balancer routes to an embedded run, so there is nothing to drain, and
+    # in-flight requests get what fits in the supervisor's stop budget, so Ctrl-C
+    # always ends everything within UP_STOP_SECONDS.
+    api_env = {
+        "BOURSE_SHUTDOWN_DRAIN_SECONDS": "0",
+        "BOURSE_SHUTDOWN_TIMEOUT_SECONDS": str(min(settings.shutdown_timeout_seconds, UP_STOP_SECONDS - 2)),
+    }
+    children = [ChildSpec("api", [*bourse_cmd, "serve", "--host", host, "--port", str(port)], api_env)]
+    supervisor = Supervisor(children, stop_timeout=UP_STOP_SECONDS - 1)
+    sys.exit(supervisor.run(on_tick=_announce_when_ready(host, port)))

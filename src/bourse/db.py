@@ -1,0 +1,134 @@
+"""Database engines, sessions and the declarative base.
+
+One transaction per request or job: application code adds and flushes, and only
+the boundary (:class:`bourse.api.routing.TransactionalRoute`, or
+:func:`unit_of_work` for jobs and commands) commits, once.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and foreign
+keys on. Every SQLite transaction begins with ``BEGIN IMMEDIATE``: it takes the
+write lock up front, so two transactions can never both read and then deadlock
+on upgrading to a write (which ``busy_timeout`` cannot resolve). Writers are
+serialised, which is what SQLite does anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+import bourse
+from bourse.metrics import DB_POOLS
+from bourse.settings import Settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every model. Constraint names are deterministic."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# Execution option for a read-only SQLite connection that should not take the
+# write lock (health checks): ``conn.execution_options(sqlite_begin="DEFERRED")``.
+SQLITE_BEGIN_OPTION = "sqlite_begin"
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN, not the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+
+def create_db_engine(settings: Settings, *, url: URL | None = None, name: str = "main") -> Engine:
+    """Create an engine for ``settings.database`` (or ``url``) with Bourse's options."""
+    target = url or settings.database
+    if target.get_backend_name() == "sqlite":
+        engine = create_engine(
+            target,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
+        )
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+    else:
+        engine = create_engine(
+            target,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": max(1, round(settings.database_connect_timeout_seconds)),
+                "application_name": "bourse",
+            },
+        )
+    DB_POOLS.track(name, engine)
+    return engine
+
+
+@dataclass
+class Database:
+    """An engine and its session factory; one per process and database."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, name: str = "main") -> Database:
+        engine = create_db_engine(settings, name=name)
+        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def unit_of_work(db: Database) -> Iterator[Session]:
+    """The transaction boundary for jobs and commands: commit once, or roll back."""
+    session = db.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def load_models() -> MetaData:
+    """Import every domain's ``models`` module so ``Base.metadata`` is complete.
+
+    Alembic autogenerate and ``alembic check`` compare against this metadata, so a
+    domain's tables can never be missed by forgetting to register them.
+    """
+    for module in pkgutil.walk_packages(bourse.__path__, prefix="bourse."):
+        if module.name.rsplit(".", 1)[-1] == "models":
+            importlib.import_module(module.name)
+    return Base.metadata

@@ -1,0 +1,30 @@
+"""The error base class every refusal in Bourse derives from.
+
+An error carries its HTTP status and a stable, machine-readable code. Services
+raise these; the API renders them as ``{"error": code, "detail": message,
+"request_id": ...}``. Services never import FastAPI to do so.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BourseError(Exception):
+    """Base class: a refusal with a stable code and an HTTP status."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail()
+        super().__init__(self.detail)
+
+    @classmethod
+    def default_detail(cls) -> str:
+        return cls.code.replace("_", " ").capitalize()
+
+
+class Conflict(BourseError):
+    status_code = 409
+    code = "conflict"

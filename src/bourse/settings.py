@@ -1,0 +1,467 @@
+"""Typed, validated configuration.
+
+Every setting is read with the prefix ``BOURSE_``. Values come from, in order of
+precedence (the first that has a value wins):
+
+1. keyword arguments given to :class:`Settings` (tests, the CLI);
+2. environment variables;
+3. the directories named by ``BOURSE_SECRETS_DIRS`` (comma-separated, earlier
+   directories win). Inside a directory, a file named exactly like a setting
+   (``BOURSE_JWT_SECRET``, the Kubernetes Secret volume layout) wins over a
+   ``KEY=VALUE`` line in any other file (the Vault agent template layout);
+4. the defaults below.
+
+Secrets are :class:`pydantic.SecretStr`: their ``repr`` and ``str`` are masked and
+no error message built here ever contains a value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pydantic.fields import FieldInfo
+
+ENV_PREFIX = "BOURSE_"
+SECRETS_DIRS_ENV = "BOURSE_SECRETS_DIRS"
+
+# Values shipped as development defaults or commonly pasted from examples. Any of
+# them in production means somebody forgot to configure a real secret.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "dev-only-insecure-jwt-secret-change-me",
+        "dev-only-psp-sim-api-key",
+        "dev-only-psp-sim-webhook-secret",
+        "changeme",
+        "change-me",
+        "secret",
+        "password",
+        "test",
+        "example",
+    }
+)
+MIN_JWT_SECRET_LENGTH = 32
+MASK = "********"
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SettingsError(Exception):
+    """Configuration is missing or invalid. The message never contains a value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class FileValue:
+    value: str
+    origin: str  # "path" or "path:line"
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= len('""') and raw[0] == raw[-1] and raw[0] in {'"', "'"}:
+        return raw[1:-1]
+    return raw
+
+
+def parse_key_value_file(path: Path, known: frozenset[str]) -> dict[str, FileValue]:
+    """Parse a Vault-agent style file of ``KEY=VALUE`` lines.
+
+    Blank lines and ``#`` comments are skipped and ``export`` prefixes are allowed.
+    Keys that do not start with ``BOURSE_`` belong to somebody else and are ignored;
+    an unknown ``BOURSE_`` key is an error, since it is almost always a typo.
+    Errors name the file and line, never the value.
+    """
+    values: dict[str, FileValue] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"{path}: not valid UTF-8 text"]) from exc
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot be read ({exc.strerror})"]) from exc
+    problems: list[str] = []
+    # Only "\n" ends a line: str.splitlines() would also split on form feeds, U+2028
+    # and the like, which can legitimately occur inside a secret.
+    for number, line in enumerate(text.split("\n"), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export "):
+            stripped = stripped[len("export ") :].lstrip()
+        key, sep, raw_value = stripped.partition("=")
+        key = key.strip()
+        if not sep or not _KEY_RE.match(key):
+            problems.append(f"{path}:{number}: malformed line, expected KEY=VALUE")
+            continue
+        if not key.startswith(ENV_PREFIX):
+            continue
+        if key not in known:
+            problems.append(f"{path}:{number}: unknown setting {key}")
+            continue
+        if key in values:
+            problems.append(f"{path}:{number}: {key} is set twice (first at {values[key].origin})")
+            continue
+        values[key] = FileValue(_unquote(raw_value.strip()), f"{path}:{number}")
+    if problems:
+        raise SettingsError(problems)
+    return values
+
+
+_BOURSE_ASSIGNMENT = re.compile(rf"^[ \t]*(?:export[ \t]+)?{ENV_PREFIX}", re.MULTILINE)
+
+
+def _holds_bourse_settings(path: Path) -> bool:
+    """Whether a non-``BOURSE_*``-named file is a KEY=VALUE file meant for Bourse.
+
+    A file counts as ours once any line starts with a ``BOURSE_`` key; from then
+    on every malformed line in it is an error. Files that cannot be read at all
+    are reported by the parser; undecodable (binary) files are not ours.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return False
+    except OSError:
+        return True
+    return _BOURSE_ASSIGNMENT.search(text) is not None
+
+
+def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, FileValue]:
+    """Collect setting values from secrets directories, earliest directory first.
+
+    An earlier directory wins over a later one whatever the layout; inside one
+    directory a per-key file wins over a ``KEY=VALUE`` line.
+    """
+    found: dict[str, FileValue] = {}
+    problems: list[str] = []
+    for directory in dirs:
+        if not directory.is_dir():
+            problems.append(f"{SECRETS_DIRS_ENV}: {directory} is not a directory")
+            continue
+        per_key: dict[str, FileValue] = {}
+        key_value: dict[str, FileValue] = {}
+        for entry in sorted(directory.iterdir()):
+            # Kubernetes Secret volumes keep their real files behind "..data" links.
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            if entry.name.startswith(ENV_PREFIX):
+                if entry.name not in known:
+                    problems.append(f"{entry}: unknown setting {entry.name}")
+                    continue
+                try:
+                    content = entry.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    problems.append(f"{entry}: cannot be read as UTF-8 text")
+                    continue
+                per_key.setdefault(entry.name, FileValue(content.strip("\r\n"), str(entry)))
+                continue
+            if not _holds_bourse_settings(entry):
+                # Another consumer's file mounted alongside (a certificate, a keystore,
+                # the database template's DB_* lines): not ours to read or judge.
+                continue
+            try:
+                parsed = parse_key_value_file(entry, known)
+            except SettingsError as exc:
+                problems.extend(exc.problems)
+                continue
+            for key, file_value in parsed.items():
+                key_value.setdefault(key, file_value)
+        for key, file_value in {**key_value, **per_key}.items():
+            found.setdefault(key, file_value)
+    if problems:
+        raise SettingsError(problems)
+    return found
+
+
+def _split_dirs(raw: str) -> list[Path]:
+    return [Path(part.strip()) for part in raw.split(",") if part.strip()]
+
+
+class SecretsDirsSource(PydanticBaseSettingsSource):
+    """Settings source over the directories named by ``BOURSE_SECRETS_DIRS``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        known = frozenset(env_name(name) for name in settings_cls.model_fields)
+        dirs = _split_dirs(os.environ.get(SECRETS_DIRS_ENV, ""))
+        self.values = read_secrets_dirs(dirs, known)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002 - base signature
+        found = self.values.get(env_name(field_name))
+        return (found.value if found else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: self.values[env_name(name)].value
+            for name in self.settings_cls.model_fields
+            if env_name(name) in self.values
+        }
+
+
+def normalise_database_url(raw: str) -> URL:
+    """Parse a database URL and pin the driver Bourse uses for each backend."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        # Not chained: the parser's own messages (e.g. for a bad port) quote the URL.
+        raise ValueError("is not a valid database URL") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+pysqlite")
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    raise ValueError("must be a sqlite:// or postgresql:// URL")
+
+
+def mask_database_url(raw: str) -> str:
+    """The database URL for display: its password, in userinfo or query, masked."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        return MASK
+    if "password" in url.query:
+        url = url.update_query_dict({"password": MASK})
+    return url.render_as_string(hide_password=True)
+
+
+def mask_redis_url(raw: str) -> str:
+    """The Redis URL for display: its password, in userinfo or query, masked."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return MASK
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostinfo}" if at and ":" in userinfo else parts.netloc
+    query = re.sub(r"(^|&)(password=)[^&]*", rf"\1\2{MASK}", parts.query, flags=re.IGNORECASE)
+    # Rebuilt by hand: urlunsplit() would turn "unix:///path" into "unix:/path".
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
+
+
+class Settings(BaseSettings):
+    """All of Bourse's configuration. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        # Errors raised by Settings(...) directly must not quote the inputs (secrets).
+        hide_input_in_errors=True,
+        # "inf" would pass the positivity checks and then break timers and drivers.
+        allow_inf_nan=False,
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    database_url: str = "sqlite:///./var/bourse.db"
+    database_password: SecretStr | None = None
+    database_pool_size: PositiveInt = 10
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_connect_timeout_seconds: PositiveFloat = 5.0
+    database_lock_timeout_ms: PositiveInt = 5000
+    sqlite_busy_timeout_ms: PositiveInt = 5000
+
+    redis_url: str | None = None
+    redis_password: SecretStr | None = None
+
+    jwt_secret: SecretStr = SecretStr("dev-only-insecure-jwt-secret-change-me")
+    psp_api_key: SecretStr = SecretStr("dev-only-psp-sim-api-key")
+    psp_secret: SecretStr = SecretStr("dev-only-psp-sim-webhook-secret")
+
+    secrets_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    max_body_bytes: PositiveInt = 1024 * 1024
+    readiness_timeout_seconds: PositiveFloat = 1.0
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    shutdown_timeout_seconds: PositiveInt = 20
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files: env, secrets dirs, defaults
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced by SecretsDirsSource
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SecretsDirsSource(settings_cls))
+
+    @field_validator("secrets_dirs", mode="before")
+    @classmethod
+    def _split_secrets_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(_split_dirs(value))
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        normalise_database_url(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems: list[str] = []
+        for name in ("jwt_secret", "psp_api_key", "psp_secret"):
+            secret: SecretStr = getattr(self, name)
+            value = secret.get_secret_value()
+            label = env_name(name)
+            if not value.strip():
+                problems.append(f"{label}: is missing or empty, required in production")
+            elif value.strip().lower() in KNOWN_DEFAULT_SECRETS:
+                problems.append(f"{label}: is a known default value, set a real secret in production")
+        jwt = self.jwt_secret.get_secret_value()
+        if jwt.strip() and len(jwt) < MIN_JWT_SECRET_LENGTH:
+            problems.append(f"BOURSE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LENGTH} characters in production")
+        if self.database.get_backend_name() != "postgresql":
+            problems.append("BOURSE_DATABASE_URL: production requires PostgreSQL")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # URLs are plain strings but may carry a password: mask it like a SecretStr.
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
+                yield name, mask_database_url(value)
+            elif name == "redis_url" and isinstance(value, str):
+                yield name, mask_redis_url(value)
+            else:
+                yield name, value
+
+    @property
+    def database(self) -> URL:
+        """The database URL with its driver pinned and the password secret applied."""
+        url = normalise_database_url(self.database_url)
+        if self.database_password is not None:
+            url = url.set(password=self.database_password.get_secret_value())
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database.get_backend_name() == "sqlite"
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error.get("loc", ())
+        message = str(error.get("msg", "invalid value"))
+        message = message.removeprefix("Value error, ")
+        if loc:
+            problems.append(f"{env_name(str(loc[0]))}: {message}")
+        else:
+            # Model-level checks already name their settings, one per line.
+            problems.extend(message.splitlines())
+    return problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings`, turning every failure into a :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation_error(exc)) from None
+
+
+def is_secret_field(name: str) -> bool:
+    annotation = Settings.model_fields[name].annotation
+    return annotation is SecretStr or annotation == SecretStr | None
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    name: str
+    value: str
+    source: str
+    secret: bool
+
+
+def _display(value: object, *, secret: bool) -> str:
+    if value is None:
+        return ""
+    if secret:
+        return MASK
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def describe(settings: Settings) -> list[SettingRow]:
+    """Effective settings, secrets masked, each with where its value came from."""
+    file_values = SecretsDirsSource(Settings).values
+    # Environment variable names are matched case-insensitively, as Settings does.
+    environ = {key.upper() for key in os.environ}
+    rows: list[SettingRow] = []
+    for name in Settings.model_fields:
+        key = env_name(name)
+        secret = is_secret_field(name)
+        value: object = getattr(settings, name)
+        if name == "database_url":
+            value = mask_database_url(settings.database_url)
+        elif name == "redis_url" and settings.redis_url:
+            value = mask_redis_url(settings.redis_url)
+        if key in environ:
+            source = "env"
+        elif key in file_values:
+            source = f"file {file_values[key].origin}"
+        elif name in settings.model_fields_set:
+            source = "argument"
+        else:
+            source = "default"
+        rows.append(SettingRow(key, _display(value, secret=secret), source, secret))
+    return rows

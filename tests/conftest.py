@@ -1,0 +1,181 @@
+"""Shared fixtures: real PostgreSQL and Redis, SQLite files, and the API app.
+
+PostgreSQL tests get a uniquely named database per test run, built by the real
+migrations and dropped afterwards. Tests that need a server that cannot be
+reached skip with the reason, unless ``BOURSE_REQUIRE_SERVICES`` is set: then they
+fail, and a run that skipped anything at all fails too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from bourse import lifecycle
+from bourse.api.app import create_app
+from bourse.db import Database
+from bourse.migrations import upgrade
+from bourse.settings import Settings
+
+REQUIRE_SERVICES = bool(os.environ.get("BOURSE_REQUIRE_SERVICES"))
+POSTGRES_ADMIN_URL = os.environ.get("BOURSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BOURSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_ENV_KEEP = {"BOURSE_REQUIRE_SERVICES", "BOURSE_TEST_POSTGRES_URL", "BOURSE_TEST_REDIS_URL"}
+
+
+def service_unavailable(service: str, reason: str) -> None:
+    message = f"{service} is unreachable: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (BOURSE_REQUIRE_SERVICES is set, so this is a failure)")
+    pytest.skip(message)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if REQUIRE_SERVICES and skipped and exitstatus == 0:
+        reporter.write_line(f"BOURSE_REQUIRE_SERVICES is set but {skipped} test(s) skipped", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No BOURSE_ setting from the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.upper().startswith("BOURSE_") and key not in TEST_ENV_KEEP:
+            monkeypatch.delenv(key)
+    lifecycle.reset()
+    yield
+    lifecycle.reset()
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    return Settings(env="test", database_url=database_url, **overrides)  # type: ignore[arg-type]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+
+
+def create_postgres_database(prefix: str = "bourse_test") -> str:
+    """Create an empty, uniquely named database; return its SQLAlchemy URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with _admin_connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        service_unavailable("PostgreSQL", str(exc).strip().splitlines()[0])
+    return (
+        make_url(POSTGRES_ADMIN_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    with _admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database for this test run, migrated to head."""
+    url = create_postgres_database()
+    try:
+        upgrade(make_settings(url))
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A fresh, unmigrated PostgreSQL database for one test."""
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "bourse.db"
+    url = f"sqlite:///{path}"
+    upgrade(make_settings(url))
+    return url
+
+
+# --- Either backend -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database URL; tests using it run once per backend."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    db = Database.from_settings(settings)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings, database: Database) -> FastAPI:
+    return create_app(settings, database=database)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections but never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", str(exc))
+    finally:
+        client.close()
+    return REDIS_URL

@@ -1,0 +1,96 @@
+"""Starting and probing real Bourse processes from tests."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The current environment without BOURSE_* settings, plus the given ones."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BOURSE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(settings)
+    return env
+
+
+def run_bourse(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``bourse`` command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "bourse", *args],
+        env=env or clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for_status(url: str, status: int = 200, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=1.0).status_code
+            if last == status:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {timeout}s (last: {last!r})")
+
+
+def wait_for_output(process: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
+    """Read the process's output until ``text`` appears; return what was read.
+
+    Reads the raw pipe (never the buffered wrapper), so a later :func:`stop`
+    still returns everything printed after this point.
+    """
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{text!r} not printed within {timeout}s; printed: {seen.decode()[-2000:]}")
+        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"process closed its output before printing {text!r}: {seen.decode()[-2000:]}")
+            seen += chunk
+    return seen.decode()
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """Kill the process if it is still running; return everything it printed."""
+    if process.poll() is None:
+        process.kill()
+    output, _ = process.communicate(timeout=10)
+    return output or ""

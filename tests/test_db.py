@@ -1,0 +1,95 @@
+"""Engines, SQLite pragmas and the job/command unit of work, on both backends."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
+
+from bourse.db import SQLITE_BEGIN_OPTION, Database, unit_of_work
+from bourse.settings import Settings
+
+
+@pytest.fixture
+def counter(database: Database) -> Iterator[Table]:
+    metadata = MetaData()
+    table = Table(f"uow_{uuid.uuid4().hex[:10]}", metadata, Column("id", Integer, primary_key=True))
+    metadata.create_all(database.engine)
+    yield table
+    metadata.drop_all(database.engine)
+
+
+def _count(database: Database, table: Table) -> int:
+    with database.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_unit_of_work_commits_once_at_the_end(database: Database, counter: Table) -> None:
+    with unit_of_work(database) as session:
+        session.execute(counter.insert().values(id=1))
+        session.execute(counter.insert().values(id=2))
+        assert _count(database, counter) == 0  # not visible to anyone before the commit
+    assert _count(database, counter) == 2
+
+
+def test_unit_of_work_rolls_back_on_error(database: Database, counter: Table) -> None:
+    class BoomError(Exception):
+        pass
+
+    def write_then_fail() -> None:
+        with unit_of_work(database) as session:
+            session.execute(counter.insert().values(id=1))
+            raise BoomError
+
+    with pytest.raises(BoomError):
+        write_then_fail()
+    assert _count(database, counter) == 0
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:
+    db = Database.from_settings(Settings(env="test", database_url=sqlite_url, sqlite_busy_timeout_ms=1234))
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar_one() == 1234
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+    finally:
+        db.dispose()
+
+
+def test_sqlite_transactions_take_the_write_lock_up_front(sqlite_url: str) -> None:
+    """BEGIN IMMEDIATE: a second writer waits instead of deadlocking on lock upgrade."""
+    db = Database.from_settings(Settings(env="test", database_url=sqlite_url))
+    path = sqlite_url.removeprefix("sqlite:///")
+    try:
+        with db.sessions() as session:
+            session.execute(text("SELECT 1"))  # a read only, yet the write lock is held
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+        # A read-only connection that asks for a deferred begin does not lock writers out.
+        with db.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as conn:
+            conn.execute(text("SELECT 1"))
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+    finally:
+        db.dispose()
+
+
+def test_postgres_connections_identify_themselves(postgres_url: str) -> None:
+    db = Database.from_settings(Settings(env="test", database_url=postgres_url))
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SHOW application_name")).scalar_one() == "bourse"
+    finally:
+        db.dispose()
