@@ -1,0 +1,148 @@
+"""``/api/v1/auth``: register, login, refresh, logout, me, and TOTP enrolment."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from bourse.api.errors import REQUEST_ID_SCOPE_KEY, error_response
+from bourse.api.routing import DbSession, get_database, router
+from bourse.db import unit_of_work
+from bourse.identity import service
+from bourse.identity.dependencies import CurrentPrincipal
+from bourse.identity.errors import IdentityError
+from bourse.identity.models import Role, User
+from bourse.identity.passwords import hasher_for
+from bourse.identity.schemas import (
+    LoginRequest,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+    TotpCodeRequest,
+    TotpEnrolmentResponse,
+    UserOut,
+)
+from bourse.identity.throttle import LoginThrottle, create_login_throttle
+from bourse.settings import Settings
+
+auth = router(prefix="/api/v1/auth", tags=["auth"])
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        role=Role(user.role),
+        status=user.status,
+        totp_enabled=user.totp_enabled,
+        created_at=user.created_at,
+    )
+
+
+def _tokens(pair: service.TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        token_type=pair.token_type,
+        expires_in=pair.expires_in,
+    )
+
+
+@auth.post("/register", status_code=201, summary="Create a client account")
+def register(body: RegisterRequest, request: Request, session: DbSession) -> UserOut:
+    """Self-registration always creates a ``client``; staff are created with ``bourse users create``."""
+    user = service.create_user(
+        session,
+        email=body.email,
+        password=body.password,
+        role=Role.client,
+        hasher=hasher_for(_settings(request)),
+    )
+    return _user_out(user)
+
+
+@auth.post("/login", summary="Sign in with email and password (and TOTP code if enrolled)")
+def login(body: LoginRequest, request: Request) -> TokenResponse:
+    # No DbSession: login runs its own short transactions (see service.login).
+    throttle: LoginThrottle = request.app.state.login_throttle
+    pair = service.login(
+        get_database(request),
+        _settings(request),
+        throttle,
+        email=body.email,
+        password=body.password,
+        totp_code=body.totp_code,
+        client_ip=request.client.host if request.client else None,
+    )
+    return _tokens(pair)
+
+
+@auth.post("/refresh", summary="Exchange a refresh token for new tokens (the old one is used up)")
+def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
+    reused: service.RefreshTokenReused | None = None
+    pair: service.TokenPair | None = None
+    # Its own transaction rather than the request's: when a reused token is detected
+    # the family's revocation must be committed although the request is refused.
+    with unit_of_work(get_database(request)) as session:
+        try:
+            pair = service.refresh(session, _settings(request), body.refresh_token)
+        except service.RefreshTokenReused as exc:
+            reused = exc
+    if reused is not None:
+        raise reused
+    assert pair is not None  # noqa: S101 - one of the two branches above ran
+    return _tokens(pair)
+
+
+@auth.post("/logout", status_code=204, summary="Revoke this sign-in's refresh tokens")
+def logout(body: RefreshRequest, session: DbSession) -> Response:
+    service.logout(session, body.refresh_token)
+    return Response(status_code=204)
+
+
+@auth.get("/me", summary="The signed-in user")
+def me(principal: CurrentPrincipal, session: DbSession) -> UserOut:
+    return _user_out(service.get_user(session, principal.user_id))
+
+
+@auth.post("/totp/enrol", summary="Start two-factor enrolment: returns the secret to load into an app")
+def totp_enrol(principal: CurrentPrincipal, request: Request, session: DbSession) -> TotpEnrolmentResponse:
+    enrolment = service.start_totp_enrolment(session, _settings(request), principal.user_id)
+    return TotpEnrolmentResponse(secret=enrolment.secret, provisioning_uri=enrolment.provisioning_uri)
+
+
+@auth.post("/totp/confirm", summary="Turn two-factor on with a code from the app")
+def totp_confirm(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
+    service.confirm_totp(session, _settings(request), principal.user_id, body.code)
+    return _user_out(service.get_user(session, principal.user_id))
+
+
+@auth.post("/totp/disable", summary="Turn two-factor off with a current code")
+def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
+    service.disable_totp(session, _settings(request), principal.user_id, body.code)
+    return _user_out(service.get_user(session, principal.user_id))
+
+
+async def _identity_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, IdentityError):
+        raise exc
+    request_id = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    return error_response(
+        exc.status_code,
+        exc.code,
+        exc.detail,
+        request_id if isinstance(request_id, str) else None,
+        headers=exc.headers or None,
+    )
+
+
+def include_identity(app: FastAPI) -> None:
+    """Mount ``/api/v1/auth``, the login throttle, and the handler that adds auth headers."""
+    app.state.login_throttle = create_login_throttle(app.state.settings, app.state.db, app.state.redis)
+    app.add_exception_handler(IdentityError, _identity_error)
+    app.include_router(auth)

@@ -1,0 +1,60 @@
+"""Request and response bodies of the auth API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bourse.identity.models import Role, UserStatus
+
+# Generous bounds: the service applies the real policy with its own error codes.
+_EMAIL = Field(min_length=1, max_length=320)
+_PASSWORD = Field(min_length=1, max_length=4096)
+_TOKEN = Field(min_length=1, max_length=512)
+_CODE = Field(min_length=1, max_length=16)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterRequest(_Body):
+    email: str = _EMAIL
+    password: str = _PASSWORD
+
+
+class LoginRequest(_Body):
+    email: str = _EMAIL
+    password: str = _PASSWORD
+    totp_code: str | None = Field(default=None, min_length=1, max_length=16)
+
+
+class RefreshRequest(_Body):
+    refresh_token: str = _TOKEN
+
+
+class TotpCodeRequest(_Body):
+    code: str = _CODE
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: Role
+    status: UserStatus
+    totp_enabled: bool
+    created_at: datetime
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+
+
+class TotpEnrolmentResponse(BaseModel):
+    secret: str
+    provisioning_uri: str
