@@ -1,0 +1,75 @@
+"""``/api/v1/admin/jobs``: failed jobs and queue statistics, for operators and admins.
+
+The same operations as ``bourse jobs ...``; every change is logged with the
+operator's user id.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request, Response
+
+from bourse.api.routing import DbSession, router
+from bourse.db import Database
+from bourse.identity.dependencies import Principal, require_roles
+from bourse.identity.models import Role
+from bourse.logging import get_logger
+from bourse.queue import operations
+from bourse.queue.driver import Driver, make_driver
+from bourse.queue.schemas import FailedJobOut, FlushedOut, QueueStatsOut, RequeuedOut
+from bourse.queue.worker import DEFAULT_QUEUES
+from bourse.settings import Settings
+
+log = get_logger("bourse.queue.admin")
+
+admin_jobs = router(prefix="/api/v1/admin/jobs", tags=["admin: jobs"])
+Operator = Annotated[Principal, Depends(require_roles(Role.operator, Role.admin))]
+
+
+def _driver(request: Request) -> Driver:
+    """One driver per app, created on first use (for Redis, one connection pool)."""
+    driver: Driver | None = getattr(request.app.state, "queue_driver", None)
+    if driver is None:
+        settings: Settings = request.app.state.settings
+        db: Database = request.app.state.db
+        driver = make_driver(settings, db)
+        request.app.state.queue_driver = driver
+    return driver
+
+
+@admin_jobs.get("/failed", summary="Failed jobs, newest first")
+def list_failed(
+    session: DbSession,
+    _operator: Operator,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[FailedJobOut]:
+    return [FailedJobOut(**row.as_dict()) for row in operations.list_failed(session, limit=limit, offset=offset)]
+
+
+@admin_jobs.post("/failed/{ident}/retry", summary="Put a failed job (id or uuid), or `all`, back on its queue")
+def retry_failed(ident: str, session: DbSession, operator: Operator) -> RequeuedOut:
+    ids = operations.retry(session, ident)
+    log.info("failed_jobs_retried", target=ident, count=len(ids), operator_id=str(operator.user_id))
+    return RequeuedOut(requeued=ids)
+
+
+@admin_jobs.delete("/failed/{ident}", status_code=204, summary="Forget one failed job (id or uuid)")
+def forget_failed(ident: str, session: DbSession, operator: Operator) -> Response:
+    operations.forget(session, ident)
+    log.info("failed_job_forgotten", target=ident, operator_id=str(operator.user_id))
+    return Response(status_code=204)
+
+
+@admin_jobs.delete("/failed", summary="Forget every failed job")
+def flush_failed(session: DbSession, operator: Operator) -> FlushedOut:
+    count = operations.flush(session)
+    log.info("failed_jobs_flushed", count=count, operator_id=str(operator.user_id))
+    return FlushedOut(flushed=count)
+
+
+@admin_jobs.get("/stats", summary="Depth and oldest job age per queue, failed jobs, workers")
+def stats(request: Request, session: DbSession, _operator: Operator) -> QueueStatsOut:
+    result = operations.stats(session, _driver(request), DEFAULT_QUEUES)
+    return QueueStatsOut(**result.as_dict())

@@ -1,0 +1,100 @@
+"""What a queue driver does, and picking one from the settings.
+
+Both drivers share ``queue_jobs`` for enqueueing (see :mod:`bourse.queue.producer`)
+and ``queue_failed_jobs`` for jobs that ran out of tries; they differ in where a
+worker reserves from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection, insert
+
+from bourse.db import Database
+from bourse.queue.models import FailedJob
+from bourse.settings import Settings
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """A job one worker holds until ``retry_after`` expires; ``token`` proves it."""
+
+    id: str
+    queue: str
+    job: str
+    payload: str
+    attempts: int
+    created_at: float
+    request_id: str | None
+    unique_key: str | None
+    token: str
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    ready: int
+    delayed: int
+    reserved: int
+    oldest_age_seconds: float
+
+
+class ReservationLost(Exception):
+    """The reservation expired and another worker holds the job now."""
+
+
+class Driver(Protocol):
+    name: str
+
+    def reserve(self, queues: Sequence[str]) -> Reserved | None:
+        """Take the oldest available job of the first non-empty queue, counting an attempt."""
+
+    def acknowledge(self, job: Reserved) -> None:
+        """Forget a job whose handler committed (the database driver did it in that commit)."""
+
+    def release(self, job: Reserved, delay: float, *, uncount: bool = False) -> None:
+        """Make the job available again after ``delay``; ``uncount`` takes back the attempt."""
+
+    def fail(self, job: Reserved, exception: str, traceback: str) -> None:
+        """Move the job to ``queue_failed_jobs`` for good."""
+
+    def relay(self) -> int:
+        """Move committed outbox rows into the queue; how many moved (0 if nothing to do)."""
+
+    def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        """Depth and oldest-job age of the given queues plus every queue that has jobs."""
+
+    def close(self) -> None: ...
+
+
+def failed_row(job: Reserved, exception: str, traceback: str) -> dict[str, object]:
+    return {
+        "uuid": job.id,
+        "queue": job.queue,
+        "job": job.job,
+        "payload": job.payload,
+        "attempts": job.attempts,
+        "exception": exception,
+        "traceback": traceback,
+        "request_id": job.request_id,
+        "created_at": job.created_at,
+        "failed_at": time.time(),
+    }
+
+
+def insert_failed(conn: Connection, job: Reserved, exception: str, traceback: str) -> None:
+    conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback)))
+
+
+def make_driver(settings: Settings, db: Database) -> Driver:
+    if settings.queue_driver == "redis":
+        from bourse.queue.redis_driver import RedisDriver  # noqa: PLC0415 - redis only when configured
+
+        return RedisDriver.from_settings(settings, db)
+    from bourse.queue.database_driver import DatabaseDriver  # noqa: PLC0415
+
+    return DatabaseDriver(db, retry_after=settings.queue_retry_after_seconds)
