@@ -1,0 +1,1 @@
+"""Assets (currencies and coins) and exact amounts of them."""

@@ -1,0 +1,84 @@
+"""The ``Idempotent`` dependency money-moving endpoints take.
+
+An endpoint hands its validated body and a function producing its result to
+:meth:`IdempotentRequest.run`; the dependency replays, refuses or runs it and
+stores the response in the request's transaction. See
+:mod:`bourse.idempotency.service` for the rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from bourse.api.routing import DbSession
+from bourse.idempotency import service
+from bourse.identity.dependencies import CurrentPrincipal
+from bourse.settings import Settings
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    session: Session
+    request: Request
+    user_id: uuid.UUID
+    key: str
+    ttl: timedelta
+
+    def run(self, payload: BaseModel, produce: Callable[[], Any], *, status_code: int = 200) -> JSONResponse:
+        """Replay the stored response for this key, or produce, store and return a new one."""
+        request_fingerprint = service.fingerprint(
+            self.request.method, self.request.url.path, payload.model_dump(mode="json")
+        )
+        stored = service.begin(
+            self.session, user_id=self.user_id, key=self.key, request_fingerprint=request_fingerprint
+        )
+        if stored is not None:
+            return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED_HEADER: "true"})
+        body = jsonable_encoder(produce())
+        service.complete(
+            self.session,
+            user_id=self.user_id,
+            key=self.key,
+            request_fingerprint=request_fingerprint,
+            status=status_code,
+            body=body,
+            ttl=self.ttl,
+        )
+        return JSONResponse(body, status_code=status_code, headers={REPLAYED_HEADER: "false"})
+
+
+def _idempotent_request(
+    request: Request,
+    session: DbSession,
+    principal: CurrentPrincipal,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="A unique key per operation (e.g. a UUID). Retrying with the same key and body "
+            "replays the first response instead of moving money again.",
+        ),
+    ] = None,
+) -> IdempotentRequest:
+    settings: Settings = request.app.state.settings
+    return IdempotentRequest(
+        session=session,
+        request=request,
+        user_id=principal.user_id,
+        key=service.check_key(idempotency_key),
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+    )
+
+
+Idempotent = Annotated[IdempotentRequest, Depends(_idempotent_request)]

@@ -1,0 +1,1 @@
+"""The double-entry ledger: accounts, append-only journal entries, holds."""
