@@ -69,6 +69,31 @@ alembic-check: $(STAMP) ## Fail if the models and the migrations have drifted ap
 .PHONY: check
 check: lint format-check typecheck alembic-check ## All static checks: lint, format, types, migrations
 
+BENCH_DB ?= postgresql://postgres@127.0.0.1:5432/bourse_bench
+BENCH_CLIENTS ?= 8
+BENCH_SECONDS ?= 20
+BENCH_PORT ?= 8765
+
+.PHONY: bench-baseline
+bench-baseline: $(STAMP) ## pgbench TPC-B (-M prepared) on BENCH_DB's server, BENCH_CLIENTS clients, BENCH_SECONDS s
+	@BOURSE_DATABASE_URL=$(BENCH_DB) $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json
+
+.PHONY: bench-ledger
+bench-ledger: $(STAMP) ## Recreate BENCH_DB, then pgbench, `bench ledger` and `bench ledger-http` in one run (var/bench/ledger.jsonl)
+	@mkdir -p var/bench && out=var/bench/ledger.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  $(BIN)/python -c 'import sys, sqlalchemy as sa; u = sa.make_url(sys.argv[1]); \
+	    e = sa.create_engine(u.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT"); \
+	    c = e.connect(); c.exec_driver_sql(f"DROP DATABASE IF EXISTS \"{u.database}\" WITH (FORCE)"); \
+	    c.exec_driver_sql(f"CREATE DATABASE \"{u.database}\"")' $(BENCH_DB) && \
+	  $(BIN)/bourse migrate >/dev/null && \
+	  $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
+	  $(BIN)/bourse bench ledger --concurrency $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
+	  { $(BIN)/bourse serve --port $(BENCH_PORT) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
+	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
+	  $(BIN)/bourse bench ledger-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
+	    --seconds $(BENCH_SECONDS) --json | tee -a $$out
+
 .PHONY: ci
 ci: ## What CI runs: .ci/run
 	@bash .ci/run

@@ -26,6 +26,7 @@ from bourse.api.app import create_app
 from bourse.db import Database
 from bourse.migrations import upgrade
 from bourse.settings import Settings
+from tests.support.processes import clean_env, run_bourse
 
 REQUIRE_SERVICES = bool(os.environ.get("BOURSE_REQUIRE_SERVICES"))
 POSTGRES_ADMIN_URL = os.environ.get("BOURSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -91,6 +92,17 @@ def drop_postgres_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def verify_books_after_suite(url: str) -> None:
+    """Every test that shared this database has run: the books must still be right.
+
+    Runs the real ``bourse ledger verify`` command, so the suite ends by proving
+    that nothing it did (races and refusals included) left the ledger inconsistent.
+    """
+    result = run_bourse("ledger", "verify", env=clean_env(BOURSE_DATABASE_URL=url), timeout=120)
+    if result.returncode != 0:
+        pytest.fail(f"bourse ledger verify failed on the shared test database:\n{result.stdout}{result.stderr}")
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database for this test run, migrated to head."""
@@ -98,6 +110,7 @@ def postgres_url() -> Iterator[str]:
     try:
         upgrade(make_settings(url))
         yield url
+        verify_books_after_suite(url)
     finally:
         drop_postgres_database(url)
 
@@ -116,11 +129,12 @@ def empty_postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path: Path = tmp_path_factory.mktemp("sqlite") / "bourse.db"
     url = f"sqlite:///{path}"
     upgrade(make_settings(url))
-    return url
+    yield url
+    verify_books_after_suite(url)
 
 
 # --- Either backend -----------------------------------------------------------------------

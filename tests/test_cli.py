@@ -67,8 +67,28 @@ def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         stop(process)
 
 
-def _child_pids(output: str) -> list[int]:
-    return [json.loads(line)["pid"] for line in output.splitlines() if '"child_started"' in line]
+def _child_pids(output: str, child: str | None = None) -> list[int]:
+    return [
+        entry["pid"]
+        for entry in (json.loads(line) for line in output.splitlines() if '"child_started"' in line)
+        if child is None or entry["child"] == child
+    ]
+
+
+def _runner_pids(output: str) -> list[int]:
+    """The worker's job runner (a grandchild of `bourse up`)."""
+    return [json.loads(line)["pid"] for line in output.splitlines() if '"runner_started"' in line]
+
+
+def _read_until_all(process: subprocess.Popen[str], texts: list[str], seen: str = "", timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not all(text in seen for text in texts):
+        remaining = deadline - time.monotonic()
+        missing = [text for text in texts if text not in seen]
+        if remaining <= 0:
+            raise AssertionError(f"{missing} not printed within {timeout}s: {seen[-3000:]}")
+        seen += wait_for_output(process, missing[0], timeout=remaining)
+    return seen
 
 
 def test_up_runs_on_sqlite_serves_ready_and_metrics_and_stops_on_ctrl_c(
@@ -76,19 +96,29 @@ def test_up_runs_on_sqlite_serves_ready_and_metrics_and_stops_on_ctrl_c(
 ) -> None:
     process, port = up_process
     base = f"http://127.0.0.1:{port}"
-    # The banner is printed only once /readyz answers 200.
-    output = wait_for_output(process, f"Bourse is running at http://127.0.0.1:{port}", timeout=60)
+    # The banner is printed only once /readyz answers 200; the worker (with its job
+    # runner) and the scheduler run beside the API.
+    output = _read_until_all(
+        process,
+        [
+            f"Bourse is running at http://127.0.0.1:{port}",
+            '"worker_started"',
+            '"runner_started"',
+            '"scheduler_started"',
+        ],
+    )
     wait_for_status(f"{base}/readyz", timeout=5)
     assert (tmp_path / "var" / "bourse.db").exists()
     metrics = httpx.get(f"{base}/metrics").text
     assert "bourse_http_requests_in_flight" in metrics
+    assert all(_child_pids(output, child) for child in ("api", "worker", "scheduler"))
 
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 0
     assert time.monotonic() - started < 10
     output += stop(process)
-    for pid in _child_pids(output):
+    for pid in [*_child_pids(output), *_runner_pids(output)]:
         with pytest.raises(ProcessLookupError):
             _signal_0(pid)
 
@@ -100,20 +130,32 @@ def _signal_0(pid: int) -> None:
 def test_up_restarts_a_child_that_dies(up_process: tuple[subprocess.Popen[str], int]) -> None:
     process, port = up_process
     base = f"http://127.0.0.1:{port}"
+    output = _read_until_all(process, ['"worker_started"', '"scheduler_started"'])
     wait_for_status(f"{base}/readyz", timeout=60)
-    # Find the API child from the supervisor's own process table.
+    # The supervisor's own process table: the API, the worker and the scheduler.
     children = subprocess.run(
         ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert len(children) == 1
-    os.kill(int(children[0]), signal.SIGKILL)
+    assert len(children) == 3
+    [api] = _child_pids(output, "api")
+    [worker] = _child_pids(output, "worker")
+    assert {api, worker} <= {int(pid) for pid in children}
+
+    # A killed worker comes back and starts working again.
+    os.kill(worker, signal.SIGKILL)
+    while output.count('"worker_started"') < 2:
+        output += wait_for_output(process, '"worker_started"', timeout=30)
+    [_, new_worker] = _child_pids(output, "worker")
+    _signal_0(new_worker)
+    # So does a killed API server.
+    os.kill(api, signal.SIGKILL)
     wait_for_status(f"{base}/livez", status=200, timeout=30)
     wait_for_status(f"{base}/readyz", timeout=30)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 0
-    output = stop(process)
-    assert '"child_exited"' in output
-    assert len(_child_pids(output)) == 2
+    output += stop(process)
+    assert output.count('"child_exited"') == 2
+    assert len(_child_pids(output, "api")) == 2
 
 
 def test_healthcheck_exits_0_when_alive_and_ready(tmp_path: Path) -> None:

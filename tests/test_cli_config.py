@@ -18,12 +18,13 @@ from tests.support.processes import clean_env, free_port, run_bourse
 JWT = "cli-jwt-Kd83nfQ0xLz7Vb2Mw5Rt9Yp1Hs4Ga6Ue"  # 38 characters
 PSP_KEY = "cli-psp-key-Ah7Jq2Wn5Ep8"
 PSP_SECRET = "cli-psp-secret-Zc4Xv1Bn6Mm3"
-SECRETS = (JWT, PSP_KEY, PSP_SECRET)
+TOTP_KEY = "cli-totp-key-Rf6Tg1Yh8Uj3Ik5Ol9Pa2Sd"  # 36 characters
+SECRETS = (JWT, PSP_KEY, PSP_SECRET, TOTP_KEY)
 FAKE_PG_URL = "postgresql://bourse@127.0.0.1:1/never-connected"
 
 
 def vault_file(directory: Path, name: str = "bourse.env") -> Path:
-    """A Vault-agent style KEY=VALUE file; the secrets are on lines 3, 4 and 6."""
+    """A Vault-agent style KEY=VALUE file; the secrets are on lines 3, 4, 6 and 7."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(
@@ -32,7 +33,8 @@ def vault_file(directory: Path, name: str = "bourse.env") -> Path:
         f"BOURSE_JWT_SECRET={JWT}\n"
         f"export BOURSE_PSP_API_KEY='{PSP_KEY}'\n"
         "\n"
-        f'BOURSE_PSP_SECRET="{PSP_SECRET}"\n',
+        f'BOURSE_PSP_SECRET="{PSP_SECRET}"\n'
+        f"BOURSE_TOTP_KEY={TOTP_KEY}\n",
         encoding="utf-8",
     )
     return path
@@ -225,6 +227,8 @@ def test_config_show_json(tmp_path: Path) -> None:
         "BOURSE_PSP_SECRET",
         "BOURSE_DATABASE_PASSWORD",
         "BOURSE_REDIS_PASSWORD",
+        "BOURSE_JWT_PREVIOUS_KEYS",
+        "BOURSE_TOTP_KEY",
     }
 
 

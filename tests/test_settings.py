@@ -31,8 +31,9 @@ PSP_KEY = "psp-key-Hn4Jk8Lm2Pq6Rs0Tv"
 PSP_SECRET = "psp-secret-Wx3Yz7Ab1Cd5Ef9Gh"
 DB_PASSWORD = "db-pw-Zq8Xw2Ev6Rt4"
 REDIS_PASSWORD = "redis-pw-Ui9Op3As7Df1"
+TOTP_KEY = "totp-key-Mk5Nb8Vc2Xz6Lq9Wj3Hg7Fd1"  # 33 characters
 PG_URL = "postgresql://bourse@db.internal:5432/bourse"
-ALL_SECRETS = (JWT, PSP_KEY, PSP_SECRET, DB_PASSWORD, REDIS_PASSWORD)
+ALL_SECRETS = (JWT, PSP_KEY, PSP_SECRET, DB_PASSWORD, REDIS_PASSWORD, TOTP_KEY)
 
 
 def write(path: Path, text: str) -> Path:
@@ -53,6 +54,7 @@ def set_production(monkeypatch: pytest.MonkeyPatch, **overrides: str | None) -> 
         "BOURSE_JWT_SECRET": JWT,
         "BOURSE_PSP_API_KEY": PSP_KEY,
         "BOURSE_PSP_SECRET": PSP_SECRET,
+        "BOURSE_TOTP_KEY": TOTP_KEY,
     }
     values.update(overrides)
     for key, value in values.items():
@@ -122,7 +124,15 @@ def test_secret_fields_are_secret_str(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.jwt_secret.get_secret_value() == JWT
     assert settings.redis_password.get_secret_value() == REDIS_PASSWORD
     secret_fields = {name for name in Settings.model_fields if is_secret_field(name)}
-    assert secret_fields == {"jwt_secret", "psp_api_key", "psp_secret", "database_password", "redis_password"}
+    assert secret_fields == {
+        "jwt_secret",
+        "jwt_previous_keys",
+        "psp_api_key",
+        "psp_secret",
+        "totp_key",
+        "database_password",
+        "redis_password",
+    }
 
 
 def test_settings_are_frozen() -> None:
@@ -734,6 +744,7 @@ def test_production_reports_every_problem(monkeypatch: pytest.MonkeyPatch) -> No
         "BOURSE_JWT_SECRET: is a known default value, set a real secret in production",
         "BOURSE_PSP_API_KEY: is a known default value, set a real secret in production",
         "BOURSE_PSP_SECRET: is missing or empty, required in production",
+        "BOURSE_TOTP_KEY: is a known default value, set a real secret in production",
         "BOURSE_DATABASE_URL: production requires PostgreSQL",
     ]
 
@@ -858,6 +869,8 @@ def test_describe_lists_every_setting_once() -> None:
         "BOURSE_PSP_SECRET",
         "BOURSE_DATABASE_PASSWORD",
         "BOURSE_REDIS_PASSWORD",
+        "BOURSE_JWT_PREVIOUS_KEYS",
+        "BOURSE_TOTP_KEY",
     }
 
 

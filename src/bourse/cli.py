@@ -17,6 +17,12 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 import bourse
+from bourse.bench import bench
+from bourse.identity.cli import users
+from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
+from bourse.ledger.cli import assets, ledger
+from bourse.queue.bench import bench_queue
+from bourse.queue.cli import jobs, schedule, scheduler, worker
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -44,6 +50,13 @@ def _configure_logging(settings: Settings) -> None:
     from bourse.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+
+
+def load_cli_settings() -> Settings:
+    """Settings for a command, with logging configured; exits 2 on invalid configuration."""
+    settings = _settings()
+    _configure_logging(settings)
+    return settings
 
 
 def _probe_host(host: str) -> str:
@@ -144,9 +157,21 @@ def serve(host: str | None, port: int | None) -> None:
 @host_option
 @port_option
 @click.option("--timeout", type=click.FloatRange(0.1, 2.0), default=1.5, show_default=True, help="Seconds to wait.")
-def healthcheck(ready: bool, host: str | None, port: int | None, timeout: float) -> None:
+@click.option("--worker", "worker_probe", is_flag=True, help="Check the local queue worker's heartbeat file.")
+@click.option("--scheduler", "scheduler_probe", is_flag=True, help="Check the local scheduler's heartbeat file.")
+def healthcheck(  # noqa: PLR0917 - one parameter per click option
+    ready: bool, host: str | None, port: int | None, timeout: float, worker_probe: bool, scheduler_probe: bool
+) -> None:
     """Exit 0 if the local server is alive (or ready), 1 if not, 2 if misconfigured. For probes."""
     settings = _settings()
+    if worker_probe or scheduler_probe:
+        # A heartbeat file, never the database: a database blip must not restart workers.
+        path = settings.worker_heartbeat_path if worker_probe else settings.scheduler_heartbeat_path
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            sys.exit(1)
+        sys.exit(0 if age <= settings.heartbeat_max_age_seconds else 1)
     status = http_status(host or settings.host, port or settings.port, "/readyz" if ready else "/livez", timeout)
     sys.exit(0 if status == HTTPStatus.OK else 1)
 
@@ -177,7 +202,7 @@ def _announce_when_ready(host: str, port: int, timeout: float = 60.0) -> Callabl
 @host_option
 @port_option
 def up(host: str | None, port: int | None) -> None:
-    """Run everything on this machine: migrate, then serve under supervision."""
+    """Run everything on this machine: migrate, then the API, a worker and the scheduler under supervision."""
     from bourse.migrations import upgrade
     from bourse.supervisor import ChildSpec, Supervisor
 
@@ -195,6 +220,29 @@ def up(host: str | None, port: int | None) -> None:
         "BOURSE_SHUTDOWN_DRAIN_SECONDS": "0",
         "BOURSE_SHUTDOWN_TIMEOUT_SECONDS": str(min(settings.shutdown_timeout_seconds, UP_STOP_SECONDS - 2)),
     }
-    children = [ChildSpec("api", [*bourse_cmd, "serve", "--host", host, "--port", str(port)], api_env)]
+    # One worker on every queue in priority order, with the production flags. On
+    # Ctrl-C a job still running after the stop budget is killed and runs again
+    # after BOURSE_QUEUE_RETRY_AFTER_SECONDS (delivery is at least once).
+    worker_argv = [*bourse_cmd, "worker", "--queue", "deposits,withdrawals,commissions,default"]
+    worker_argv += ["--tries", "3", "--timeout", "120", "--memory", "384", "--sleep", "1"]
+    children = [
+        ChildSpec("api", [*bourse_cmd, "serve", "--host", host, "--port", str(port)], api_env),
+        ChildSpec("worker", worker_argv),
+        ChildSpec("scheduler", [*bourse_cmd, "scheduler"]),
+    ]
     supervisor = Supervisor(children, stop_timeout=UP_STOP_SECONDS - 1)
     sys.exit(supervisor.run(on_tick=_announce_when_ready(host, port)))
+
+
+main.add_command(users)
+main.add_command(ledger)
+main.add_command(assets)
+main.add_command(worker)
+main.add_command(scheduler)
+main.add_command(schedule)
+main.add_command(jobs)
+bench.add_command(bench_queue)
+bench.add_command(bench_ledger)
+bench.add_command(bench_ledger_http)
+bench.add_command(bench_pgbench)
+main.add_command(bench)

@@ -28,3 +28,18 @@ class BourseError(Exception):
 class Conflict(BourseError):
     status_code = 409
     code = "conflict"
+
+
+# Pydantic error types that are reported as their own top-level error code
+# rather than the generic ``validation_error`` (e.g. ``amount_must_be_string``).
+_FIELD_ERROR_CODES: set[str] = set()
+
+
+def field_error_code(code: str) -> str:
+    """Declare a custom pydantic error type as a stable API error code; returns it."""
+    _FIELD_ERROR_CODES.add(code)
+    return code
+
+
+def is_field_error_code(code: str) -> bool:
+    return code in _FIELD_ERROR_CODES

@@ -55,6 +55,7 @@ SECRETS_DIRS_ENV = "BOURSE_SECRETS_DIRS"
 KNOWN_DEFAULT_SECRETS = frozenset(
     {
         "dev-only-insecure-jwt-secret-change-me",
+        "dev-only-insecure-totp-key-change-me",
         "dev-only-psp-sim-api-key",
         "dev-only-psp-sim-webhook-secret",
         "changeme",
@@ -229,6 +230,25 @@ class SecretsDirsSource(PydanticBaseSettingsSource):
         }
 
 
+_KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+def parse_previous_jwt_keys(raw: str) -> dict[str, str]:
+    """Parse ``kid:secret,kid:secret``. Errors name the position, never a secret."""
+    keys: dict[str, str] = {}
+    for position, item in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not item:
+            continue
+        kid, sep, secret = item.partition(":")
+        kid = kid.strip()
+        if not sep or not _KID_RE.match(kid) or not secret:
+            raise ValueError(f"entry {position} must be kid:secret with a key id of 1-32 letters, digits or ._-")
+        if kid in keys:
+            raise ValueError(f"the key id {kid!r} appears twice")
+        keys[kid] = secret
+    return keys
+
+
 def normalise_database_url(raw: str) -> URL:
     """Parse a database URL and pin the driver Bourse uses for each backend."""
     try:
@@ -308,7 +328,33 @@ class Settings(BaseSettings):
     psp_api_key: SecretStr = SecretStr("dev-only-psp-sim-api-key")
     psp_secret: SecretStr = SecretStr("dev-only-psp-sim-webhook-secret")
 
+    # Identity and access (docs/decisions/0007-identity-and-tokens.md). Access tokens
+    # are HS256 JWTs signed with jwt_secret under the key id jwt_key_id; tokens signed
+    # with a retired key stay valid while "kid:secret" pairs in jwt_previous_keys
+    # name it, so a key can be rotated without logging everybody out.
+    jwt_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    jwt_previous_keys: SecretStr | None = None
+    jwt_issuer: str = Field(default="bourse", min_length=1)
+    jwt_audience: str = Field(default="bourse-api", min_length=1)
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=3600, le=90 * 86400)
+    # Encrypts TOTP secrets at rest, so a database dump alone does not reveal them.
+    totp_key: SecretStr = SecretStr("dev-only-insecure-totp-key-change-me")
+    # Failed logins allowed per account and per client IP in one fixed window.
+    login_max_failures_per_account: PositiveInt = 5
+    login_max_failures_per_ip: PositiveInt = 50
+    login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
+    # argon2id cost (defaults: RFC 9106's second recommendation). Stored hashes made
+    # with other parameters are re-hashed at the user's next successful login.
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=16)
+
     secrets_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+
+    # Ledger (docs/decisions/0009-ledger-locking.md). Responses to money-moving
+    # requests are kept this long under their Idempotency-Key; at least 24 hours.
+    idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -317,6 +363,22 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: PositiveFloat = 1.0
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout_seconds: PositiveInt = 20
+
+    # Queue and scheduler (docs/decisions/0006-queue.md). "database" keeps jobs in the
+    # queue_jobs table (SQLite or PostgreSQL); "redis" relays committed rows of that
+    # table (the outbox) into Redis. A reserved job whose worker vanished becomes
+    # available again after queue_retry_after_seconds, which must exceed every job's
+    # timeout (the worker refuses to start otherwise).
+    queue_driver: Literal["database", "redis"] = "database"
+    queue_retry_after_seconds: PositiveInt = 150
+    queue_redis_prefix: str = Field(default="bourse:", pattern=r"^[A-Za-z0-9:._{}-]{1,64}$")
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    scheduler_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Heartbeat files for `bourse healthcheck --worker/--scheduler` (exec probes): the
+    # process touches its file every few seconds; a file older than the max age fails.
+    worker_heartbeat_path: Path = Path("./var/worker.heartbeat")
+    scheduler_heartbeat_path: Path = Path("./var/scheduler.heartbeat")
+    heartbeat_max_age_seconds: PositiveFloat = 30.0
 
     @classmethod
     def settings_customise_sources(
@@ -351,12 +413,31 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("jwt_previous_keys")
+    @classmethod
+    def _check_previous_jwt_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_previous_jwt_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _check_jwt_key_ids(self) -> Settings:
+        if self.jwt_key_id in self.previous_jwt_keys:
+            raise ValueError("BOURSE_JWT_PREVIOUS_KEYS: names the current BOURSE_JWT_KEY_ID; retired keys only")
+        return self
+
+    @model_validator(mode="after")
+    def _check_queue_driver(self) -> Settings:
+        if self.queue_driver == "redis" and self.redis_url is None:
+            raise ValueError("BOURSE_QUEUE_DRIVER: the redis driver needs BOURSE_REDIS_URL")
+        return self
+
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
         if self.env != "production":
             return self
         problems: list[str] = []
-        for name in ("jwt_secret", "psp_api_key", "psp_secret"):
+        for name in ("jwt_secret", "psp_api_key", "psp_secret", "totp_key"):
             secret: SecretStr = getattr(self, name)
             value = secret.get_secret_value()
             label = env_name(name)
@@ -367,6 +448,15 @@ class Settings(BaseSettings):
         jwt = self.jwt_secret.get_secret_value()
         if jwt.strip() and len(jwt) < MIN_JWT_SECRET_LENGTH:
             problems.append(f"BOURSE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LENGTH} characters in production")
+        totp_key = self.totp_key.get_secret_value()
+        if totp_key.strip() and len(totp_key) < MIN_JWT_SECRET_LENGTH:
+            problems.append(f"BOURSE_TOTP_KEY: must be at least {MIN_JWT_SECRET_LENGTH} characters in production")
+        for kid, previous in self.previous_jwt_keys.items():
+            if len(previous) < MIN_JWT_SECRET_LENGTH or previous.strip().lower() in KNOWN_DEFAULT_SECRETS:
+                problems.append(
+                    f"BOURSE_JWT_PREVIOUS_KEYS: the key {kid!r} must be a real secret of at least "
+                    f"{MIN_JWT_SECRET_LENGTH} characters in production"
+                )
         if self.database.get_backend_name() != "postgresql":
             problems.append("BOURSE_DATABASE_URL: production requires PostgreSQL")
         if problems:
@@ -390,6 +480,13 @@ class Settings(BaseSettings):
         if self.database_password is not None:
             url = url.set(password=self.database_password.get_secret_value())
         return url
+
+    @property
+    def previous_jwt_keys(self) -> dict[str, str]:
+        """Retired JWT signing keys still accepted for verification, by key id."""
+        if self.jwt_previous_keys is None:
+            return {}
+        return parse_previous_jwt_keys(self.jwt_previous_keys.get_secret_value())
 
     @property
     def is_sqlite(self) -> bool:

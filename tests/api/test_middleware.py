@@ -87,7 +87,8 @@ def test_every_log_line_of_a_request_carries_its_request_id(app: FastAPI, logs) 
 
 
 def test_credentials_never_reach_the_logs(app: FastAPI, logs) -> None:  # type: ignore[no-untyped-def]
-    auth = router(prefix="/api/v1/auth")
+    # Not /api/v1/auth: the real identity routes own that prefix.
+    auth = router(prefix="/api/v1/test-auth")
 
     @auth.post("/login")
     def login(body: dict[str, str]) -> dict[str, str]:
@@ -98,7 +99,7 @@ def test_credentials_never_reach_the_logs(app: FastAPI, logs) -> None:  # type: 
     app.include_router(auth)
     with TestClient(app) as client:
         client.post(
-            "/api/v1/auth/login",
+            "/api/v1/test-auth/login",
             json={"email": "a@example.com", "password": "correct-horse-battery"},
             headers={"Authorization": "Bearer very-secret-token", "Cookie": "session=cookie-secret"},
         )

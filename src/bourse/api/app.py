@@ -15,6 +15,9 @@ from bourse.api.errors import install_error_handlers
 from bourse.api.middleware import RequestContextMiddleware
 from bourse.api.routing import router
 from bourse.db import Database
+from bourse.identity.api import include_identity
+from bourse.ledger import api as ledger_api
+from bourse.queue.api import admin_jobs
 from bourse.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
@@ -92,4 +95,8 @@ def create_app(
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.include_router(_meta_router())
+    include_identity(app)
+    app.include_router(ledger_api.ledger)
+    app.include_router(ledger_api.admin)
+    app.include_router(admin_jobs)
     return app

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bourse.errors import BourseError
+from bourse.errors import BourseError, is_field_error_code
 
 REQUEST_ID_SCOPE_KEY = "bourse.request_id"
 
@@ -85,7 +85,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if any(err["type"] == "json_invalid" for err in errors):
         return error_response(422, "invalid_json", "The request body is not valid JSON", _request_id(request))
     detail = "; ".join(f"{err['loc']}: {err['msg']}" for err in errors) or "Invalid request"
-    return error_response(422, "validation_error", detail, _request_id(request), errors=errors)
+    # A domain's own field error (e.g. amount_must_be_string) is the top-level code.
+    code = next((err["type"] for err in errors if is_field_error_code(err["type"])), "validation_error")
+    return error_response(422, code, detail, _request_id(request), errors=errors)
 
 
 def install_error_handlers(app: FastAPI) -> None:
