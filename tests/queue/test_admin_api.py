@@ -116,3 +116,12 @@ def test_stats_report_depth_age_failed_jobs_and_workers(api: TestClient, queue: 
     assert queues["deposits"]["ready"] == 0
     assert body["failed"] == 1
     assert body["workers"] == 0
+
+
+def test_the_driver_the_admin_api_opened_is_closed_at_shutdown(queue: QueueEnv) -> None:
+    app = create_app(queue.settings, database=queue.db)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/api/v1/admin/jobs/stats", headers=token_for(queue, Role.admin)).status_code == 200
+        driver = app.state.queue_driver
+        assert driver is not None
+    assert app.state.queue_driver is None

@@ -18,6 +18,7 @@ from bourse.db import Database
 from bourse.identity.api import include_identity
 from bourse.ledger import api as ledger_api
 from bourse.queue.api import admin_jobs
+from bourse.queue.api import close_driver as close_queue_driver
 from bourse.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
@@ -69,8 +70,9 @@ def create_app(
     owns_redis = redis is None and redis_client is not None
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        close_queue_driver(app)
         if owns_db:
             db.dispose()
         if owns_redis and redis_client is not None:

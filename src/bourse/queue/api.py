@@ -6,9 +6,10 @@ operator's user id.
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 
 from bourse.api.routing import DbSession, router
 from bourse.db import Database
@@ -27,15 +28,33 @@ admin_jobs = router(prefix="/api/v1/admin/jobs", tags=["admin: jobs"])
 Operator = Annotated[Principal, Depends(require_roles(Role.operator, Role.admin))]
 
 
+_DRIVER_LOCK = threading.Lock()
+
+
 def _driver(request: Request) -> Driver:
-    """One driver per app, created on first use (for Redis, one connection pool)."""
+    """One driver per app, created on first use (for Redis, one connection pool).
+
+    Endpoints run in a thread pool, so creation is locked: two first requests at
+    once must not each open a pool and leak one.
+    """
     driver: Driver | None = getattr(request.app.state, "queue_driver", None)
     if driver is None:
-        settings: Settings = request.app.state.settings
-        db: Database = request.app.state.db
-        driver = make_driver(settings, db)
-        request.app.state.queue_driver = driver
+        with _DRIVER_LOCK:
+            driver = getattr(request.app.state, "queue_driver", None)
+            if driver is None:
+                settings: Settings = request.app.state.settings
+                db: Database = request.app.state.db
+                driver = make_driver(settings, db)
+                request.app.state.queue_driver = driver
     return driver
+
+
+def close_driver(app: FastAPI) -> None:
+    """Close the driver the admin endpoints opened, if any (at application shutdown)."""
+    driver: Driver | None = getattr(app.state, "queue_driver", None)
+    if driver is not None:
+        app.state.queue_driver = None
+        driver.close()
 
 
 @admin_jobs.get("/failed", summary="Failed jobs, newest first")
