@@ -47,7 +47,8 @@ def error_response(
     return JSONResponse(error_body(code, detail, request_id, **extra), status_code=status, headers=headers)
 
 
-def _request_id(request: Request) -> str | None:
+def request_id_of(request: Request) -> str | None:
+    """The request's X-Request-ID, as the middleware validated or generated it."""
     value = request.scope.get(REQUEST_ID_SCOPE_KEY)
     return value if isinstance(value, str) else None
 
@@ -55,7 +56,7 @@ def _request_id(request: Request) -> str | None:
 async def _bourse_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, BourseError):
         raise exc
-    return error_response(exc.status_code, exc.code, exc.detail, _request_id(request))
+    return error_response(exc.status_code, exc.code, exc.detail, request_id_of(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -67,7 +68,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"No route for {request.method} {request.url.path}"
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
         detail = f"{request.method} is not allowed on {request.url.path}"
-    return error_response(exc.status_code, code, detail, _request_id(request), headers=exc.headers)
+    return error_response(exc.status_code, code, detail, request_id_of(request), headers=exc.headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -83,11 +84,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     if any(err["type"] == "json_invalid" for err in errors):
-        return error_response(422, "invalid_json", "The request body is not valid JSON", _request_id(request))
+        return error_response(422, "invalid_json", "The request body is not valid JSON", request_id_of(request))
     detail = "; ".join(f"{err['loc']}: {err['msg']}" for err in errors) or "Invalid request"
     # A domain's own field error (e.g. amount_must_be_string) is the top-level code.
     code = next((err["type"] for err in errors if is_field_error_code(err["type"])), "validation_error")
-    return error_response(422, code, detail, _request_id(request), errors=errors)
+    return error_response(422, code, detail, request_id_of(request), errors=errors)
 
 
 def install_error_handlers(app: FastAPI) -> None:

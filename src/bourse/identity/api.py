@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from bourse.api.errors import REQUEST_ID_SCOPE_KEY, error_response
+from bourse.api.errors import error_response, request_id_of
 from bourse.api.routing import DbSession, get_database, router
 from bourse.db import unit_of_work
 from bourse.identity import service
@@ -131,12 +131,11 @@ def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Re
 async def _identity_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, IdentityError):
         raise exc
-    request_id = request.scope.get(REQUEST_ID_SCOPE_KEY)
     return error_response(
         exc.status_code,
         exc.code,
         exc.detail,
-        request_id if isinstance(request_id, str) else None,
+        request_id_of(request),
         headers=exc.headers or None,
     )
 

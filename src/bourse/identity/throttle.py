@@ -28,11 +28,9 @@ from typing import Protocol
 
 from redis import Redis, RedisError
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bourse.db import Database, unit_of_work
+from bourse.db import Database, unit_of_work, upsert
 from bourse.identity.errors import ThrottleUnavailable, TooManyAttempts
 from bourse.identity.models import LoginAttemptWindow
 from bourse.logging import get_logger
@@ -144,10 +142,9 @@ class DatabaseLoginThrottle:
         start, _ = _window(now, self.window_seconds)
         expires_at = datetime.fromtimestamp(start + self.window_seconds, UTC)
         with unit_of_work(self.db) as session:
-            insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
             for key in keys:
                 # One atomic upsert: concurrent failures never lose a count.
-                statement = insert(LoginAttemptWindow).values(
+                statement = upsert(session, LoginAttemptWindow).values(
                     key=key.key, window_start=start, failures=1, expires_at=expires_at
                 )
                 session.execute(

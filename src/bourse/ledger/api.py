@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.api.errors import REQUEST_ID_SCOPE_KEY
+from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
 from bourse.assets import service as assets
 from bourse.assets.amounts import format_amount, parse_amount
@@ -66,14 +66,9 @@ def _viewer(principal: Principal) -> queries.Viewer:
     return queries.Viewer(user_id=principal.user_id, staff=principal.has_role(*STAFF))
 
 
-def _request_id(request: Request) -> str | None:
-    value = request.scope.get(REQUEST_ID_SCOPE_KEY)
-    return value if isinstance(value, str) else None
-
-
 def _context(request: Request, actor: str, key: str) -> service.Context:
     # The ledger key is scoped like the API key: per user and per operation.
-    return service.Context(actor=actor, idempotency_key=key, request_id=_request_id(request))
+    return service.Context(actor=actor, idempotency_key=key, request_id=request_id_of(request))
 
 
 def _asset_out(asset: Asset) -> AssetOut:

@@ -34,10 +34,10 @@ from datetime import datetime
 from typing import Any, TypeAlias, cast
 
 from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import INT64_MAX, AmountTooLarge
+from bourse.db import upsert
 from bourse.errors import BourseError
 from bourse.identity.models import User
 from bourse.ledger.errors import (
@@ -143,12 +143,6 @@ def _replay(session: Session, kind: str, legs: Sequence[Leg], idempotency_key: s
 def _key_taken(session: Session, idempotency_key: str) -> bool:
     found = session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == idempotency_key))
     return found is not None
-
-
-def _dialect_insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +284,7 @@ def _write_postgresql(session: Session, entry: _Entry) -> tuple[int, int]:
 
 def _write_portable(session: Session, entry: _Entry) -> tuple[int, int]:
     claim = (
-        _dialect_insert(session, _ENTRIES)
+        upsert(session, _ENTRIES)
         .values(**entry.row)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(_ENTRIES.c.id)
@@ -385,7 +379,7 @@ def post_entry(
 
 
 def _insert_ignoring_duplicates(session: Session, values: Mapping[str, Any]) -> None:
-    statement = _dialect_insert(session, _ACCOUNTS).values(**values)
+    statement = upsert(session, _ACCOUNTS).values(**values)
     session.execute(statement.on_conflict_do_nothing(index_elements=["kind", "ref", "asset"]))
 
 

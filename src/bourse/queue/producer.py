@@ -18,10 +18,9 @@ from typing import Any
 
 import structlog
 from sqlalchemy import insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from bourse.db import upsert
 from bourse.errors import BourseError
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JOBS, JobSpec, check_queue_name
@@ -81,8 +80,7 @@ def enqueue(
     if unique_key is None:
         session.execute(insert(QueueJob).values(**values))
         return job_id
-    dialect = session.get_bind().dialect.name
-    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(QueueJob).values(**values)
+    statement = upsert(session, QueueJob).values(**values)
     inserted = session.execute(statement.on_conflict_do_nothing(index_elements=["unique_key"]).returning(QueueJob.id))
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
     return job_id if inserted.first() is not None else None

@@ -37,12 +37,9 @@ from types import FrameType
 
 from cronsim import CronSim
 from sqlalchemy import delete, func, inspect, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 
-from bourse.db import Base, Database, unit_of_work
+from bourse.db import Base, Database, unit_of_work, upsert
 from bourse.logging import get_logger
 from bourse.queue import metrics
 from bourse.queue.heartbeat import ProcessHeartbeat
@@ -71,10 +68,7 @@ def _epoch(slot: datetime) -> int:
 def insert_if_absent(session: Session, model: type[Base], **values: object) -> bool:
     """Insert a row unless its primary key exists; whether this call inserted it."""
     key = next(iter(inspect(model).primary_key))
-    if session.get_bind().dialect.name == "postgresql":
-        statement: Executable = pg_insert(model).values(**values).on_conflict_do_nothing().returning(key)
-    else:
-        statement = sqlite_insert(model).values(**values).on_conflict_do_nothing().returning(key)
+    statement = upsert(session, model).values(**values).on_conflict_do_nothing().returning(key)
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
     return session.execute(statement).first() is not None
 
