@@ -28,6 +28,10 @@ SENSITIVE_KEYS = frozenset(
         "jwt_secret",
         "psp_secret",
         "psp_api_key",
+        "stripe_api_key",
+        "stripe_webhook_secret",
+        "stripe-signature",
+        "psp-signature",
         "api_key",
         "totp_code",
     }

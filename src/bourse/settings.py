@@ -292,6 +292,10 @@ def mask_redis_url(raw: str) -> str:
     )
 
 
+# The payment connectors Bourse ships (bourse.psp.registry builds them).
+PSP_CONNECTOR_NAMES = ("simulator", "stripe")
+
+
 class Settings(BaseSettings):
     """All of Bourse's configuration. See the README's configuration table."""
 
@@ -356,6 +360,35 @@ class Settings(BaseSettings):
     # requests are kept this long under their Idempotency-Key; at least 24 hours.
     idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30)
 
+    # Payment providers (docs/decisions/0010-payments.md). The connectors that are
+    # active, by name; each serves /api/v1/psp/{name}/webhook. "simulator" is the
+    # built-in PSP simulator (`bourse psp-sim`, which `bourse up` starts) at psp_sim_url.
+    psp_connectors: Annotated[tuple[str, ...], NoDecode] = ("simulator",)
+    psp_sim_url: str = "http://127.0.0.1:8100"
+    psp_timeout_seconds: PositiveFloat = 10.0
+    stripe_api_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    # Where a payer's browser returns after a hosted checkout (the client app).
+    public_url: str = "http://127.0.0.1:8000"
+
+    # Deposits left pending this long (the payer never finished the checkout) expire.
+    deposit_expiry_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    # Withdrawals. Amounts are decimal strings per asset, in the asset's own units.
+    # No withdrawal within this many minutes of a credited deposit (0: off).
+    withdrawal_cooling_off_minutes: int = Field(default=0, ge=0, le=30 * 24 * 60)
+    # Per user, per asset, per UTC day; an asset not listed has no daily limit.
+    withdrawal_daily_limits: dict[str, str] = Field(
+        default_factory=lambda: {"USD": "50000", "EUR": "50000", "BTC": "5", "ETH": "100"}
+    )
+    # Above the first amount a withdrawal waits for an operator's approval, above the
+    # second for two different operators'. An asset not listed always needs one.
+    withdrawal_review_above: dict[str, str] = Field(
+        default_factory=lambda: {"USD": "1000", "EUR": "1000", "BTC": "0.05", "ETH": "1"}
+    )
+    withdrawal_two_approvals_above: dict[str, str] = Field(
+        default_factory=lambda: {"USD": "10000", "EUR": "10000", "BTC": "0.5", "ETH": "10"}
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -397,6 +430,49 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(_split_dirs(value))
         return value
+
+    @field_validator("psp_connectors", mode="before")
+    @classmethod
+    def _split_connectors(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("psp_connectors")
+    @classmethod
+    def _check_connectors(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(PSP_CONNECTOR_NAMES))
+        if unknown:
+            raise ValueError(f"unknown connector(s) {', '.join(unknown)}; known: {', '.join(PSP_CONNECTOR_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a connector is listed twice")
+        return value
+
+    @field_validator("psp_sim_url", "public_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("withdrawal_daily_limits", "withdrawal_review_above", "withdrawal_two_approvals_above")
+    @classmethod
+    def _check_asset_amounts(cls, value: dict[str, str]) -> dict[str, str]:
+        for code, amount in value.items():
+            if not re.match(r"^[A-Z0-9]{1,12}$", code):
+                raise ValueError(f"{code!r} is not an asset code")
+            if not isinstance(amount, str) or not re.match(r"^\d{1,15}(\.\d{1,8})?$", amount):
+                raise ValueError(f'{code}: {amount!r} must be a non-negative decimal string such as "1000.00"')
+        return value
+
+    @model_validator(mode="after")
+    def _check_stripe(self) -> Settings:
+        if "stripe" in self.psp_connectors and (self.stripe_api_key is None or self.stripe_webhook_secret is None):
+            raise ValueError(
+                "BOURSE_PSP_CONNECTORS: the stripe connector needs BOURSE_STRIPE_API_KEY and"
+                " BOURSE_STRIPE_WEBHOOK_SECRET"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,1 @@
+"""Payment service providers: the connector interface, the connectors and the simulator."""

@@ -1,0 +1,218 @@
+"""What a payment provider connector does, and the plain data it answers with.
+
+A connector translates between Bourse and one provider. It never touches the
+database: the payments service decides what an answer means for a deposit or a
+withdrawal. Every amount is an integer in the asset's minor units; every
+currency is an upper-case asset code (``USD``).
+
+Each connector declares its :class:`Capability` set; the service refuses an
+operation a connector does not support with ``connector_unsupported`` before it
+calls it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from bourse.errors import BourseError
+
+
+class Capability(StrEnum):
+    deposits = "deposits"  # start a deposit: a hosted checkout URL
+    webhooks = "webhooks"  # verify and parse the provider's events
+    payouts = "payouts"  # send money out
+    status = "status"  # fetch one payment's status
+    transactions = "transactions"  # list a day's transactions, for reconciliation
+
+
+class EventKind(StrEnum):
+    """What a provider event means to Bourse, whatever the provider calls it."""
+
+    deposit_succeeded = "deposit_succeeded"
+    deposit_failed = "deposit_failed"
+    payout_succeeded = "payout_succeeded"
+    payout_failed = "payout_failed"
+    refunded = "refunded"  # money of a succeeded deposit was returned to the payer
+    chargeback = "chargeback"  # the payer disputed a succeeded deposit
+    ignored = "ignored"  # a well-signed event Bourse has no use for
+
+
+class PaymentState(StrEnum):
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class TransactionKind(StrEnum):
+    deposit = "deposit"
+    payout = "payout"
+    refund = "refund"
+    chargeback = "chargeback"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A started deposit: the provider's id for it and where the payer goes to pay."""
+
+    psp_reference: str
+    checkout_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """One verified provider event.
+
+    ``reference`` is Bourse's own id (a deposit's or a withdrawal's) when the
+    provider echoes it back; ``psp_reference`` is the provider's id of the payment
+    the event is about. At least one of them is set for every kind but
+    ``ignored``. ``amount`` and ``currency`` are what the provider says moved.
+    """
+
+    event_id: str
+    kind: EventKind
+    provider_type: str
+    reference: str | None = None
+    psp_reference: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    occurred_at: dt.datetime | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    psp_reference: str
+    state: PaymentState
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStatus:
+    psp_reference: str
+    state: PaymentState
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One line of the provider's own record of a day, for reconciliation."""
+
+    psp_reference: str
+    kind: TransactionKind
+    reference: str | None
+    amount: int
+    currency: str
+    occurred_at: dt.datetime
+
+
+# --- Errors ----------------------------------------------------------------------------
+
+
+class ConnectorError(BourseError):
+    status_code = 502
+    code = "psp_error"
+
+
+class InvalidSignature(ConnectorError):
+    """The webhook's signature is missing, malformed or wrong."""
+
+    status_code = 401
+    code = "invalid_signature"
+
+
+class ExpiredSignature(InvalidSignature):
+    """The signature is right but its timestamp is too old (a replayed capture)."""
+
+    code = "signature_expired"
+
+
+class MalformedEvent(ConnectorError):
+    """Well signed, but not an event this connector can read."""
+
+    status_code = 400
+    code = "malformed_event"
+
+
+class PspUnavailable(ConnectorError):
+    """A transient failure (timeout, 5xx, connection refused): retrying is safe."""
+
+    status_code = 503
+    code = "psp_unavailable"
+
+
+class PspRefused(ConnectorError):
+    """The provider said no, for good (a 4xx other than a conflict in progress)."""
+
+    status_code = 502
+    code = "psp_refused"
+
+
+class Unsupported(ConnectorError):
+    status_code = 422
+    code = "connector_unsupported"
+
+
+# --- The interface ---------------------------------------------------------------------
+
+
+class Connector(ABC):
+    """One configured provider. Instances are shared across threads: keep them stateless."""
+
+    #: The name in ``/api/v1/psp/{name}/webhook`` and on the ``psp_clearing`` account.
+    name: str
+    capabilities: ClassVar[frozenset[Capability]]
+
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise Unsupported(f"The {self.name} connector does not support {capability.value}")
+
+    @abstractmethod
+    def create_deposit(
+        self,
+        *,
+        reference: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        return_url: str | None = None,
+    ) -> Checkout:
+        """Open a hosted checkout for ``amount``; the same key returns the same checkout."""
+
+    @abstractmethod
+    def parse_webhook(self, *, body: bytes, headers: Mapping[str, str], now: float | None = None) -> PaymentEvent:
+        """Verify the signature (constant time, 5-minute tolerance) and read the event.
+
+        ``headers`` keys are lower-case. Raises :class:`InvalidSignature`,
+        :class:`ExpiredSignature` or :class:`MalformedEvent`.
+        """
+
+    def create_payout(
+        self,
+        *,
+        reference: str,  # noqa: ARG002 - the interface
+        amount: int,  # noqa: ARG002 - the interface
+        currency: str,  # noqa: ARG002 - the interface
+        destination: str,  # noqa: ARG002 - the interface
+        idempotency_key: str,  # noqa: ARG002 - the interface
+    ) -> Payout:
+        """Send ``amount`` to ``destination``; the same key never pays twice."""
+        self.require(Capability.payouts)
+        raise NotImplementedError  # pragma: no cover - require() raised
+
+    def payment_status(self, psp_reference: str) -> PaymentStatus:  # noqa: ARG002 - the interface
+        self.require(Capability.status)
+        raise NotImplementedError  # pragma: no cover - require() raised
+
+    def transactions(self, day: dt.date) -> list[Transaction]:  # noqa: ARG002 - the interface
+        """Every settled transaction the provider recorded on ``day`` (UTC)."""
+        self.require(Capability.transactions)
+        raise NotImplementedError  # pragma: no cover - require() raised
