@@ -1,0 +1,1 @@
+"""Tests of the order book, its matching rules and its benchmark."""
