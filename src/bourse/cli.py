@@ -13,6 +13,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit
 
 import click
 
@@ -21,8 +22,11 @@ from bourse.bench import bench
 from bourse.identity.cli import users
 from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
 from bourse.ledger.cli import assets, ledger
+from bourse.payments.cli import psp
+from bourse.psp.sim.cli import psp_sim
 from bourse.queue.bench import bench_queue
 from bourse.queue.cli import jobs, schedule, scheduler, worker
+from bourse.trading.bench import bench_matching
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -230,6 +234,13 @@ def up(host: str | None, port: int | None) -> None:
         ChildSpec("worker", worker_argv),
         ChildSpec("scheduler", [*bourse_cmd, "scheduler"]),
     ]
+    if "simulator" in settings.psp_connectors:
+        # The built-in PSP simulator, so deposits and withdrawals work on one machine.
+        sim = urlsplit(settings.psp_sim_url)
+        sim_argv = [*bourse_cmd, "psp-sim", "--host", sim.hostname or "127.0.0.1", "--port", str(sim.port or 80)]
+        sim_argv += ["--public-url", settings.psp_sim_url]
+        sim_argv += ["--webhook-url", f"http://{_probe_host(host)}:{port}/api/v1/psp/simulator/webhook"]
+        children.append(ChildSpec("psp-sim", sim_argv))
     supervisor = Supervisor(children, stop_timeout=UP_STOP_SECONDS - 1)
     sys.exit(supervisor.run(on_tick=_announce_when_ready(host, port)))
 
@@ -241,8 +252,11 @@ main.add_command(worker)
 main.add_command(scheduler)
 main.add_command(schedule)
 main.add_command(jobs)
+main.add_command(psp_sim)
+main.add_command(psp)
 bench.add_command(bench_queue)
 bench.add_command(bench_ledger)
 bench.add_command(bench_ledger_http)
 bench.add_command(bench_pgbench)
+bench.add_command(bench_matching)
 main.add_command(bench)

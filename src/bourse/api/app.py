@@ -17,6 +17,7 @@ from bourse.api.routing import router
 from bourse.db import Database
 from bourse.identity.api import include_identity
 from bourse.ledger import api as ledger_api
+from bourse.payments import api as payments_api
 from bourse.queue.api import admin_jobs
 from bourse.queue.api import close_driver as close_queue_driver
 from bourse.settings import Settings, load_settings
@@ -100,5 +101,8 @@ def create_app(
     include_identity(app)
     app.include_router(ledger_api.ledger)
     app.include_router(ledger_api.admin)
+    app.include_router(payments_api.payments)
+    app.include_router(payments_api.inbox)
+    app.include_router(payments_api.payments_admin)
     app.include_router(admin_jobs)
     return app

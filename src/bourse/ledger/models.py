@@ -48,6 +48,9 @@ class AccountKind(StrEnum):
     commissions_payable = "commissions_payable"
     # The brokerage's own equity: the other side of adjustments and rounding.
     house = "house"
+    # What a user owes after a refund or chargeback of money already spent; ``ref``
+    # is the user's id. Negative while owed (the user's withdrawals are blocked).
+    chargeback_receivable = "chargeback_receivable"
 
 
 USER_KINDS = frozenset({AccountKind.available, AccountKind.held})

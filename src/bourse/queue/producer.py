@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from bourse.db import upsert
 from bourse.errors import BourseError
 from bourse.queue.models import QueueJob
-from bourse.queue.registry import JOBS, JobSpec, check_queue_name
+from bourse.queue.registry import JOBS, JobSpec, check_queue_name, load_jobs
 
 
 class InvalidJob(BourseError):
@@ -55,6 +55,10 @@ def enqueue(
     context (the API request's) travels with the job into its logs.
     """
     spec = JOBS.get(job) if isinstance(job, str) else job
+    if spec is None and isinstance(job, str):
+        # By name, from a module that cannot import the handler (it imports us):
+        # discover the domains' jobs modules once, as the worker does.
+        spec = load_jobs().get(job)
     if spec is None:
         raise InvalidJob(f"unknown job {job!r}")
     if delay < 0:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 import bourse
+from bourse.settings import Settings, load_settings
 
 QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 JOB_NAME_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,199}$")
@@ -34,7 +35,9 @@ class JobContext:
     """What a handler receives: its transaction, its payload and who it is.
 
     ``job_id`` is stable across retries of the same job, so a handler can use it
-    as an idempotency key; ``attempt`` counts from 1.
+    as an idempotency key; ``attempt`` counts from 1. ``settings`` are the worker's
+    (handlers that call out, to a payment provider say, need them); ``None`` only
+    where a handler is called directly, and then :meth:`settings_of` loads them.
     """
 
     session: Session
@@ -43,6 +46,10 @@ class JobContext:
     attempt: int
     queue: str
     request_id: str | None
+    settings: Settings | None = None
+
+    def settings_of(self) -> Settings:
+        return self.settings if self.settings is not None else load_settings()
 
 
 Handler = Callable[[JobContext], None]

@@ -82,6 +82,7 @@ class JobRunner:
         # The metrics the job modules registered, sent back to the worker to serve.
         self.metric_names = metrics.sample_names(metrics.family_names() - before)
         self._metrics_sent = 0.0
+        self.settings = settings
         self.db = Database.from_settings(settings, name="runner")
         self.complete = settings.queue_driver == "database"
         self.acks: Engine | None = None
@@ -120,6 +121,7 @@ class JobRunner:
                     attempt=request["attempt"],
                     queue=request["queue"],
                     request_id=request["request_id"],
+                    settings=self.settings,
                 )
             )
             self._finish(session, request["id"], request["token"])

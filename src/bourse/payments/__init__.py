@@ -1,0 +1,1 @@
+"""Money in and out: deposits and withdrawals through payment providers, and reconciliation."""

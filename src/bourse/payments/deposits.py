@@ -1,0 +1,268 @@
+"""Deposits: a pending request, a hosted checkout, then a credit driven by the provider's event.
+
+Money enters the ledger only here, in :func:`credit`, from the connector's
+``psp_clearing`` account to the user's ``available`` account, once per deposit
+(the ledger entry's idempotency key is the deposit's). Refunds and chargebacks
+take it back out with :func:`reverse`, never pushing a wallet below zero: what the
+user already spent becomes a debt on their ``chargeback_receivable`` account.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bourse.assets.models import Asset
+from bourse.ledger import service as ledger
+from bourse.ledger.models import Account, AccountKind
+from bourse.payments.common import record
+from bourse.payments.errors import DepositNotFound
+from bourse.payments.models import Deposit, DepositState
+from bourse.psp.connectors.base import Connector
+from bourse.sqltypes import utcnow
+
+SUBJECT = "deposit"
+# States from which a provider's success still credits: a late success after an
+# expiry or a failure means the payer did pay (a retried card, a slow bank).
+CREDITABLE = frozenset({DepositState.pending, DepositState.expired, DepositState.failed})
+CREDITED = frozenset({DepositState.succeeded, DepositState.refunded, DepositState.charged_back})
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who caused a change, for the audit trail and the journal."""
+
+    name: str
+    request_id: str | None = None
+
+
+def _transition(session: Session, deposit: Deposit, to: DepositState, actor: Actor, reason: str | None = None) -> None:
+    before = deposit.state
+    deposit.state = to
+    record(
+        session,
+        subject_type=SUBJECT,
+        subject_id=deposit.id,
+        from_state=before.value,
+        to_state=to.value,
+        actor=actor.name,
+        reason=reason,
+        request_id=actor.request_id,
+    )
+
+
+def create(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    asset: Asset,
+    amount: int,
+    connector: Connector,
+    actor: Actor,
+    return_url: str | None = None,
+) -> Deposit:
+    """Record a pending deposit and open the provider's checkout for it.
+
+    The provider call happens inside the transaction: if it fails, nothing is
+    kept and the client may retry with the same ``Idempotency-Key``. The outgoing
+    key is derived from the deposit's id, so the provider never opens two
+    checkouts for one deposit.
+    """
+    deposit = Deposit(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        asset=asset.code,
+        amount=amount,
+        connector=connector.name,
+        state=DepositState.pending,
+        reversed_amount=0,
+    )
+    session.add(deposit)
+    record(
+        session,
+        subject_type=SUBJECT,
+        subject_id=deposit.id,
+        from_state=None,
+        to_state=DepositState.pending.value,
+        actor=actor.name,
+        request_id=actor.request_id,
+    )
+    session.flush()
+    checkout = connector.create_deposit(
+        reference=str(deposit.id),
+        amount=amount,
+        currency=asset.code,
+        idempotency_key=f"deposit:{deposit.id}",
+        return_url=return_url,
+    )
+    deposit.psp_reference = checkout.psp_reference
+    deposit.checkout_url = checkout.checkout_url
+    session.flush()
+    return deposit
+
+
+def get(session: Session, deposit_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> Deposit:
+    deposit = session.get(Deposit, deposit_id)
+    if deposit is None or (user_id is not None and deposit.user_id != user_id):
+        raise DepositNotFound(f"There is no deposit {deposit_id}")
+    return deposit
+
+
+def listing(
+    session: Session,
+    *,
+    user_id: uuid.UUID | None = None,
+    states: Sequence[DepositState] = (),
+    before: datetime | None = None,
+    limit: int = 50,
+) -> list[Deposit]:
+    query = select(Deposit).order_by(Deposit.created_at.desc(), Deposit.id.desc()).limit(limit)
+    if user_id is not None:
+        query = query.where(Deposit.user_id == user_id)
+    if states:
+        query = query.where(Deposit.state.in_(states))
+    if before is not None:
+        query = query.where(Deposit.created_at < before)
+    return list(session.scalars(query))
+
+
+def locked(session: Session, deposit_id: uuid.UUID) -> Deposit | None:
+    query = select(Deposit).where(Deposit.id == deposit_id).with_for_update().execution_options(populate_existing=True)
+    return session.scalar(query)
+
+
+def credit(
+    session: Session, deposit: Deposit, *, settled_at: datetime | None, actor: Actor, idempotency_key: str
+) -> None:
+    """Credit the deposit's full amount; first repay any debt the user has in that asset."""
+    clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
+    available = ledger.user_account(session, deposit.user_id, deposit.asset)
+    receivable_id, owed = _receivable(session, deposit.user_id, deposit.asset)
+    repay = min(owed, deposit.amount)
+    legs = [ledger.Leg(clearing, -deposit.amount)]
+    if deposit.amount - repay > 0:
+        legs.append(ledger.Leg(available, deposit.amount - repay))
+    if repay > 0 and receivable_id is not None:
+        legs.append(ledger.Leg(receivable_id, repay))
+    posted = ledger.post_entry(
+        session,
+        kind="deposit",
+        legs=legs,
+        idempotency_key=idempotency_key,
+        actor=actor.name,
+        request_id=actor.request_id,
+        metadata={"deposit_id": str(deposit.id), "connector": deposit.connector, "repaid_debt": repay},
+    )
+    deposit.credit_entry_id = posted.entry_id
+    deposit.settled_at = settled_at or utcnow()
+    deposit.credited_at = utcnow()
+    _transition(session, deposit, DepositState.succeeded, actor, reason="debt repaid first" if repay else None)
+
+
+def _receivable(session: Session, user_id: uuid.UUID, asset: str) -> tuple[uuid.UUID | None, int]:
+    """The user's receivable account in ``asset`` (locked) and what they owe (>= 0)."""
+    row = session.execute(
+        select(Account.id, Account.balance)
+        .where(Account.kind == AccountKind.chargeback_receivable, Account.ref == str(user_id), Account.asset == asset)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None, 0
+    return row.id, max(0, -row.balance)
+
+
+def reverse(
+    session: Session,
+    deposit: Deposit,
+    *,
+    amount: int,
+    chargeback: bool,
+    actor: Actor,
+    idempotency_key: str,
+    reason: str,
+) -> int:
+    """Take ``amount`` of a credited deposit back to the provider. Returns the debt created.
+
+    The user's available balance pays what it can; the shortfall is booked on the
+    user's ``chargeback_receivable`` account, which blocks their withdrawals until
+    it is repaid. The available account is locked before its balance is read, so a
+    concurrent spend cannot make the entry overdraw it.
+    """
+    clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
+    available_id = ledger.user_account(session, deposit.user_id, deposit.asset)
+    balance = session.scalar(select(Account.balance).where(Account.id == available_id).with_for_update()) or 0
+    from_wallet = min(balance, amount)
+    shortfall = amount - from_wallet
+    legs = [ledger.Leg(clearing, amount)]
+    if from_wallet > 0:
+        legs.append(ledger.Leg(available_id, -from_wallet))
+    if shortfall > 0:
+        receivable = ledger.system_account(
+            session, AccountKind.chargeback_receivable, deposit.asset, ref=str(deposit.user_id)
+        )
+        legs.append(ledger.Leg(receivable, -shortfall))
+    ledger.post_entry(
+        session,
+        kind="chargeback" if chargeback else "deposit_refund",
+        legs=legs,
+        idempotency_key=idempotency_key,
+        actor=actor.name,
+        request_id=actor.request_id,
+        metadata={"deposit_id": str(deposit.id), "reason": reason, "shortfall": shortfall},
+    )
+    deposit.reversed_amount += amount
+    target = DepositState.charged_back if chargeback else DepositState.refunded
+    detail = f"{reason}; {shortfall} minor units owed by the user" if shortfall else reason
+    _transition(session, deposit, target, actor, reason=detail)
+    return shortfall
+
+
+def needs_review(session: Session, deposit: Deposit, *, amount: int | None, currency: str | None, actor: Actor) -> None:
+    deposit.received_amount = amount
+    deposit.received_currency = currency
+    why = f"provider reported {amount} {currency}, expected {deposit.amount} {deposit.asset}"
+    _transition(session, deposit, DepositState.needs_review, actor, reason=why)
+
+
+def fail(session: Session, deposit: Deposit, *, reason: str | None, actor: Actor) -> None:
+    deposit.failure_reason = (reason or "failed at the provider")[:255]
+    _transition(session, deposit, DepositState.failed, actor, reason=deposit.failure_reason)
+
+
+def expire_stale(session: Session, *, older_than: timedelta, limit: int = 500) -> int:
+    """Expire pending deposits created before ``now - older_than``; returns how many."""
+    cutoff = utcnow() - older_than
+    ids = list(
+        session.scalars(
+            select(Deposit.id)
+            .where(Deposit.state == DepositState.pending, Deposit.created_at < cutoff)
+            .order_by(Deposit.created_at)
+            .limit(limit)
+        )
+    )
+    expired = 0
+    actor = Actor("system:deposit-expiry")
+    for deposit_id in ids:
+        # Conditional on still being pending: a success processed meanwhile wins.
+        result = session.execute(
+            update(Deposit)
+            .where(Deposit.id == deposit_id, Deposit.state == DepositState.pending)
+            .values(state=DepositState.expired, updated_at=utcnow())
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            expired += 1
+            record(
+                session,
+                subject_type=SUBJECT,
+                subject_id=deposit_id,
+                from_state=DepositState.pending.value,
+                to_state=DepositState.expired.value,
+                actor=actor.name,
+                reason=f"pending for more than {older_than}",
+            )
+    return expired

@@ -1,0 +1,61 @@
+"""The payments domain's refusals, each with its own stable code."""
+
+from __future__ import annotations
+
+from bourse.errors import BourseError, Conflict
+
+
+class UnknownConnector(BourseError):
+    status_code = 404
+    code = "unknown_connector"
+
+
+class DepositNotFound(BourseError):
+    status_code = 404
+    code = "deposit_not_found"
+
+
+class WithdrawalNotFound(BourseError):
+    status_code = 404
+    code = "withdrawal_not_found"
+
+
+class ReportNotFound(BourseError):
+    status_code = 404
+    code = "report_not_found"
+
+
+class WithdrawalsBlocked(Conflict):
+    """A refund or chargeback left the user owing money; settle it first."""
+
+    code = "withdrawals_blocked"
+
+
+class CoolingOff(Conflict):
+    code = "withdrawal_cooling_off"
+
+
+class DailyLimitExceeded(Conflict):
+    code = "daily_limit_exceeded"
+
+
+class InvalidState(Conflict):
+    """The deposit or withdrawal is not in a state that allows this."""
+
+    code = "invalid_state"
+
+
+class SelfApproval(BourseError):
+    status_code = 403
+    code = "self_approval_forbidden"
+
+
+class AlreadyApproved(Conflict):
+    code = "already_approved"
+
+
+class EventNotReady(Exception):
+    """An event arrived before the one it depends on (a refund before its success).
+
+    Not an API error: the processing job fails with it and the queue retries later.
+    """

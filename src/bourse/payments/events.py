@@ -1,0 +1,255 @@
+"""The webhook inbox and what each provider event does.
+
+:func:`receive` stores a verified event under its unique ``(connector,
+event_id)`` and queues its processing job in the same transaction; a replayed
+event id stores nothing and queues nothing. :func:`process` applies one stored
+event exactly once: the event row is locked, ``processed_at`` is set in the
+same transaction as the effect, and every ledger entry's idempotency key is
+derived from the event, so a redelivered job changes nothing.
+
+Deposit events run on the ``deposits`` queue, payout events on ``withdrawals``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bourse.db import upsert
+from bourse.logging import get_logger
+from bourse.payments import deposits, withdrawals
+from bourse.payments.common import record
+from bourse.payments.deposits import Actor
+from bourse.payments.errors import EventNotReady, WithdrawalNotFound
+from bourse.payments.models import Deposit, DepositState, PspEvent, Withdrawal, WithdrawalState
+from bourse.psp.connectors.base import EventKind, PaymentEvent
+from bourse.queue.producer import enqueue
+from bourse.sqltypes import utcnow
+
+log = get_logger("bourse.payments.events")
+
+PROCESS_DEPOSIT_EVENT = "payments.deposit_event"
+PROCESS_PAYOUT_EVENT = "payments.payout_event"
+PAYOUT_KINDS = frozenset({EventKind.payout_succeeded, EventKind.payout_failed})
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    event_row_id: int
+    duplicate: bool
+
+
+def receive(session: Session, connector: str, event: PaymentEvent, body: bytes) -> Received:
+    """Store the event once and queue its processing; a replay is a no-op."""
+    values = {
+        "connector": connector,
+        "event_id": event.event_id[:255],
+        "kind": event.kind.value,
+        "provider_type": event.provider_type[:64],
+        "reference": event.reference[:128] if event.reference else None,
+        "psp_reference": event.psp_reference[:128] if event.psp_reference else None,
+        "amount": event.amount,
+        "currency": event.currency,
+        "occurred_at": event.occurred_at,
+        "detail": dict(event.detail),
+        "body": body.decode("utf-8", errors="replace"),
+        "received_at": utcnow(),
+    }
+    inserted = (
+        upsert(session, PspEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["connector", "event_id"])
+        .returning(PspEvent.id)
+    )
+    row_id = session.scalar(inserted)
+    if row_id is None:
+        existing = session.scalar(
+            select(PspEvent.id).where(PspEvent.connector == connector, PspEvent.event_id == values["event_id"])
+        )
+        return Received(event_row_id=existing or 0, duplicate=True)
+    if event.kind is EventKind.ignored:
+        _finish(session, row_id, "ignored", f"{event.provider_type} is not used by Bourse")
+    else:
+        job = PROCESS_PAYOUT_EVENT if event.kind in PAYOUT_KINDS else PROCESS_DEPOSIT_EVENT
+        enqueue(session, job, {"event": row_id}, unique_key=f"psp-event:{row_id}")
+    return Received(event_row_id=row_id, duplicate=False)
+
+
+def _finish(session: Session, row_id: int, outcome: str, note: str | None = None) -> None:
+    row = session.get(PspEvent, row_id)
+    if row is not None:
+        row.processed_at = utcnow()
+        row.outcome = outcome
+        row.note = note[:255] if note else None
+
+
+def _uuid(text: str | None) -> uuid.UUID | None:
+    if not text:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def _find_deposit(session: Session, event: PspEvent) -> Deposit | None:
+    deposit_id = _uuid(event.reference)
+    if deposit_id is None and event.psp_reference:
+        deposit_id = session.scalar(
+            select(Deposit.id).where(Deposit.connector == event.connector, Deposit.psp_reference == event.psp_reference)
+        )
+    if deposit_id is None:
+        return None
+    deposit = deposits.locked(session, deposit_id)
+    if deposit is not None and deposit.connector != event.connector:
+        return None
+    return deposit
+
+
+def _find_withdrawal(session: Session, event: PspEvent) -> Withdrawal | None:
+    withdrawal_id = _uuid(event.reference)
+    if withdrawal_id is None and event.psp_reference:
+        withdrawal_id = session.scalar(
+            select(Withdrawal.id).where(
+                Withdrawal.connector == event.connector, Withdrawal.psp_reference == event.psp_reference
+            )
+        )
+    if withdrawal_id is None:
+        return None
+    try:
+        withdrawal = withdrawals.locked(session, withdrawal_id)
+    except WithdrawalNotFound:
+        return None
+    return withdrawal if withdrawal.connector == event.connector else None
+
+
+def process(session: Session, row_id: int, *, request_id: str | None = None) -> str:
+    """Apply one stored event; returns its outcome. Raises EventNotReady to be retried."""
+    event = session.scalar(
+        select(PspEvent).where(PspEvent.id == row_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if event is None:
+        return "missing"
+    if event.processed_at is not None:
+        return event.outcome or "done"
+    actor = Actor(f"psp:{event.connector}", request_id)
+    kind = EventKind(event.kind)
+    if kind in PAYOUT_KINDS:
+        outcome, note = _payout_event(session, event, kind, actor)
+    else:
+        outcome, note = _deposit_event(session, event, kind, actor)
+    _finish(session, event.id, outcome, note)
+    log.info("psp_event_processed", connector=event.connector, event_id=event.event_id, kind=kind, outcome=outcome)
+    return outcome
+
+
+def _deposit_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
+    deposit = _find_deposit(session, event)
+    if deposit is None:
+        log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
+        return "unmatched", "no deposit has this reference"
+    if kind is EventKind.deposit_succeeded:
+        return _deposit_succeeded(session, event, deposit, actor)
+    if kind is EventKind.deposit_failed:
+        return _deposit_failed(session, event, deposit, actor)
+    return _deposit_reversed(session, event, deposit, kind, actor)
+
+
+def _ledger_key(event: PspEvent) -> str:
+    return f"psp-event:{event.connector}:{event.event_id}"
+
+
+def _deposit_succeeded(session: Session, event: PspEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
+    if deposit.state in deposits.CREDITED:
+        return "duplicate", f"deposit already {deposit.state.value}"
+    if deposit.state is DepositState.needs_review:
+        return "recorded", "deposit is under review"
+    if event.psp_reference and deposit.psp_reference != event.psp_reference:
+        # Stripe names a checkout session first and its payment intent here.
+        deposit.psp_reference = event.psp_reference
+    if event.amount != deposit.amount or (event.currency or "").upper() != deposit.asset:
+        deposits.needs_review(session, deposit, amount=event.amount, currency=event.currency, actor=actor)
+        return "needs_review", "amount or currency differs from the deposit"
+    deposits.credit(session, deposit, settled_at=event.occurred_at, actor=actor, idempotency_key=_ledger_key(event))
+    return "applied", None
+
+
+def _deposit_failed(session: Session, event: PspEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
+    if deposit.state in (DepositState.pending, DepositState.expired):
+        reason = event.detail.get("failure_reason") or event.detail.get("message")
+        deposits.fail(session, deposit, reason=str(reason) if reason else None, actor=actor)
+        return "applied", None
+    if deposit.state is DepositState.failed:
+        return "duplicate", None
+    # A failure after a success (a late or out-of-order delivery) never takes money back.
+    record(
+        session,
+        subject_type=deposits.SUBJECT,
+        subject_id=deposit.id,
+        from_state=deposit.state.value,
+        to_state=deposit.state.value,
+        actor=actor.name,
+        reason=f"failure event {event.event_id} after {deposit.state.value}: recorded, not applied",
+        request_id=actor.request_id,
+    )
+    return "recorded", f"failure after {deposit.state.value}"
+
+
+def _deposit_reversed(
+    session: Session, event: PspEvent, deposit: Deposit, kind: EventKind, actor: Actor
+) -> tuple[str, str | None]:
+    """A refund or a chargeback of a deposit."""
+    if deposit.state in (DepositState.pending, DepositState.expired, DepositState.failed):
+        # Out of order: the success this reverses has not been processed yet.
+        raise EventNotReady(f"{kind.value} for deposit {deposit.id} arrived before its success")
+    if deposit.state is DepositState.needs_review:
+        return "recorded", "nothing was credited for this deposit"
+    reported = event.amount if event.amount is not None else deposit.amount
+    # Stripe reports a cumulative refunded amount; reverse only what is new.
+    amount = min(reported, deposit.amount) - deposit.reversed_amount
+    if amount <= 0:
+        return "duplicate", "already reversed"
+    deposits.reverse(
+        session,
+        deposit,
+        amount=amount,
+        chargeback=kind is EventKind.chargeback,
+        actor=actor,
+        idempotency_key=_ledger_key(event),
+        reason=f"{kind.value} {event.event_id}",
+    )
+    return "applied", None
+
+
+def _payout_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
+    withdrawal = _find_withdrawal(session, event)
+    if withdrawal is None:
+        log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
+        return "unmatched", "no withdrawal has this reference"
+    if withdrawal.state in (WithdrawalState.approved, WithdrawalState.processing):
+        if event.psp_reference and withdrawal.psp_reference is None:
+            withdrawal.psp_reference = event.psp_reference
+        if kind is EventKind.payout_succeeded:
+            withdrawals.mark_paid(session, withdrawal, settled_at=event.occurred_at, actor=actor)
+        else:
+            reason = event.detail.get("failure_reason") or "payout failed at the provider"
+            withdrawals.mark_failed(session, withdrawal, reason=str(reason), actor=actor)
+        return "applied", None
+    done = WithdrawalState.succeeded if kind is EventKind.payout_succeeded else WithdrawalState.failed
+    if withdrawal.state is done:
+        return "duplicate", None
+    record(
+        session,
+        subject_type=withdrawals.SUBJECT,
+        subject_id=withdrawal.id,
+        from_state=withdrawal.state.value,
+        to_state=withdrawal.state.value,
+        actor=actor.name,
+        reason=f"{kind.value} event {event.event_id} while {withdrawal.state.value}: recorded, not applied",
+        request_id=actor.request_id,
+    )
+    log.error("psp_payout_event_conflict", withdrawal=str(withdrawal.id), state=withdrawal.state, kind=kind)
+    return "recorded", f"{kind.value} while {withdrawal.state.value}"
