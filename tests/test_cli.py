@@ -60,7 +60,8 @@ def test_migrate_postgres(empty_postgres_url: str) -> None:
 def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`bourse up` on its defaults (./var/bourse.db) in an empty directory."""
     port = free_port()
-    process = start(["-m", "bourse", "up", "--port", str(port)], clean_env(), cwd=tmp_path)
+    env = clean_env(BOURSE_PSP_SIM_URL=f"http://127.0.0.1:{free_port()}")
+    process = start(["-m", "bourse", "up", "--port", str(port)], env, cwd=tmp_path)
     try:
         yield process, port
     finally:
@@ -111,7 +112,7 @@ def test_up_runs_on_sqlite_serves_ready_and_metrics_and_stops_on_ctrl_c(
     assert (tmp_path / "var" / "bourse.db").exists()
     metrics = httpx.get(f"{base}/metrics").text
     assert "bourse_http_requests_in_flight" in metrics
-    assert all(_child_pids(output, child) for child in ("api", "worker", "scheduler"))
+    assert all(_child_pids(output, child) for child in ("api", "worker", "scheduler", "psp-sim"))
 
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
@@ -132,11 +133,11 @@ def test_up_restarts_a_child_that_dies(up_process: tuple[subprocess.Popen[str], 
     base = f"http://127.0.0.1:{port}"
     output = _read_until_all(process, ['"worker_started"', '"scheduler_started"'])
     wait_for_status(f"{base}/readyz", timeout=60)
-    # The supervisor's own process table: the API, the worker and the scheduler.
+    # The supervisor's own process table: the API, the worker, the scheduler and the PSP simulator.
     children = subprocess.run(
         ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert len(children) == 3
+    assert len(children) == 4
     [api] = _child_pids(output, "api")
     [worker] = _child_pids(output, "worker")
     assert {api, worker} <= {int(pid) for pid in children}

@@ -22,6 +22,7 @@ from bourse.bench import bench
 from bourse.identity.cli import users
 from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
 from bourse.ledger.cli import assets, ledger
+from bourse.payments.bench import bench_deposits
 from bourse.payments.cli import psp
 from bourse.psp.sim.cli import psp_sim
 from bourse.queue.bench import bench_queue
@@ -259,4 +260,5 @@ bench.add_command(bench_ledger)
 bench.add_command(bench_ledger_http)
 bench.add_command(bench_pgbench)
 bench.add_command(bench_matching)
+bench.add_command(bench_deposits)
 main.add_command(bench)
