@@ -74,6 +74,14 @@ BENCH_CLIENTS ?= 8
 BENCH_SECONDS ?= 20
 BENCH_PORT ?= 8765
 
+BENCH_DEPOSITS ?= 2000
+# Drop and create BENCH_DB, then migrate it (BOURSE_DATABASE_URL must name it).
+RECREATE_BENCH_DB = $(BIN)/python -c 'import sys, sqlalchemy as sa; u = sa.make_url(sys.argv[1]); \
+	    e = sa.create_engine(u.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT"); \
+	    c = e.connect(); c.exec_driver_sql(f"DROP DATABASE IF EXISTS \"{u.database}\" WITH (FORCE)"); \
+	    c.exec_driver_sql(f"CREATE DATABASE \"{u.database}\"")' $(BENCH_DB) && \
+	  $(BIN)/bourse migrate >/dev/null
+
 .PHONY: bench-baseline
 bench-baseline: $(STAMP) ## pgbench TPC-B (-M prepared) on BENCH_DB's server, BENCH_CLIENTS clients, BENCH_SECONDS s
 	@BOURSE_DATABASE_URL=$(BENCH_DB) $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json
@@ -82,17 +90,25 @@ bench-baseline: $(STAMP) ## pgbench TPC-B (-M prepared) on BENCH_DB's server, BE
 bench-ledger: $(STAMP) ## Recreate BENCH_DB, then pgbench, `bench ledger` and `bench ledger-http` in one run (var/bench/ledger.jsonl)
 	@mkdir -p var/bench && out=var/bench/ledger.jsonl && : > $$out && \
 	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
-	  $(BIN)/python -c 'import sys, sqlalchemy as sa; u = sa.make_url(sys.argv[1]); \
-	    e = sa.create_engine(u.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT"); \
-	    c = e.connect(); c.exec_driver_sql(f"DROP DATABASE IF EXISTS \"{u.database}\" WITH (FORCE)"); \
-	    c.exec_driver_sql(f"CREATE DATABASE \"{u.database}\"")' $(BENCH_DB) && \
-	  $(BIN)/bourse migrate >/dev/null && \
+	  $(RECREATE_BENCH_DB) && \
 	  $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
 	  $(BIN)/bourse bench ledger --concurrency $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
 	  { $(BIN)/bourse serve --port $(BENCH_PORT) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
 	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
 	  $(BIN)/bourse bench ledger-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
 	    --seconds $(BENCH_SECONDS) --json | tee -a $$out
+
+.PHONY: bench-deposits
+bench-deposits: $(STAMP) ## Recreate BENCH_DB, then `bench deposits`: flat out, and at 100/s (var/bench/deposits.jsonl)
+	@mkdir -p var/bench && out=var/bench/deposits.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  $(RECREATE_BENCH_DB) && \
+	  $(BIN)/bourse bench deposits --count $(BENCH_DEPOSITS) --json | tee -a $$out && \
+	  $(BIN)/bourse bench deposits --count $(BENCH_DEPOSITS) --rate 100 --json | tee -a $$out
+
+.PHONY: bench-matching
+bench-matching: $(STAMP) ## The in-memory order book on one core: `bench matching` with 200,000 orders
+	@$(BIN)/bourse bench matching --orders 200000 --json
 
 .PHONY: ci
 ci: ## What CI runs: .ci/run
