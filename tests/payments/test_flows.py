@@ -379,6 +379,26 @@ def test_a_refund_takes_the_money_back(stack: Stack) -> None:
     assert stack.wallet(user)["available"] == "0.00"
 
 
+def test_a_refund_delivered_before_its_success_waits_for_it(stack: Stack) -> None:
+    # The simulator holds events for 2 s and then delivers them newest first.
+    stack.faults(out_of_order_window_seconds=2)
+    user = stack.user()
+    deposit = stack.deposit(user, "25.00")
+    stack.pay(deposit)
+    assert stack.sim("POST", f"/admin/deposits/{deposit['psp_reference']}/refund").status_code == 200
+    row = stack.wait_deposit(deposit["id"], DepositState.refunded, timeout=30)
+    assert row.reversed_amount == 2500
+    assert stack.wallet(user)["available"] == "0.00"
+    stored = stack.events_for("simulator", psp_reference=deposit["psp_reference"])
+    assert sorted(e.kind for e in stored) == ["deposit_succeeded", "refunded"]
+    # The refund arrived first: its job was refused until the success was applied.
+    refund, success = sorted(stored, key=lambda e: e.kind, reverse=True)
+    assert refund.received_at < success.received_at
+    assert refund.processed_at is not None
+    assert success.processed_at is not None
+    assert refund.processed_at > success.processed_at
+
+
 # --- Reconciliation ------------------------------------------------------------------------
 
 

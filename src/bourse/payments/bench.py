@@ -30,6 +30,7 @@ from typing import Any
 
 import click
 import httpx2 as httpx
+import psutil  # type: ignore[import-untyped]
 from sqlalchemy import select
 
 from bourse.bench import machine, percentile
@@ -56,6 +57,7 @@ class _Stack:
         self.env = {**env, "BOURSE_PSP_SIM_URL": self.sim_url, "BOURSE_LOG_LEVEL": "warning"}
         self.logs = logs
         self.children: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
         self._start("psp-sim", "psp-sim", "--port", str(self.sim_port), "--webhook-url", self._webhook_url())
         self._start("api", "serve", "--port", str(self.api_port))
         for index in range(workers):
@@ -74,6 +76,7 @@ class _Stack:
         return f"{self.api_url}/api/v1/psp/simulator/webhook"
 
     def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.names.append(name.split("-", maxsplit=1)[0] if name.startswith("worker") else name)
         with (self.logs / f"{name}.log").open("ab") as log:
             self.children.append(
                 subprocess.Popen(  # noqa: S603 - our own command, fixed argv
@@ -98,6 +101,27 @@ class _Stack:
                     raise click.ClickException(f"{url} did not become ready; logs in {self.logs}")
                 time.sleep(0.1)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each role, with its descendants
+        (a worker's job runner), this benchmark's own client, and PostgreSQL's
+        server processes when they run on this machine."""
+        totals: dict[str, float] = {}
+        for name, child in zip(self.names, self.children, strict=True):
+            totals[name] = totals.get(name, 0.0) + _tree_cpu(child.pid)
+        me = psutil.Process().cpu_times()
+        totals["bench client"] = me.user + me.system
+        postgres = 0.0
+        for process in psutil.process_iter(["name"]):
+            if (process.info.get("name") or "").startswith("postgres"):
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                postgres += times.user + times.system
+        if postgres:
+            totals["postgresql"] = postgres
+        return totals
+
     def stop(self) -> None:
         for child in self.children:
             if child.poll() is None:
@@ -108,6 +132,22 @@ class _Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait(timeout=5)
+
+
+def _tree_cpu(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _bench_user(settings: Any) -> tuple[uuid.UUID, str]:
@@ -194,8 +234,12 @@ def _drive(  # noqa: PLR0917 - the benchmark's parameters
     rate: float | None,
     concurrency: int,
     timeout: float,
-) -> tuple[list[str], float]:
-    """Open the deposits, approve their checkouts, wait for every credit; the approval phase's length."""
+) -> tuple[list[str], float, dict[str, float]]:
+    """Open the deposits, approve their checkouts, wait for every credit.
+
+    Returns the deposit ids, the approval phase's length, and the CPU seconds each
+    role spent from the first approval to the last credit.
+    """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=30.0, limits=limits) as client:
         stack.wait_ready(client)
@@ -235,13 +279,16 @@ def _drive(  # noqa: PLR0917 - the benchmark's parameters
                 client.post(f"{deposit['checkout_url']}/approve", follow_redirects=False)
             opened = list(pool.map(open_deposit, range(count)))
             _wait_credited(settings, [d["id"] for d in warm], timeout, stack.logs)
+            cpu_before = stack.cpu_seconds()
             started = time.monotonic()
             next_slot[0] = started
             list(pool.map(approve, opened))
         approve_seconds = time.monotonic() - started
         deposit_ids = [d["id"] for d in opened]
         _wait_credited(settings, deposit_ids, timeout, stack.logs)
-    return deposit_ids, approve_seconds
+        cpu_after = stack.cpu_seconds()
+    cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    return deposit_ids, approve_seconds, cpu
 
 
 @click.command("deposits")
@@ -277,7 +324,7 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     # The benchmark's own view of the settings: the simulator it started.
     settings = Settings(**{**settings.model_dump(), "psp_sim_url": stack.sim_url})
     try:
-        deposit_ids, approve_seconds = _drive(stack, settings, token, count, warmup, rate, concurrency, timeout)
+        deposit_ids, approve_seconds, cpu = _drive(stack, settings, token, count, warmup, rate, concurrency, timeout)
     finally:
         stack.stop()
     latencies, span, credited = _timings(settings, deposit_ids)
@@ -299,6 +346,8 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
             "p99": round(percentile(latencies, 0.99) * 1000, 1),
             "max": round(max(latencies, default=0.0) * 1000, 1),
         },
+        # Where the machine's CPU went, per credited deposit (the profile of a missed target).
+        "cpu_ms_per_deposit": {name: round(seconds * 1000 / max(credited, 1), 2) for name, seconds in cpu.items()},
         "user_id": str(user_id),
         "machine": machine(),
     }
