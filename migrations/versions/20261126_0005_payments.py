@@ -110,6 +110,7 @@ def upgrade() -> None:
         sa.Column("received_amount", sa.BigInteger(), nullable=True),
         sa.Column("received_currency", sa.String(length=12), nullable=True),
         sa.Column("reversed_amount", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_amount", sa.BigInteger(), nullable=False),
         sa.Column("failure_reason", sa.String(length=255), nullable=True),
         sa.Column("credit_entry_id", sa.Uuid(), nullable=True),
         sa.Column("created_at", _TS, nullable=False),
@@ -123,6 +124,10 @@ def upgrade() -> None:
         sa.CheckConstraint("amount > 0", name=op.f("ck_deposits_amount_positive")),
         sa.CheckConstraint(
             "reversed_amount >= 0 AND reversed_amount <= amount", name=op.f("ck_deposits_reversed_within_amount")
+        ),
+        sa.CheckConstraint(
+            "refunded_amount >= 0 AND refunded_amount <= reversed_amount",
+            name=op.f("ck_deposits_refunded_within_reversed"),
         ),
         sa.ForeignKeyConstraint(["asset"], ["assets.code"], name=op.f("fk_deposits_asset_assets")),
         sa.ForeignKeyConstraint(

@@ -81,6 +81,7 @@ def create(
         connector=connector.name,
         state=DepositState.pending,
         reversed_amount=0,
+        refunded_amount=0,
     )
     session.add(deposit)
     record(
@@ -216,6 +217,8 @@ def reverse(
         metadata={"deposit_id": str(deposit.id), "reason": reason, "shortfall": shortfall},
     )
     deposit.reversed_amount += amount
+    if not chargeback:
+        deposit.refunded_amount += amount
     target = DepositState.charged_back if chargeback else DepositState.refunded
     detail = f"{reason}; {shortfall} minor units owed by the user" if shortfall else reason
     _transition(session, deposit, target, actor, reason=detail)

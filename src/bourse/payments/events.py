@@ -207,9 +207,15 @@ def _deposit_reversed(
         raise EventNotReady(f"{kind.value} for deposit {deposit.id} arrived before its success")
     if deposit.state is DepositState.needs_review:
         return "recorded", "nothing was credited for this deposit"
-    reported = event.amount if event.amount is not None else deposit.amount
-    # Stripe reports a cumulative refunded amount; reverse only what is new.
-    amount = min(reported, deposit.amount) - deposit.reversed_amount
+    left = deposit.amount - deposit.reversed_amount
+    if event.amount is None:
+        amount = left  # the provider did not say: whatever is still credited
+    elif kind is EventKind.refunded:
+        # Refunds come as a running total (Stripe's amount_refunded): reverse what is new.
+        amount = min(event.amount - deposit.refunded_amount, left)
+    else:
+        # A chargeback names the disputed amount itself.
+        amount = min(event.amount, left)
     if amount <= 0:
         return "duplicate", "already reversed"
     deposits.reverse(
@@ -230,6 +236,24 @@ def _payout_event(session: Session, event: PspEvent, kind: EventKind, actor: Act
         log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
         return "unmatched", "no withdrawal has this reference"
     if withdrawal.state in (WithdrawalState.approved, WithdrawalState.processing):
+        if kind is EventKind.payout_succeeded and (
+            (event.amount is not None and event.amount != withdrawal.amount)
+            or (event.currency is not None and event.currency.upper() != withdrawal.asset)
+        ):
+            # Paid, but not what was asked: leave it for people, never guess.
+            why = f"provider paid {event.amount} {event.currency}, expected {withdrawal.amount} {withdrawal.asset}"
+            record(
+                session,
+                subject_type=withdrawals.SUBJECT,
+                subject_id=withdrawal.id,
+                from_state=withdrawal.state.value,
+                to_state=withdrawal.state.value,
+                actor=actor.name,
+                reason=f"{why}: recorded, not applied",
+                request_id=actor.request_id,
+            )
+            log.error("psp_payout_amount_mismatch", withdrawal=str(withdrawal.id), detail=why)
+            return "recorded", why[:255]
         if event.psp_reference and withdrawal.psp_reference is None:
             withdrawal.psp_reference = event.psp_reference
         if kind is EventKind.payout_succeeded:

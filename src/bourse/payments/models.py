@@ -57,6 +57,7 @@ class Deposit(Base):
         CheckConstraint(f"state IN ({enum_values(DepositState)})", name="state"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_within_amount"),
+        CheckConstraint("refunded_amount >= 0 AND refunded_amount <= reversed_amount", name="refunded_within_reversed"),
         UniqueConstraint("connector", "psp_reference", name="uq_deposits_connector_psp_reference"),
         Index("ix_deposits_user_id_created_at", "user_id", "created_at"),
         Index("ix_deposits_state_created_at", "state", "created_at"),
@@ -75,6 +76,8 @@ class Deposit(Base):
     received_currency: Mapped[str | None] = mapped_column(String(12), default=None)
     # Refunds and chargebacks reverse at most the credited amount, in total.
     reversed_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The refunds' part of it: providers report refunds as a running total.
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     failure_reason: Mapped[str | None] = mapped_column(String(255), default=None)
     credit_entry_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("journal_entries.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

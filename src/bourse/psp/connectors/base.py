@@ -70,7 +70,9 @@ class PaymentEvent:
     ``reference`` is Bourse's own id (a deposit's or a withdrawal's) when the
     provider echoes it back; ``psp_reference`` is the provider's id of the payment
     the event is about. At least one of them is set for every kind but
-    ``ignored``. ``amount`` and ``currency`` are what the provider says moved.
+    ``ignored``. ``amount`` and ``currency`` are what the provider says moved;
+    for ``refunded`` the amount is the running total refunded on the payment so
+    far, for ``chargeback`` the disputed amount.
     """
 
     event_id: str
