@@ -91,7 +91,8 @@ def test_failures_after_the_effect_are_safe_to_retry_with_the_same_key(
         started = time.monotonic()
         with pytest.raises(PspUnavailable):
             _payout(impatient, reference, key)
-        assert time.monotonic() - started < 1.5
+        # Gave up at its own timeout, before the simulator's 2 s hold ended.
+        assert time.monotonic() - started < 1.9
         first = _payouts(sim, reference)
         assert len(first) == 1  # the call took effect although the caller saw a failure
         retried = _payout(impatient, reference, key)
