@@ -68,7 +68,7 @@ class _Stack:
                 "--queue",
                 "deposits",
                 "--sleep",
-                "0.01",
+                "0.05",
                 env={"BOURSE_WORKER_HEARTBEAT_PATH": str(heartbeat)},
             )
 

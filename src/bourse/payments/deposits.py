@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
@@ -141,9 +141,7 @@ def credit(
     session: Session, deposit: Deposit, *, settled_at: datetime | None, actor: Actor, idempotency_key: str
 ) -> None:
     """Credit the deposit's full amount; first repay any debt the user has in that asset."""
-    clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
-    available = ledger.user_account(session, deposit.user_id, deposit.asset)
-    receivable_id, owed = _receivable(session, deposit.user_id, deposit.asset)
+    clearing, available, receivable_id, owed = _credit_accounts(session, deposit)
     repay = min(owed, deposit.amount)
     legs = [ledger.Leg(clearing, -deposit.amount)]
     if deposit.amount - repay > 0:
@@ -163,6 +161,40 @@ def credit(
     deposit.settled_at = settled_at or utcnow()
     deposit.credited_at = utcnow()
     _transition(session, deposit, DepositState.succeeded, actor, reason="debt repaid first" if repay else None)
+
+
+def _credit_accounts(session: Session, deposit: Deposit) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID | None, int]:
+    """The clearing and available accounts a credit moves between, and any debt to repay first.
+
+    One round trip in the usual case (both accounts exist, no debt): this is the
+    hot path of every deposit.
+    """
+    user_ref = str(deposit.user_id)
+    rows = session.execute(
+        select(Account.id, Account.kind, Account.balance).where(
+            Account.asset == deposit.asset,
+            or_(
+                and_(Account.kind == AccountKind.psp_clearing, Account.ref == deposit.connector),
+                and_(
+                    Account.kind.in_([AccountKind.available, AccountKind.chargeback_receivable]),
+                    Account.ref == user_ref,
+                ),
+            ),
+        )
+    ).all()
+    found = {row.kind: row for row in rows}
+    clearing = found[AccountKind.psp_clearing].id if AccountKind.psp_clearing in found else None
+    if clearing is None:
+        clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
+    available = found[AccountKind.available].id if AccountKind.available in found else None
+    if available is None:
+        available = ledger.user_account(session, deposit.user_id, deposit.asset)
+    receivable = found.get(AccountKind.chargeback_receivable)
+    if receivable is None or receivable.balance >= 0:
+        return clearing, available, None, 0
+    # A debt: read it again under lock, so two credits never both repay it.
+    receivable_id, owed = _receivable(session, deposit.user_id, deposit.asset)
+    return clearing, available, receivable_id, owed
 
 
 def _receivable(session: Session, user_id: uuid.UUID, asset: str) -> tuple[uuid.UUID | None, int]:
