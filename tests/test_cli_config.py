@@ -229,6 +229,8 @@ def test_config_show_json(tmp_path: Path) -> None:
         "BOURSE_REDIS_PASSWORD",
         "BOURSE_JWT_PREVIOUS_KEYS",
         "BOURSE_TOTP_KEY",
+        "BOURSE_STRIPE_API_KEY",
+        "BOURSE_STRIPE_WEBHOOK_SECRET",
     }
 
 

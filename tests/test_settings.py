@@ -132,6 +132,8 @@ def test_secret_fields_are_secret_str(monkeypatch: pytest.MonkeyPatch) -> None:
         "totp_key",
         "database_password",
         "redis_password",
+        "stripe_api_key",
+        "stripe_webhook_secret",
     }
 
 
@@ -871,6 +873,8 @@ def test_describe_lists_every_setting_once() -> None:
         "BOURSE_REDIS_PASSWORD",
         "BOURSE_JWT_PREVIOUS_KEYS",
         "BOURSE_TOTP_KEY",
+        "BOURSE_STRIPE_API_KEY",
+        "BOURSE_STRIPE_WEBHOOK_SECRET",
     }
 
 
