@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from pathlib import Path
 
@@ -977,3 +978,10 @@ def test_other_consumers_files_in_a_secrets_dir_are_left_alone(tmp_path: Path) -
     assert set(found) == {"BOURSE_JWT_SECRET"}
     assert found["BOURSE_JWT_SECRET"].value == JWT
     assert found["BOURSE_JWT_SECRET"].origin == f"{tmp_path / 'bourse.env'}:2"
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """The configuration table in README.md names every setting, so it cannot fall behind."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(BOURSE_[A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
+    assert {env_name(name) for name in Settings.model_fields} - documented == set()
