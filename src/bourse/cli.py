@@ -28,6 +28,7 @@ from bourse.psp.sim.cli import psp_sim
 from bourse.queue.bench import bench_queue
 from bourse.queue.cli import jobs, schedule, scheduler, worker
 from bourse.trading.bench import bench_matching
+from bourse.trading.cli import instruments
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -249,6 +250,7 @@ def up(host: str | None, port: int | None) -> None:
 main.add_command(users)
 main.add_command(ledger)
 main.add_command(assets)
+main.add_command(instruments)
 main.add_command(worker)
 main.add_command(scheduler)
 main.add_command(schedule)

@@ -388,6 +388,9 @@ class Settings(BaseSettings):
     withdrawal_two_approvals_above: dict[str, str] = Field(
         default_factory=lambda: {"USD": "10000", "EUR": "10000", "BTC": "0.5", "ETH": "10"}
     )
+    # Introducing brokers: how many levels of IBs above a client earn commission on
+    # their trading (1: only the IB who referred them). Plans may not have more levels.
+    ib_max_depth: int = Field(default=2, ge=1, le=5)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

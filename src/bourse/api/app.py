@@ -20,7 +20,9 @@ from bourse.ledger import api as ledger_api
 from bourse.payments import api as payments_api
 from bourse.queue.api import admin_jobs
 from bourse.queue.api import close_driver as close_queue_driver
+from bourse.referrals import api as referrals_api
 from bourse.settings import Settings, load_settings
+from bourse.trading import api as trading_api
 
 API_PREFIX = "/api/v1"
 
@@ -104,5 +106,9 @@ def create_app(
     app.include_router(payments_api.payments)
     app.include_router(payments_api.inbox)
     app.include_router(payments_api.payments_admin)
+    app.include_router(referrals_api.ib)
+    app.include_router(referrals_api.ib_admin)
+    app.include_router(trading_api.instruments)
+    app.include_router(trading_api.instruments_admin)
     app.include_router(admin_jobs)
     return app

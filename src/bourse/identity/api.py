@@ -23,6 +23,7 @@ from bourse.identity.schemas import (
     UserOut,
 )
 from bourse.identity.throttle import LoginThrottle, create_login_throttle
+from bourse.referrals import service as referrals
 from bourse.settings import Settings
 
 auth = router(prefix="/api/v1/auth", tags=["auth"])
@@ -55,7 +56,13 @@ def _tokens(pair: service.TokenPair) -> TokenResponse:
 
 @auth.post("/register", status_code=201, summary="Create a client account")
 def register(body: RegisterRequest, request: Request, session: DbSession) -> UserOut:
-    """Self-registration always creates a ``client``; staff are created with ``bourse users create``."""
+    """Self-registration always creates a ``client``; staff are created with ``bourse users create``.
+
+    With a ``referral_code`` the user is linked to its IB in the same transaction:
+    an unknown or inactive code (``unknown_referral_code``) creates no user.
+    """
+    # Checked first: a bad code is refused before the password is hashed.
+    code = referrals.active_code(session, body.referral_code) if body.referral_code is not None else None
     user = service.create_user(
         session,
         email=body.email,
@@ -63,6 +70,8 @@ def register(body: RegisterRequest, request: Request, session: DbSession) -> Use
         role=Role.client,
         hasher=hasher_for(_settings(request)),
     )
+    if code is not None:
+        referrals.refer(session, user.id, code)
     return _user_out(user)
 
 

@@ -23,6 +23,8 @@ class _Body(BaseModel):
 class RegisterRequest(_Body):
     email: str = _EMAIL
     password: str = _PASSWORD
+    # An introducing broker's code: the new user is linked to that IB.
+    referral_code: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class LoginRequest(_Body):

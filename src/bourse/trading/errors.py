@@ -1,0 +1,92 @@
+"""The trading domain's refusals, each with its own stable code.
+
+Order-facing refusals (``price_off_tick`` and the others below it) are what a
+client sees when an order does not fit its instrument's rules. Amount syntax
+errors come from :mod:`bourse.assets.amounts` (``amount_invalid``,
+``amount_precision``, ``amount_not_positive``, ...).
+"""
+
+from __future__ import annotations
+
+from bourse.errors import BourseError, Conflict
+
+
+class UnknownInstrument(BourseError):
+    status_code = 404
+    code = "unknown_instrument"
+
+
+class InstrumentExists(Conflict):
+    code = "instrument_exists"
+
+
+class InstrumentImmutableField(Conflict):
+    """``price_scale`` and the assets of an instrument can never change."""
+
+    code = "instrument_immutable_field"
+
+
+class InvalidInstrument(BourseError):
+    """Base class of the refusals of an instrument's definition; all are 422."""
+
+    status_code = 422
+    code = "invalid_instrument"
+
+
+class InvalidSymbol(InvalidInstrument):
+    code = "instrument_symbol_invalid"
+
+
+class SameAssets(InvalidInstrument):
+    code = "instrument_same_assets"
+
+
+class InvalidPriceScale(InvalidInstrument):
+    code = "instrument_price_scale_invalid"
+
+
+class InvalidQuantityLimits(InvalidInstrument):
+    code = "instrument_quantity_limits_invalid"
+
+
+class InvalidPriceBand(InvalidInstrument):
+    code = "instrument_price_band_invalid"
+
+
+class ReasonRequired(BourseError):
+    status_code = 422
+    code = "reason_required"
+
+
+# -- Orders against an instrument ---------------------------------------------------------
+
+
+class OrderRuleError(BourseError):
+    """Base class of an order's refusals against its instrument's rules; all are 422."""
+
+    status_code = 422
+    code = "order_invalid"
+
+
+class PriceOffTick(OrderRuleError):
+    code = "price_off_tick"
+
+
+class QuantityOffLot(OrderRuleError):
+    code = "quantity_off_lot"
+
+
+class QuantityTooSmall(OrderRuleError):
+    code = "quantity_too_small"
+
+
+class QuantityTooLarge(OrderRuleError):
+    code = "quantity_too_large"
+
+
+class PriceOutsideBand(OrderRuleError):
+    code = "price_outside_band"
+
+
+class MarketHalted(Conflict):
+    code = "market_halted"

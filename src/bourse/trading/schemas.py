@@ -1,0 +1,66 @@
+"""Wire shapes of the instruments API. Prices and quantities are decimal strings, never numbers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from bourse.assets.amounts import AmountText
+from bourse.trading.models import InstrumentStatus
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstrumentOut(BaseModel):
+    symbol: str = Field(examples=["BTC-USD"])
+    base_asset: str
+    quote_asset: str
+    price_scale: int = Field(description="Decimals of a price, in quote units per one whole base unit")
+    tick_size: str = Field(description="The price increment, in quote units", examples=["0.01"])
+    lot_size: str = Field(description="The quantity increment, in base units", examples=["0.0001"])
+    min_quantity: str
+    max_quantity: str
+    price_band_bps: int = Field(description="A limit price may be at most this far from last_price, in basis points")
+    status: InstrumentStatus
+    last_price: str | None = Field(description="The last trade's price; null before the first trade")
+    sequence: int = Field(description="The instrument's market-data sequence number")
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstrumentIn(_In):
+    symbol: str = Field(description="BASE-QUOTE, e.g. BTC-USD", examples=["BTC-EUR"])
+    base_asset: str
+    quote_asset: str
+    price_scale: StrictInt = Field(description="Decimals of a price, 0 to 8. It can never change later.")
+    tick_size: AmountText = Field(description="The price increment in quote units, at price_scale")
+    lot_size: AmountText = Field(description="The quantity increment in base units")
+    min_quantity: AmountText
+    max_quantity: AmountText
+    price_band_bps: StrictInt = Field(description="1 to 10000 basis points")
+
+
+class InstrumentPatch(_In):
+    """Only the fields sent change. price_scale and the assets are accepted only to refuse a change (409)."""
+
+    tick_size: AmountText | None = None
+    lot_size: AmountText | None = None
+    min_quantity: AmountText | None = None
+    max_quantity: AmountText | None = None
+    price_band_bps: StrictInt | None = None
+    price_scale: StrictInt | None = None
+    base_asset: str | None = None
+    quote_asset: str | None = None
+
+
+class StatusChangeIn(_In):
+    reason: str = Field(description="Why, in 3 to 500 characters; logged with the operator's id")
+
+
+class StatusChangeOut(BaseModel):
+    instrument: InstrumentOut
+    reason: str
+    actor: str = Field(description="Who changed the status, as user:<id>")
