@@ -10,10 +10,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import text
+from prometheus_client import REGISTRY
+from sqlalchemy import select, text
 
+from bourse.db import unit_of_work
 from bourse.identity.models import Role
-from bourse.payments.models import DepositState, WithdrawalState
+from bourse.payments.models import DepositState, ReconciliationReport, WithdrawalState
+from bourse.psp.registry import close_all
+from bourse.queue.registry import JobContext, load_jobs
 from tests.payments.conftest import RETRY_AFTER, Stack, wait_until
 from tests.support.processes import run_bourse
 
@@ -430,3 +434,36 @@ def test_reconciliation_finds_injected_mismatches(stack: Stack) -> None:
     shown = stack.api("GET", f"/api/v1/admin/reconciliation-reports/{report['id']}", operator).json()
     assert shown["mismatch_count"] == report["mismatch_count"]
     assert stack.api("GET", "/api/v1/admin/reconciliation-reports", user).status_code == 403
+
+
+def run_then_close_connectors(handler: Any, ctx: JobContext) -> None:
+    try:
+        handler(ctx)
+    finally:
+        close_all()
+
+
+def test_the_daily_reconciliation_job_exports_its_mismatches(stack: Stack) -> None:
+    """The scheduled job (run here in process, as a worker's runner would) sets the metric."""
+    spec = load_jobs()["payments.reconcile"]
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    with unit_of_work(stack.db) as session:
+        run_then_close_connectors(
+            spec.handler,
+            JobContext(
+                session,
+                {"connector": "simulator", "day": today},
+                job_id=uuid.uuid4().hex,
+                attempt=1,
+                queue=spec.queue,
+                request_id=None,
+                settings=stack.settings,
+            ),
+        )
+        report = session.scalars(
+            select(ReconciliationReport).order_by(ReconciliationReport.created_at.desc()).limit(1)
+        ).one()
+    exported = REGISTRY.get_sample_value("bourse_reconciliation_mismatches", {"connector": "simulator"})
+    assert exported == report.mismatch_count
+    # The injected phantom and tampered amount from the test above are still there.
+    assert report.mismatch_count >= 2

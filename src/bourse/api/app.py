@@ -18,6 +18,7 @@ from bourse.db import Database
 from bourse.identity.api import include_identity
 from bourse.ledger import api as ledger_api
 from bourse.payments import api as payments_api
+from bourse.psp.registry import close_all as close_connectors
 from bourse.queue.api import admin_jobs
 from bourse.queue.api import close_driver as close_queue_driver
 from bourse.referrals import api as referrals_api
@@ -76,6 +77,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         close_queue_driver(app)
+        close_connectors()
         if owns_db:
             db.dispose()
         if owns_redis and redis_client is not None:

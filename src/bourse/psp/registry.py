@@ -64,3 +64,15 @@ def connectors(settings: Settings) -> Mapping[str, Connector]:
             built = {name: _build(settings, name) for name in settings.psp_connectors}
             _built[key] = built
         return built
+
+
+def close_all() -> None:
+    """Close every connector built so far (their connection pools); for shutdown."""
+    with _lock:
+        built = list(_built.values())
+        _built.clear()
+    for by_name in built:
+        for connector in by_name.values():
+            close = getattr(connector, "close", None)
+            if callable(close):
+                close()
