@@ -67,6 +67,7 @@ KNOWN_DEFAULT_SECRETS = frozenset(
     }
 )
 MIN_JWT_SECRET_LENGTH = 32
+MAX_FEE_BPS = 1_000  # 10%: a trading fee above this is a typo, not a price list
 MASK = "********"
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -392,6 +393,14 @@ class Settings(BaseSettings):
     # their trading (1: only the IB who referred them). Plans may not have more levels.
     ib_max_depth: int = Field(default=2, ge=1, le=5)
 
+    # Trading fees in basis points of the notional, per tier: a maker (resting order)
+    # and a taker (incoming order) rate. An order takes the default tier's rates when
+    # it is accepted and keeps them. Each rate is 0 to 1000 (10%).
+    trading_fee_tiers: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {"standard": {"maker_bps": 10, "taker_bps": 20}}
+    )
+    trading_default_fee_tier: str = "standard"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -450,6 +459,27 @@ class Settings(BaseSettings):
         if len(set(value)) != len(value):
             raise ValueError("a connector is listed twice")
         return value
+
+    @field_validator("trading_fee_tiers")
+    @classmethod
+    def _check_fee_tiers(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        if not value:
+            raise ValueError("at least one fee tier is needed")
+        for tier, rates in value.items():
+            if set(rates) != {"maker_bps", "taker_bps"}:
+                raise ValueError(f"tier {tier!r} needs exactly maker_bps and taker_bps")
+            for name, bps in rates.items():
+                if isinstance(bps, bool) or not 0 <= bps <= MAX_FEE_BPS:
+                    raise ValueError(f"{tier}.{name} is 0 to {MAX_FEE_BPS} basis points, not {bps!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_default_fee_tier(self) -> Settings:
+        if self.trading_default_fee_tier not in self.trading_fee_tiers:
+            raise ValueError(
+                f"trading_default_fee_tier {self.trading_default_fee_tier!r} is not one of the trading_fee_tiers"
+            )
+        return self
 
     @field_validator("psp_sim_url", "public_url")
     @classmethod

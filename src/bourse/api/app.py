@@ -24,6 +24,7 @@ from bourse.queue.api import close_driver as close_queue_driver
 from bourse.referrals import api as referrals_api
 from bourse.settings import Settings, load_settings
 from bourse.trading import api as trading_api
+from bourse.trading import orders_api
 
 API_PREFIX = "/api/v1"
 
@@ -112,5 +113,6 @@ def create_app(
     app.include_router(referrals_api.ib_admin)
     app.include_router(trading_api.instruments)
     app.include_router(trading_api.instruments_admin)
+    app.include_router(orders_api.orders)
     app.include_router(admin_jobs)
     return app

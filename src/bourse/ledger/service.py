@@ -674,3 +674,103 @@ def release_hold(session: Session, *, hold_id: uuid.UUID, context: Context, user
     hold.state = HoldState.released
     session.flush()
     return hold
+
+
+def capture_holds(
+    session: Session,
+    *,
+    captures: Sequence[tuple[uuid.UUID, int, uuid.UUID]],
+    legs: Sequence[Leg],
+    kind: str,
+    context: Context,
+    metadata: Mapping[str, Any] | None = None,
+) -> Posted:
+    """Capture from several holds, plus any extra ``legs``, in ONE balanced entry.
+
+    Each capture is (hold id, amount, destination account id). A trade moves
+    both sides' held funds at once, and one entry keeps it atomic in the journal
+    too. The hold rows are locked first, in id order, then (inside
+    :func:`post_entry`) the accounts: the same order as :func:`capture_hold`, so
+    the two never deadlock. Over-capture is refused with the errors of
+    :func:`capture_hold`; a retried key replays without touching the holds.
+    Legs naming the same account are merged, so two captures may share a
+    destination.
+    """
+    if not captures:
+        raise ValueError("capture_holds needs at least one capture")
+    wanted: dict[uuid.UUID, int] = defaultdict(int)
+    for hold_id, amount, _ in captures:
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ValueError(f"a capture amount is a positive int, not {amount!r}")
+        wanted[hold_id] += amount
+    query = (
+        select(Hold)
+        .where(Hold.id.in_(sorted(wanted)))
+        .order_by(Hold.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    holds = {hold.id: hold for hold in session.scalars(query)}
+    if len(holds) != len(wanted):
+        raise HoldNotFound("A capture names a hold that does not exist")
+    amounts: dict[uuid.UUID, int] = defaultdict(int)
+    for hold_id, amount, destination in captures:
+        amounts[holds[hold_id].held_account_id] -= amount
+        amounts[destination] += amount
+    for leg in legs:
+        amounts[leg.account_id] += leg.amount
+    merged = [Leg(account_id, amount) for account_id, amount in amounts.items() if amount]
+    if _key_taken(session, context.idempotency_key):
+        _replay(session, kind, merged, context.idempotency_key)
+        return Posted(entry_id=_entry_id(session, context.idempotency_key), created_at=utcnow(), replayed=True)
+    _check_captures(session, holds, wanted, captures)
+    posted = post_entry(
+        session,
+        kind=kind,
+        legs=merged,
+        idempotency_key=context.idempotency_key,
+        actor=context.actor,
+        request_id=context.request_id,
+        metadata={**(metadata or {}), "hold_ids": [str(hold_id) for hold_id in sorted(wanted)]},
+    )
+    for hold_id, amount in wanted.items():
+        hold = holds[hold_id]
+        hold.captured += amount
+        if hold.remaining == 0:
+            hold.state = HoldState.captured
+    session.flush()
+    return posted
+
+
+def _check_captures(
+    session: Session,
+    holds: Mapping[uuid.UUID, Hold],
+    wanted: Mapping[uuid.UUID, int],
+    captures: Sequence[tuple[uuid.UUID, int, uuid.UUID]],
+) -> None:
+    """The refusals of :func:`capture_hold`, for every hold and destination of :func:`capture_holds`."""
+    destinations = {destination for _, _, destination in captures}
+    for hold_id, amount in wanted.items():
+        hold = holds[hold_id]
+        if hold.state is HoldState.released:
+            raise HoldReleased("The hold was released; nothing is left to capture")
+        if hold.state is HoldState.captured:
+            raise HoldAlreadyCaptured("The hold has already been captured in full")
+        if amount > hold.remaining:
+            raise CaptureExceedsHold(f"Only {hold.remaining} minor units remain on hold {hold.id}")
+    assets = {
+        row.id: row.asset
+        for row in session.execute(select(Account.id, Account.asset).where(Account.id.in_(destinations)))
+    }
+    for hold_id, _, destination in captures:
+        if destination not in assets:
+            raise AccountNotFound("The capture destination does not exist")
+        if assets[destination] != holds[hold_id].asset:
+            raise AssetMismatch(f"The hold is in {holds[hold_id].asset}; the destination holds {assets[destination]}")
+
+
+def _entry_id(session: Session, idempotency_key: str) -> uuid.UUID:
+    found = session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == idempotency_key))
+    if found is None:
+        raise RuntimeError(f"no entry under {idempotency_key!r}")
+    return found

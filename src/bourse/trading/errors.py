@@ -90,3 +90,21 @@ class PriceOutsideBand(OrderRuleError):
 
 class MarketHalted(Conflict):
     code = "market_halted"
+
+
+class InvalidOrder(BourseError):
+    """A bad combination of type, time in force, price and budget."""
+
+    status_code = 422
+    code = "invalid_order"
+
+
+class OrderNotFound(BourseError):
+    status_code = 404
+    code = "order_not_found"
+
+
+class OrderNotOpen(Conflict):
+    """The order is filled or cancelled: there is nothing left to cancel."""
+
+    code = "order_not_open"

@@ -9,16 +9,28 @@ works in ticks and lots; :mod:`bourse.trading.instruments` converts.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, SmallInteger, String, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bourse.assets.amounts import MAX_SCALE
 from bourse.assets.models import Asset
 from bourse.db import Base
-from bourse.sqltypes import StrEnumType, UTCDateTime, enum_values, utcnow
+from bourse.sqltypes import BigId, StrEnumType, UTCDateTime, enum_values, utcnow
 
 SYMBOL_PATTERN = r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}"
 MAX_SYMBOL = 25
@@ -101,3 +113,113 @@ class Instrument(Base):
     def quote_scale(self) -> int:
         """Decimals of the quote asset: notionals are in 10**-quote_scale quote units."""
         return self.quote.scale
+
+
+# -- Orders and trades ----------------------------------------------------------------------
+
+
+class OrderStatus(StrEnum):
+    open = "open"  # resting, nothing filled yet
+    partially_filled = "partially_filled"  # resting with some filled
+    filled = "filled"  # done: everything traded
+    cancelled = "cancelled"  # done: the remainder will never trade (see cancel_reason)
+
+
+DONE_STATUSES = frozenset({OrderStatus.filled, OrderStatus.cancelled})
+MAX_CLIENT_ORDER_ID = 64
+_SIDES = "'buy', 'sell'"
+_KINDS = "'limit', 'market'"
+_TIFS = "'gtc', 'ioc', 'fok'"
+
+
+class Order(Base):
+    """An order as placed and as it stands. ``id`` is also the book's order id: it is
+    allocated under the instrument lock, so it increases in arrival order per instrument.
+
+    ``price`` is at the instrument's price_scale (NULL for market orders), ``quantity``
+    and ``filled_quantity`` in base minor units, ``quote_budget`` and ``quote_spent`` in
+    quote minor units (what was paid for the fills, fees excluded). The fee rates are
+    those in force when the order was accepted.
+    """
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("user_id", "client_order_id"),
+        CheckConstraint(f"side IN ({_SIDES})", name="side"),
+        CheckConstraint(f"kind IN ({_KINDS})", name="kind"),
+        CheckConstraint(f"tif IN ({_TIFS})", name="tif"),
+        CheckConstraint(f"status IN ({enum_values(OrderStatus)})", name="status"),
+        CheckConstraint("(kind = 'limit') = (price IS NOT NULL)", name="price_iff_limit"),
+        CheckConstraint("price IS NULL OR price > 0", name="price_positive"),
+        CheckConstraint("kind = 'limit' OR tif <> 'gtc'", name="market_not_gtc"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
+        CheckConstraint("quote_budget IS NULL OR (kind = 'market' AND side = 'buy')", name="budget_on_market_buy"),
+        CheckConstraint("quote_budget IS NULL OR quote_budget > 0", name="budget_positive"),
+        CheckConstraint("quote_spent >= 0", name="quote_spent_not_negative"),
+        CheckConstraint("maker_bps >= 0 AND taker_bps >= 0", name="fees_not_negative"),
+        CheckConstraint("status <> 'filled' OR filled_quantity = quantity", name="filled_means_all"),
+        Index("ix_orders_user_id_status", "user_id", "status"),
+        Index("ix_orders_instrument_status_id", "instrument", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instrument: Mapped[str] = mapped_column(String(MAX_SYMBOL), ForeignKey("instruments.symbol"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    client_order_id: Mapped[str | None] = mapped_column(String(MAX_CLIENT_ORDER_ID), default=None)
+    side: Mapped[str] = mapped_column(String(4))
+    kind: Mapped[str] = mapped_column(String(8))
+    tif: Mapped[str] = mapped_column(String(3))
+    stp: Mapped[str] = mapped_column(String(16))
+    price: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    filled_quantity: Mapped[int] = mapped_column(BigInteger, default=0)
+    quote_budget: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quote_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    hold_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("holds.id"))
+    status: Mapped[OrderStatus] = mapped_column(StrEnumType(OrderStatus), default=OrderStatus.open)
+    cancel_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    maker_bps: Mapped[int] = mapped_column(Integer)
+    taker_bps: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(BigInteger)  # the instrument's sequence of its Accepted event
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - self.filled_quantity
+
+
+class Trade(Base):
+    """One fill, at the maker's price, settled by the journal entry ``entry_id``.
+
+    ``quote_amount`` is what the base changed hands for (quote minor units, rounded
+    down); each side's fee is in quote minor units too, and went to the ``fees`` account.
+    """
+
+    __tablename__ = "trades"
+    __table_args__ = (
+        UniqueConstraint("instrument", "sequence"),
+        CheckConstraint("price > 0 AND quantity > 0", name="price_quantity_positive"),
+        CheckConstraint("quote_amount >= 0 AND maker_fee >= 0 AND taker_fee >= 0", name="amounts_not_negative"),
+        CheckConstraint(f"taker_side IN ({_SIDES})", name="taker_side"),
+        CheckConstraint("maker_order_id <> taker_order_id", name="two_orders"),
+        Index("ix_trades_maker_user_id_id", "maker_user_id", "id"),
+        Index("ix_trades_taker_user_id_id", "taker_user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instrument: Mapped[str] = mapped_column(String(MAX_SYMBOL), ForeignKey("instruments.symbol"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    price: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    maker_order_id: Mapped[int] = mapped_column(BigId, ForeignKey("orders.id"))
+    taker_order_id: Mapped[int] = mapped_column(BigId, ForeignKey("orders.id"))
+    maker_user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    taker_user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    taker_side: Mapped[str] = mapped_column(String(4))
+    quote_amount: Mapped[int] = mapped_column(BigInteger)
+    maker_fee: Mapped[int] = mapped_column(BigInteger)
+    taker_fee: Mapped[int] = mapped_column(BigInteger)
+    entry_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("journal_entries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -64,3 +64,62 @@ class StatusChangeOut(BaseModel):
     instrument: InstrumentOut
     reason: str
     actor: str = Field(description="Who changed the status, as user:<id>")
+
+
+# -- Orders -------------------------------------------------------------------------------
+
+
+class OrderIn(_In):
+    """A new order. Prices, quantities and budgets are decimal strings; a JSON number is refused."""
+
+    instrument: str = Field(examples=["BTC-USD"])
+    side: str = Field(description="buy or sell")
+    type: str = Field(default="limit", description="limit or market")
+    tif: str | None = Field(default=None, description="gtc, ioc or fok; a market order is ioc or fok")
+    price: AmountText | None = Field(default=None, description="A limit order's price, in quote units")
+    quantity: AmountText | None = Field(default=None, description="In base units; optional for a market buy")
+    quote_budget: AmountText | None = Field(default=None, description="A market buy's most to spend, fees included")
+    client_order_id: str | None = Field(default=None, max_length=64)
+    stp: str | None = Field(default=None, description="none, cancel_newest (default), cancel_oldest, cancel_both")
+
+
+class TradeOut(BaseModel):
+    id: int
+    instrument: str
+    sequence: int
+    price: str
+    quantity: str
+    side: str = Field(description="My side of the trade")
+    liquidity: str = Field(description="maker or taker")
+    quote_amount: str
+    fee: str = Field(description="My fee, in the quote asset")
+    order_id: int
+    created_at: datetime
+
+
+class OrderOut(BaseModel):
+    id: int
+    instrument: str
+    client_order_id: str | None
+    side: str
+    type: str
+    tif: str
+    stp: str
+    price: str | None
+    quantity: str
+    filled_quantity: str
+    quote_budget: str | None
+    quote_spent: str
+    status: str
+    cancel_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    fills: list[TradeOut] = Field(default_factory=list)
+
+
+class OrdersOut(BaseModel):
+    data: list[OrderOut]
+
+
+class TradesOut(BaseModel):
+    data: list[TradeOut]

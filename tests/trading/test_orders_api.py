@@ -1,0 +1,77 @@
+"""The orders API in process, on SQLite and PostgreSQL: place, fills, list, cancel, refusals."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from bourse.db import Database
+from bourse.settings import Settings
+from tests.support.auth import bearer, make_user
+from tests.support.ledger import fund, verify
+from tests.trading.orders_support import check_consistent, market
+
+
+def _post(client: TestClient, settings: Settings, user: Any, **body: Any) -> Any:
+    headers = {**bearer(settings, user), "Idempotency-Key": uuid.uuid4().hex}
+    return client.post("/api/v1/orders", json=body, headers=headers)
+
+
+def test_place_fill_list_and_cancel(client: TestClient, settings: Settings, database: Database) -> None:
+    symbol, base, quote = market(database)
+    seller, buyer = make_user(database), make_user(database)
+    fund(database, seller.id, base, 10**8)
+    fund(database, buyer.id, quote, 1_000_000)
+    ask = _post(client, settings, seller, instrument=symbol, side="sell", price="100.00", quantity="0.5")
+    assert ask.status_code == 201, ask.text
+    assert ask.json()["status"] == "open"
+    bid = _post(client, settings, buyer, instrument=symbol, side="buy", price="101.00", quantity="0.2")
+    assert bid.status_code == 201, bid.text
+    body = bid.json()
+    assert body["status"] == "filled"
+    assert body["fills"][0]["price"] == "100.00"
+    assert body["fills"][0]["quantity"] == "0.20000000"
+    assert body["fills"][0]["fee"] == "0.04"
+    assert body["fills"][0]["liquidity"] == "taker"
+    mine = client.get("/api/v1/orders", headers=bearer(settings, seller)).json()["data"]
+    assert [order["status"] for order in mine] == ["partially_filled"]
+    trades = client.get("/api/v1/trades", headers=bearer(settings, seller)).json()["data"]
+    assert trades[0]["liquidity"] == "maker"
+    assert trades[0]["side"] == "sell"
+    order_id = ask.json()["id"]
+    assert client.get(f"/api/v1/orders/{order_id}", headers=bearer(settings, buyer)).status_code == 404
+    cancelled = client.delete(f"/api/v1/orders/{order_id}", headers=bearer(settings, seller))
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    again = client.delete(f"/api/v1/orders/{order_id}", headers=bearer(settings, seller))
+    assert again.json()["error"] == "order_not_open"
+    check_consistent(database, symbol)
+    assert verify(database).ok
+
+
+def test_refusals_have_stable_codes(client: TestClient, settings: Settings, database: Database) -> None:
+    symbol, _, quote = market(database)
+    user = make_user(database)
+    fund(database, user.id, quote, 10_000)
+
+    def code(**body: Any) -> str:
+        response = _post(client, settings, user, **{"instrument": symbol, "side": "buy", **body})
+        assert response.status_code in {404, 409, 422}, response.text
+        return str(response.json()["error"])
+
+    assert code(price="1.001", quantity="1") in {"price_off_tick", "amount_precision"}
+    assert code(price="1.00", quantity="0.0015") in {"quantity_off_lot", "amount_precision"}
+    assert code(price="1.00", quantity="1000") == "quantity_too_large"
+    assert code(price="1.00", quantity="0") == "amount_not_positive"
+    assert code(price="1.00", quantity=1.5) == "amount_must_be_string"
+    assert code(price="500.00", quantity="1") == "insufficient_funds"
+    assert code(type="market", quantity="1") == "invalid_order"
+    assert code(instrument="NO-SUCH", price="1.00", quantity="1") == "unknown_instrument"
+    missing_key = client.post(
+        "/api/v1/orders",
+        json={"instrument": symbol, "side": "buy", "price": "1.00", "quantity": "1"},
+        headers=bearer(settings, user),
+    )
+    assert missing_key.status_code in {400, 422}
