@@ -19,6 +19,7 @@ import click
 
 import bourse
 from bourse.bench import bench
+from bourse.commissions.cli import commissions
 from bourse.identity.cli import users
 from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
 from bourse.ledger.cli import assets, ledger
@@ -251,6 +252,7 @@ main.add_command(users)
 main.add_command(ledger)
 main.add_command(assets)
 main.add_command(instruments)
+main.add_command(commissions)
 main.add_command(worker)
 main.add_command(scheduler)
 main.add_command(schedule)

@@ -14,6 +14,7 @@ from bourse.api import health
 from bourse.api.errors import install_error_handlers
 from bourse.api.middleware import RequestContextMiddleware
 from bourse.api.routing import router
+from bourse.commissions import api as commissions_api
 from bourse.db import Database
 from bourse.identity.api import include_identity
 from bourse.ledger import api as ledger_api
@@ -24,7 +25,7 @@ from bourse.queue.api import close_driver as close_queue_driver
 from bourse.referrals import api as referrals_api
 from bourse.settings import Settings, load_settings
 from bourse.trading import api as trading_api
-from bourse.trading import orders_api
+from bourse.trading import market_data, orders_api, stream
 
 API_PREFIX = "/api/v1"
 
@@ -76,7 +77,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.start()
         yield
+        hub.stop()
         close_queue_driver(app)
         close_connectors()
         if owns_db:
@@ -96,6 +99,8 @@ def create_app(
     app.state.settings = settings
     app.state.db = db
     app.state.redis = redis_client
+    hub = stream.Hub()
+    app.state.market_hub = hub
 
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -111,8 +116,11 @@ def create_app(
     app.include_router(payments_api.payments_admin)
     app.include_router(referrals_api.ib)
     app.include_router(referrals_api.ib_admin)
+    app.include_router(commissions_api.ib_commissions)
     app.include_router(trading_api.instruments)
     app.include_router(trading_api.instruments_admin)
     app.include_router(orders_api.orders)
+    app.include_router(market_data.market_data)
+    app.include_router(stream.ws_router)
     app.include_router(admin_jobs)
     return app

@@ -45,7 +45,9 @@ from bourse.assets.rounding import BPS, bps, portion
 from bourse.ledger import service as ledger
 from bourse.ledger.models import AccountKind, Hold, HoldState
 from bourse.logging import get_logger
+from bourse.queue.producer import enqueue
 from bourse.settings import Settings
+from bourse.trading import stream
 from bourse.trading.book import Book
 from bourse.trading.errors import InvalidOrder, OrderNotFound, OrderNotOpen
 from bourse.trading.instruments import (
@@ -298,6 +300,7 @@ def place_order(
     book = _checkout_book(session, instrument)
     order, trades = _place_locked(session, instrument, book, user_id, terms, client_order_id, context, fees)
     _checkin_book(session, instrument, book)
+    stream.publish_after_commit(session, instrument, prev_sequence=order.sequence - 1, orders=[order], trades=trades)
     return order, trades
 
 
@@ -471,6 +474,9 @@ def _settle(  # noqa: PLR0917 - one fill's state
         entry_id=posted.entry_id,
     )
     session.add(trade)
+    session.flush()
+    # Commissions accrue in their own job, queued in this transaction: a fill is never lost to them.
+    enqueue(session, "commissions.accrue", {"trade_id": trade.id}, unique_key=f"commissions:{trade.id}")
     return trade
 
 
@@ -520,6 +526,7 @@ def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context
     _cancel_locked(session, instrument, book, order, context)
     session.flush()
     _checkin_book(session, instrument, book)
+    stream.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - 1, orders=[order])
     log.info("order_cancelled", order_id=order.id, symbol=instrument.symbol)
     return order
 
@@ -549,6 +556,7 @@ def cancel_all(
             _cancel_locked(session, instrument, book, order, context)
         session.flush()
         _checkin_book(session, instrument, book)
+        stream.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - len(orders), orders=orders)
         cancelled.extend(orders)
     return cancelled
 

@@ -1,0 +1,1 @@
+"""Introducing-broker commissions: accrual per fill, daily payouts with statements, clawback."""
