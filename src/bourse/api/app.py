@@ -24,6 +24,7 @@ from bourse.queue.api import admin_jobs
 from bourse.queue.api import close_driver as close_queue_driver
 from bourse.referrals import api as referrals_api
 from bourse.settings import Settings, load_settings
+from bourse.trading import admin_api as trading_admin_api
 from bourse.trading import api as trading_api
 from bourse.trading import market_data, orders_api, stream
 
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(trading_api.instruments)
     app.include_router(trading_api.instruments_admin)
     app.include_router(orders_api.orders)
+    app.include_router(trading_admin_api.trading_admin)
     app.include_router(market_data.market_data)
     app.include_router(stream.ws_router)
     app.include_router(admin_jobs)

@@ -189,9 +189,17 @@ def _accrue_side(  # noqa: PLR0917 - one side of one trade
 
 def accrue(session: Session, trade_id: int, *, max_depth: int, actor: str = "system:commissions") -> list[Accrued]:
     """Accrue the commissions on both sides of a trade. Running it again changes nothing."""
-    trade = session.get(Trade, trade_id)
+    # The trade row is locked, as a bust locks it: an accrual and a bust of the same trade
+    # run one after the other, so the bust claws back whatever the accrual granted.
+    trade = session.scalar(
+        select(Trade).where(Trade.id == trade_id).with_for_update().execution_options(populate_existing=True)
+    )
     if trade is None:
         raise TradeNotFound(f"There is no trade {trade_id}")
+    if trade.busted_at is not None:
+        # A bust claws back what was accrued; a job that runs after it must not grant it again.
+        log.info("commission_skipped_busted_trade", trade_id=trade_id)
+        return []
     instrument = session.get_one(Instrument, trade.instrument)
     return [
         _accrue_side(session, trade, instrument, "maker", trade.maker_user_id, trade.maker_fee, max_depth, actor),

@@ -127,6 +127,7 @@ class OrderStatus(StrEnum):
 
 DONE_STATUSES = frozenset({OrderStatus.filled, OrderStatus.cancelled})
 MAX_CLIENT_ORDER_ID = 64
+MAX_BUST_REASON = 200
 _SIDES = "'buy', 'sell'"
 _KINDS = "'limit', 'market'"
 _TIFS = "'gtc', 'ioc', 'fok'"
@@ -206,6 +207,12 @@ class Trade(Base):
         CheckConstraint("maker_order_id <> taker_order_id", name="two_orders"),
         Index("ix_trades_maker_user_id_id", "maker_user_id", "id"),
         Index("ix_trades_taker_user_id_id", "taker_user_id", "id"),
+        CheckConstraint(
+            "(busted_at IS NULL) = (busted_by IS NULL)"
+            " AND (busted_at IS NULL) = (bust_reason IS NULL)"
+            " AND (busted_at IS NULL) = (bust_entry_id IS NULL)",
+            name="bust_complete",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -223,3 +230,9 @@ class Trade(Base):
     taker_fee: Mapped[int] = mapped_column(BigInteger)
     entry_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("journal_entries.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set together when an operator busts the trade (bourse.trading.busts): who, when, why,
+    # and the reversal entry. The trade row itself stays as the history of the fill.
+    busted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    busted_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id"), default=None)
+    bust_reason: Mapped[str | None] = mapped_column(String(MAX_BUST_REASON), default=None)
+    bust_entry_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("journal_entries.id"), default=None)

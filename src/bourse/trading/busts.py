@@ -1,0 +1,180 @@
+"""Busting a trade: an operator undoes a fill's money, and the commissions it earned.
+
+A bust is one transaction, under the instrument lock (the instrument's one writer,
+docs/decisions/0011-matching-single-writer.md), so it never interleaves with a fill
+being settled on the same market:
+
+1. the trade's journal entry is reversed with :func:`bourse.ledger.service.reverse_entry`
+   (idempotency key ``bust:{trade_id}``): a new mirror entry, the original is never edited;
+2. the mirror credits the ``held`` accounts the fill captured from, but no hold reserves
+   that money any more, so a second entry moves it on to the same users' ``available``
+   accounts: each side gets back exactly what the fill took, where it came from before
+   it was held, and every ``held`` balance still equals its open holds;
+3. the trade is marked busted (who, when, why, the reversal entry);
+4. its commissions are clawed back (:func:`bourse.commissions.service.claw_back`).
+   The accrual job may run after the bust: it skips a busted trade.
+
+Orders are NOT re-opened: the fill's quantities on both orders stay as the history of
+what traded, and a resting remainder keeps its hold as it was. Only the funds move back.
+
+If a user already spent what the fill gave them (the reversal would take their
+``available`` balance below zero), the bust is refused with 409
+``bust_insufficient_funds`` and nothing changes: an operator then settles it by hand
+(ledger adjustments, or a bust once the funds are back).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bourse.commissions import service as commissions
+from bourse.commissions.errors import TradeNotFound
+from bourse.errors import BourseError, Conflict
+from bourse.ledger import service as ledger
+from bourse.ledger.errors import InsufficientFunds
+from bourse.ledger.models import Account, AccountKind, Posting
+from bourse.logging import get_logger
+from bourse.sqltypes import utcnow
+from bourse.trading.instruments import get_instrument, lock_instrument
+from bourse.trading.models import MAX_BUST_REASON, Order, Trade
+from bourse.trading.orders import Side
+from bourse.trading.service import OPEN_STATUSES
+
+log = get_logger("bourse.trading.busts")
+
+
+class TradeAlreadyBusted(Conflict):
+    code = "trade_already_busted"
+
+
+class BustInsufficientFunds(Conflict):
+    """A user no longer has what the fill gave them; an operator adjusts by hand."""
+
+    code = "bust_insufficient_funds"
+
+
+class InvalidBustReason(BourseError):
+    status_code = 422
+    code = "bust_reason_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Busted:
+    trade: Trade
+    reversal_entry_id: uuid.UUID
+    release_entry_id: uuid.UUID | None
+    commissions_clawed_back: int  # accruals reversed
+
+
+def _reason(reason: object) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidBustReason("A bust needs a reason")
+    text = reason.strip()
+    if len(text) > MAX_BUST_REASON:
+        raise InvalidBustReason(f"The reason is at most {MAX_BUST_REASON} characters")
+    return text
+
+
+def _locked_trade(session: Session, trade_id: int) -> Trade:
+    trade = session.scalar(
+        select(Trade).where(Trade.id == trade_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if trade is None:
+        raise TradeNotFound(f"There is no trade {trade_id}")
+    return trade
+
+
+def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str) -> uuid.UUID | None:
+    """Move what the reversal credited to ``held`` accounts on to the same users' ``available``."""
+    credited = session.execute(
+        select(Account.user_id, Account.asset, Account.id, Posting.amount)
+        .join(Account, Account.id == Posting.account_id)
+        .where(Posting.entry_id == reversal_id, Account.kind == AccountKind.held, Posting.amount > 0)
+        .order_by(Account.id)
+    ).all()
+    if not credited:
+        return None
+    amounts: dict[uuid.UUID, int] = defaultdict(int)
+    for user_id, asset, held_id, amount in credited:
+        if user_id is None:
+            raise RuntimeError(f"held account {held_id} has no user")
+        amounts[held_id] -= amount
+        amounts[ledger.user_account(session, user_id, asset)] += amount
+    posted = ledger.post_entry(
+        session,
+        kind="bust_release",
+        legs=[ledger.Leg(account_id, amount) for account_id, amount in amounts.items()],
+        idempotency_key=f"bust:{trade_id}:release",
+        actor=actor,
+        metadata={"trade_id": trade_id, "reversal": str(reversal_id)},
+    )
+    return posted.entry_id
+
+
+def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uuid.UUID) -> Busted:
+    """Bust one trade: reverse its money, mark it, claw back its commissions. See the module docstring.
+
+    404 ``trade_not_found``, 409 ``trade_already_busted``, 409 ``bust_insufficient_funds``.
+    Services never commit: on any refusal the caller's transaction rolls back whole.
+    """
+    why = _reason(reason)
+    symbol = session.scalar(select(Trade.instrument).where(Trade.id == trade_id)) if isinstance(trade_id, int) else None
+    if symbol is None:
+        raise TradeNotFound(f"There is no trade {trade_id}")
+    lock_instrument(session, symbol)  # instrument first, as every command on this market
+    trade = _locked_trade(session, trade_id)
+    if trade.busted_at is not None:
+        raise TradeAlreadyBusted(f"Trade {trade_id} was busted at {trade.busted_at.isoformat()}")
+    actor = f"user:{operator_id}"
+    try:
+        reversal = ledger.reverse_entry(
+            session,
+            entry_id=trade.entry_id,
+            reason=f"bust: {why}"[:MAX_BUST_REASON],
+            context=ledger.Context(actor=actor, idempotency_key=f"bust:{trade_id}"),
+        )
+    except InsufficientFunds as refused:
+        raise BustInsufficientFunds(
+            f"A party to trade {trade_id} no longer holds what the fill gave them ({refused.detail}); "
+            "adjust the balances by hand"
+        ) from None
+    release = _unhold(session, reversal.entry_id, trade_id, actor)
+    trade.busted_at = utcnow()
+    trade.busted_by = operator_id
+    trade.bust_reason = why
+    trade.bust_entry_id = reversal.entry_id
+    session.flush()
+    clawed = commissions.claw_back(session, trade_id, f"bust: {why}", actor=actor)
+    log.info(
+        "trade_busted",
+        trade_id=trade_id,
+        symbol=symbol,
+        operator=str(operator_id),
+        reversal_entry_id=str(reversal.entry_id),
+        commissions_clawed_back=clawed.accruals,
+    )
+    return Busted(trade, reversal.entry_id, release, clawed.accruals)
+
+
+def operator_book(session: Session, symbol: str) -> list[Order]:
+    """Every resting order of the instrument in priority order: bids best (highest) price
+    first, then asks best (lowest) first, each price level oldest first.
+
+    The order ids are allocated under the instrument lock in arrival order, so id is time
+    priority. One statement reads them, so the view is one committed moment of the book,
+    without queueing behind (or blocking) the market's writer. 404 ``unknown_instrument``.
+    """
+    get_instrument(session, symbol)
+    rows = list(
+        session.scalars(
+            select(Order).where(Order.instrument == symbol, Order.status.in_(OPEN_STATUSES)).order_by(Order.id)
+        )
+    )
+    bids = sorted((o for o in rows if o.side == Side.BUY.value), key=lambda o: (-(o.price or 0), o.id))
+    asks = sorted((o for o in rows if o.side == Side.SELL.value), key=lambda o: (o.price or 0, o.id))
+    return bids + asks
