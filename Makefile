@@ -106,6 +106,18 @@ bench-deposits: $(STAMP) ## Recreate BENCH_DB, then `bench deposits`: flat out, 
 	  $(BIN)/bourse bench deposits --count $(BENCH_DEPOSITS) --json | tee -a $$out && \
 	  $(BIN)/bourse bench deposits --count $(BENCH_DEPOSITS) --rate 100 --json | tee -a $$out
 
+.PHONY: bench-orders
+bench-orders: $(STAMP) ## Recreate BENCH_DB, then `bench orders-http` on BTC-USD: flat out, and at 200/s (var/bench/orders.jsonl)
+	@mkdir -p var/bench && out=var/bench/orders.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  $(RECREATE_BENCH_DB) && \
+	  { $(BIN)/bourse serve --port $(BENCH_PORT) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
+	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
+	  $(BIN)/bourse bench orders-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
+	    --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
+	  $(BIN)/bourse bench orders-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
+	    --seconds $(BENCH_SECONDS) --rate 200 --json | tee -a $$out
+
 .PHONY: bench-matching
 bench-matching: $(STAMP) ## The in-memory order book on one core: `bench matching` with 200,000 orders
 	@$(BIN)/bourse bench matching --orders 200000 --json

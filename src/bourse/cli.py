@@ -30,6 +30,7 @@ from bourse.queue.bench import bench_queue
 from bourse.queue.cli import jobs, schedule, scheduler, worker
 from bourse.trading.bench import bench_matching
 from bourse.trading.cli import instruments
+from bourse.trading.http_bench import bench_orders_http
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -265,4 +266,5 @@ bench.add_command(bench_ledger_http)
 bench.add_command(bench_pgbench)
 bench.add_command(bench_matching)
 bench.add_command(bench_deposits)
+bench.add_command(bench_orders_http)
 main.add_command(bench)
