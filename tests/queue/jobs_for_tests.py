@@ -45,6 +45,12 @@ def record_job(ctx: JobContext) -> None:
     record(ctx, ctx.payload.get("marker"))
 
 
+@job("tests.idle", queue="tests-idle")
+def idle_job(ctx: JobContext) -> None:
+    """Never enqueued: it makes ``tests-idle`` a known, always empty queue with short jobs."""
+    record(ctx, "idle")
+
+
 @job("tests.deposit", queue="deposits")
 def deposit_job(ctx: JobContext) -> None:
     record(ctx, "deposit")

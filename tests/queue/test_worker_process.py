@@ -183,8 +183,8 @@ def test_the_worker_serves_queue_metrics_on_its_own_port(queue: QueueEnv) -> Non
         enqueue(session, record_job, {"marker": "waiting"}, delay=600)
     port = free_port()
     process = start(
-        # A second, empty queue whose jobs are short enough for this test's retry_after.
-        [*WORKER, "--queue", "tests,commissions"],
+        # A second queue, always empty, whose jobs fit this test's short retry_after.
+        [*WORKER, "--queue", "tests,tests-idle"],
         clean_env(**queue.env(), BOURSE_WORKER_METRICS_PORT=str(port)),
     )
     try:
@@ -197,7 +197,7 @@ def test_the_worker_serves_queue_metrics_on_its_own_port(queue: QueueEnv) -> Non
         process.wait(timeout=10)
         stop(process)
     assert 'bourse_queue_depth{queue="tests"} 0.0' in text
-    assert 'bourse_queue_depth{queue="commissions"} 0.0' in text
+    assert 'bourse_queue_depth{queue="tests-idle"} 0.0' in text
     assert 'bourse_queue_oldest_job_age_seconds{queue="tests"}' in text
     assert 'bourse_jobs_processed_total{job="tests.record",queue="tests",status="done"} 1.0' in text
     assert 'bourse_job_duration_seconds_count{job="tests.record",queue="tests"} 1.0' in text
