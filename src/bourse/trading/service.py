@@ -118,10 +118,46 @@ def _publish(session: Session) -> None:
     pending: dict[str, tuple[Book, _CacheKey]] = session.info.pop(_PENDING, {})
     with _BOOKS_GUARD:
         _BOOKS.update(pending)
+    _release_writers(session)
 
 
 def _discard(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    _release_writers(session)
+
+
+# -- The writer's turn in this process ------------------------------------------------------
+#
+# The instrument row lock makes one writer per instrument across processes. Within a
+# process, threads also take the instrument's mutex, before the row lock, and keep it
+# until their transaction has ended and its book is back in the cache: without it, the
+# next thread gets the row lock the moment the commit releases it, before the book is
+# published, finds the cache empty, and rebuilds the book from the database on every
+# contended command.
+
+_WRITERS: dict[str, threading.Lock] = {}
+_HELD = "bourse.trading.writers"
+
+
+def _writer(symbol: str) -> threading.Lock:
+    with _BOOKS_GUARD:
+        return _WRITERS.setdefault(symbol, threading.Lock())
+
+
+def _release_writers(session: Session) -> None:
+    for mutex in session.info.pop(_HELD, {}).values():
+        mutex.release()
+
+
+def _lock(session: Session, symbol: str) -> Instrument:
+    """Take this process's turn on ``symbol``, then its row lock (``lock_instrument``)."""
+    _pending(session)  # the hooks that end the turn at commit or rollback
+    held: dict[str, threading.Lock] = session.info.setdefault(_HELD, {})
+    if symbol not in held:
+        mutex = _writer(symbol)
+        mutex.acquire()
+        held[symbol] = mutex
+    return lock_instrument(session, symbol)
 
 
 def _pending(session: Session) -> dict[str, tuple[Book, _CacheKey]]:
@@ -129,6 +165,8 @@ def _pending(session: Session) -> dict[str, tuple[Book, _CacheKey]]:
         if not session.info.get("bourse.trading.hooked"):
             event.listen(session, "after_commit", _publish)
             event.listen(session, "after_rollback", _discard)
+            # Also when no database transaction had begun: the writer's turn must end.
+            event.listen(session, "after_soft_rollback", lambda session, _previous: _discard(session))
             session.info["bourse.trading.hooked"] = True
         session.info[_PENDING] = {}
     pending: dict[str, tuple[Book, _CacheKey]] = session.info[_PENDING]
@@ -288,7 +326,7 @@ def place_order(
         isinstance(client_order_id, str) and 1 <= len(client_order_id) <= MAX_CLIENT_ORDER_ID
     ):
         raise InvalidOrder(f"client_order_id is 1 to {MAX_CLIENT_ORDER_ID} characters")
-    instrument = lock_instrument(session, symbol)
+    instrument = _lock(session, symbol)
     if client_order_id is not None:
         existing = session.scalar(
             select(Order).where(Order.user_id == user_id, Order.client_order_id == client_order_id)
@@ -518,7 +556,7 @@ def _cancel_locked(session: Session, instrument: Instrument, book: Book, order: 
 def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context: ledger.Context) -> Order:
     """Cancel one of the user's resting orders and release its hold; 409 ``order_not_open`` if it is done."""
     order = get_order(session, order_id, user_id=user_id)
-    instrument = lock_instrument(session, order.instrument)
+    instrument = _lock(session, order.instrument)
     session.refresh(order)
     if order.status in DONE_STATUSES:
         raise OrderNotOpen(f"Order {order_id} is {order.status.value}; there is nothing to cancel")
@@ -540,11 +578,11 @@ def cancel_all(
     """
     query = select(Order.instrument).where(Order.user_id == user_id, Order.status.in_(OPEN_STATUSES))
     if symbol is not None:
-        lock_instrument(session, symbol)  # 404 for an unknown instrument, even with nothing open
+        _lock(session, symbol)  # 404 for an unknown instrument, even with nothing open
         query = query.where(Order.instrument == symbol)
     cancelled: list[Order] = []
     for each in sorted(set(session.scalars(query))):
-        instrument = lock_instrument(session, each)
+        instrument = _lock(session, each)
         orders = session.scalars(
             select(Order)
             .where(Order.user_id == user_id, Order.instrument == each, Order.status.in_(OPEN_STATUSES))
