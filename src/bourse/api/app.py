@@ -8,6 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, FastAPI
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 import bourse
 from bourse.api import health
@@ -31,10 +34,7 @@ from bourse.trading import market_data, orders_api, stream
 API_PREFIX = "/api/v1"
 
 
-def create_redis(settings: Settings) -> Redis | None:
-    if settings.redis_url is None:
-        return None
-    url = settings.redis_url
+def _redis_address(url: str, settings: Settings) -> tuple[str, str | None]:
     password = None
     if settings.redis_password is not None:
         # The secret wins over a password in the URL, as BOURSE_DATABASE_PASSWORD does.
@@ -43,6 +43,13 @@ def create_redis(settings: Settings) -> Redis | None:
         netloc = parts.netloc.rsplit("@", 1)[-1]
         user = parts.username
         url = urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
+    return url, password
+
+
+def create_redis(settings: Settings) -> Redis | None:
+    if settings.redis_url is None:
+        return None
+    url, password = _redis_address(settings.redis_url, settings)
     client: Redis = Redis.from_url(
         url,
         password=password,
@@ -51,6 +58,34 @@ def create_redis(settings: Settings) -> Redis | None:
         health_check_interval=30,
     )
     return client
+
+
+def create_async_redis(settings: Settings, redis_url: str) -> AsyncRedis:
+    """A client for the market data subscriber: no socket timeout (it waits for
+    messages) and no retries of its own, so the subscriber sees every drop and resyncs."""
+    url, password = _redis_address(redis_url, settings)
+    client: AsyncRedis = AsyncRedis.from_url(
+        url,
+        password=password,
+        socket_connect_timeout=settings.readiness_timeout_seconds,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
+def _market_relay(settings: Settings, hub: stream.Hub, client: Redis | None) -> stream.RedisRelay | None:
+    """With Redis, commits are published through it so that every replica's clients see them."""
+    redis_url = settings.redis_url
+    if redis_url is None or client is None:
+        return None
+    return stream.RedisRelay(
+        hub,
+        client,
+        lambda: create_async_redis(settings, redis_url),
+        prefix=settings.queue_redis_prefix,
+        identity=redis_url,
+    )
 
 
 def _meta_router() -> APIRouter:
@@ -79,7 +114,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.start()
+        if relay is not None:
+            await relay.start()
         yield
+        if relay is not None:
+            await relay.stop()
         hub.stop()
         close_queue_driver(app)
         close_connectors()
@@ -102,6 +141,8 @@ def create_app(
     app.state.redis = redis_client
     hub = stream.Hub()
     app.state.market_hub = hub
+    relay = _market_relay(settings, hub, redis_client)
+    app.state.market_relay = relay
 
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -19,23 +19,32 @@ subscription does not fit, the queued messages of that subscription are dropped 
 the server sends ``{"type": "resync"}`` followed by a fresh snapshot, so a client
 never silently misses a change.
 
-This hub is in process: with several API replicas, each one only sees its own
-commands, so clients of a replica see gaps (and resync) for commands committed on
-another. A Redis fan-out is the way to serve several replicas.
+Several replicas. Without Redis the hub is in process: each replica only sees its
+own commands. With ``BOURSE_REDIS_URL`` set, the committing thread PUBLISHes each
+message as JSON to ``{prefix}md:{symbol}`` (book and trades) or
+``{prefix}md:user:{user_id}`` (orders) instead, and every API process runs one
+subscriber (``PSUBSCRIBE {prefix}md:*``) that feeds its local hub, so every replica
+sees every command. Redis pub/sub keeps no history: when the subscriber's connection
+drops it reconnects with backoff and then sends ``resync`` and a fresh snapshot to
+every book and trades subscriber, since messages may have been missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
+import redis
+import redis.asyncio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
@@ -191,8 +200,14 @@ def _deliver_outbox(session: Session) -> None:
     if messages:
         with _HUBS_GUARD:
             hubs = list(_HUBS)
+        published: set[tuple[str, str]] = set()
         for hub in hubs:
-            hub.submit(messages)
+            if hub.relay is None:
+                hub.submit(messages)
+            elif hub.relay.identity not in published:
+                # Hubs sharing one Redis and prefix (apps in one process) hear it back once each.
+                published.add(hub.relay.identity)
+                hub.relay.publish(messages)
 
 
 def _drop_outbox(session: Session) -> None:
@@ -227,6 +242,13 @@ class Connection:
         for key, message in batch:
             self.offer(key, message)
 
+    def resync(self, keys: list[Key]) -> None:
+        for key in keys:
+            if key in self.subscriptions:
+                self.pending = deque(item for item in self.pending if item[0] != key)
+                self.needs[key] = True
+        self.wake.set()
+
     def offer(self, key: Key, message: dict[str, Any]) -> None:
         if key not in self.subscriptions:
             return
@@ -249,6 +271,7 @@ class Hub:
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.queue_size = queue_size
         self.routes: dict[Key, set[Connection]] = {}
+        self.relay: RedisRelay | None = None  # set while commits go through Redis
         self._guard = threading.Lock()
 
     def start(self) -> None:
@@ -271,6 +294,18 @@ class Hub:
             if not connection.loop.is_closed():
                 connection.loop.call_soon_threadsafe(connection.offer_all, batch)
 
+    def resync_all(self) -> None:
+        """Owe every book and trades subscription a ``resync`` and a fresh snapshot."""
+        owed: dict[Connection, list[Key]] = {}
+        with self._guard:
+            for key, connections in self.routes.items():
+                if key[0] != "orders":
+                    for connection in connections:
+                        owed.setdefault(connection, []).append(key)
+        for connection, keys in owed.items():
+            if not connection.loop.is_closed():
+                connection.loop.call_soon_threadsafe(connection.resync, keys)
+
     def subscribe(self, connection: Connection, key: Key) -> None:
         connection.subscriptions.add(key)
         with self._guard:
@@ -291,6 +326,136 @@ class Hub:
     def drop(self, connection: Connection) -> None:
         for key in list(connection.subscriptions):
             self.unsubscribe(connection, key)
+
+
+# -- Redis fan-out between API replicas -----------------------------------------------------
+
+RELAY_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+_POLL_SECONDS = 1.0
+
+
+class RedisRelay:
+    """Carries committed messages through Redis pub/sub to the hub of every API process.
+
+    ``publish`` runs on the committing thread with the app's sync client, one pipelined
+    round trip per commit; ``run`` is this process's single subscriber, on its event loop.
+    ``connect`` makes a fresh asyncio client for each (re)connection: it must not retry
+    on its own, or a reconnection would go unnoticed and missed messages unrepaired.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        client: redis.Redis,
+        connect: Callable[[], redis.asyncio.Redis],
+        *,
+        prefix: str,
+        identity: str,
+    ) -> None:
+        self.hub = hub
+        self.client = client
+        self.connect = connect
+        self.prefix = f"{prefix}md:"
+        self.identity = (identity, prefix)
+        self.connected = asyncio.Event()  # set while subscribed (tests and readiness read it)
+        self.client_name = f"bourse-md-{uuid.uuid4().hex[:12]}"
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def channel(self, key: Key) -> str:
+        channel, target = key
+        return f"{self.prefix}user:{target}" if channel == "orders" else f"{self.prefix}{target}"
+
+    def key(self, channel: str, message: dict[str, Any]) -> Key | None:
+        """The hub key of a message heard on ``channel``; None for one that is not ours."""
+        if not channel.startswith(self.prefix):
+            return None
+        target = channel[len(self.prefix) :]
+        if target.startswith("user:"):
+            return ("orders", target[len("user:") :])
+        kind = message.get("channel")
+        return (kind, target) if kind in {"book", "trades"} else None
+
+    def publish(self, messages: list[Message]) -> None:
+        """PUBLISH the messages in order; a failure is logged, never raised into the commit.
+
+        The command is already committed: subscribers that miss its messages see a
+        sequence gap on the next one and resubscribe.
+        """
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, message in messages:
+                    pipe.publish(self.channel(key), json.dumps(message, separators=(",", ":")))
+                pipe.execute()
+        except redis.RedisError:
+            log.exception("market_data_publish_failed", messages=len(messages))
+
+    async def start(self) -> None:
+        self.hub.relay = self
+        self._task = asyncio.create_task(self.run(), name="market-data-relay")
+
+    async def stop(self) -> None:
+        self.hub.relay = None
+        self._stopping = True  # redis-py may turn the cancellation into a ConnectionError
+        if self._task is not None:
+            self._task.cancel()
+            # Bounded: shutting down must not wait on a Redis that does not answer.
+            await asyncio.wait({self._task}, timeout=2)
+            self._task = None
+
+    async def run(self) -> None:
+        """Subscribe, feed the hub, and on any failure reconnect with backoff."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._listen()
+            except (redis.RedisError, OSError) as exc:
+                self.connected.clear()
+                if self._stopping:  # set by stop() meanwhile
+                    return  # type: ignore[unreachable]
+                delay = RELAY_BACKOFF_SECONDS[min(failures, len(RELAY_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                log.warning("market_data_relay_disconnected", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
+            else:
+                failures = 0
+
+    async def _listen(self) -> None:
+        client = self.connect()
+        pubsub = client.pubsub()
+        try:
+            await client.client_setname(self.client_name)
+            await pubsub.psubscribe(f"{self.prefix}*")
+            while True:  # wait for the confirmation: from here on nothing is missed
+                reply = await pubsub.get_message(timeout=_POLL_SECONDS)
+                if reply is not None and reply["type"] == "psubscribe":
+                    break
+            self.connected.set()
+            # Whatever was published while no subscriber listened is lost: start over.
+            self.hub.resync_all()
+            log.info("market_data_relay_subscribed", pattern=f"{self.prefix}*")
+            while True:
+                heard = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SECONDS)
+                if heard is not None and heard["type"] == "pmessage":
+                    self._feed(heard["channel"], heard["data"])
+        finally:
+            self.connected.clear()
+            with contextlib.suppress(redis.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(redis.RedisError, OSError):
+                await client.aclose()
+
+    def _feed(self, raw_channel: bytes | str, data: bytes | str) -> None:
+        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        key = self.key(channel, message) if isinstance(message, dict) else None
+        if key is None or not isinstance(message, dict):
+            log.warning("market_data_relay_ignored", channel=channel)
+            return
+        self.hub.submit([(key, message)])
 
 
 # -- The WebSocket endpoint -----------------------------------------------------------------
