@@ -7,8 +7,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from bourse.db import Database
+from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
+from bourse.trading import instruments
+from bourse.trading.models import Instrument
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund, verify
 from tests.trading.orders_support import check_consistent, market
@@ -75,3 +77,32 @@ def test_refusals_have_stable_codes(client: TestClient, settings: Settings, data
         headers=bearer(settings, user),
     )
     assert missing_key.status_code in {400, 422}
+
+
+def test_each_bad_order_input_has_its_own_code(client: TestClient, settings: Settings, database: Database) -> None:
+    """Off tick, off lot, too small, outside the band, halted, zero, negative, float, unknown: one code each."""
+    symbol, _, quote = market(database, tick_size="0.05", min_quantity="0.01", price_band_bps=1000)
+    user = make_user(database)
+    fund(database, user.id, quote, 10_000_000)
+
+    def code(**body: Any) -> str:
+        response = _post(client, settings, user, **{"instrument": symbol, "side": "buy", **body})
+        assert response.status_code in {404, 409, 422}, response.text
+        return str(response.json()["error"])
+
+    assert code(price="1.01", quantity="1") == "price_off_tick"
+    assert code(price="1.00", quantity="1.0005") == "quantity_off_lot"
+    assert code(price="1.00", quantity="0.005") == "quantity_too_small"
+    assert code(price="1.00", quantity="0") == "amount_not_positive"
+    assert code(price="1.00", quantity="-1") in {"amount_not_positive", "amount_invalid"}
+    assert code(price="1.00", quantity=1) == "amount_must_be_string"
+    assert code(price=1.0, quantity="1") == "amount_must_be_string"
+    assert code(instrument="NO-SUCH", price="1.00", quantity="1") == "unknown_instrument"
+    with unit_of_work(database) as session:
+        session.get(Instrument, symbol).last_price = 100  # type: ignore[union-attr]  # 1.00 at price scale 2
+    assert code(price="1.20", quantity="1") == "price_outside_band"
+    assert _post(client, settings, user, instrument=symbol, side="buy", price="1.05", quantity="1").status_code == 201
+    with unit_of_work(database) as session:
+        instruments.halt(session, symbol, "test halt", "test")
+    assert code(price="1.00", quantity="1") == "market_halted"
+    assert verify(database).ok
