@@ -30,15 +30,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
 from bourse.bench import machine, percentile
+
+if TYPE_CHECKING:
+    from bourse.settings import Settings
 
 BENCH_ASSET = "USD"
 # Each account starts with 10,000.00 and sends at most 1.00 at a time, so a run
@@ -56,8 +59,20 @@ class WorkerResult:
     samples: list[str]
 
 
-def _prepare(count: int) -> tuple[list[str], dict[str, str]]:
-    """Create ``count`` bench users with funded USD accounts; their ids and access tokens."""
+def funded_bench_users(
+    settings: Settings,
+    count: int,
+    funding: Mapping[str, int],
+    *,
+    prefix: str = "bench",
+    analyze: Sequence[str] = ("users", "accounts", "journal_entries", "postings"),
+) -> tuple[list[str], dict[str, str]]:
+    """Create ``count`` client users, credit each ``funding`` (minor units per asset)
+    against the house, and mint their access tokens: their ids and tokens.
+
+    Shared by the HTTP benchmarks. The users are inserted in one statement and
+    nobody knows their password: they act only through the minted tokens.
+    """
     from argon2 import PasswordHasher
     from sqlalchemy import insert, text
 
@@ -65,16 +80,13 @@ def _prepare(count: int) -> tuple[list[str], dict[str, str]]:
     from bourse.identity.models import Role, User, UserStatus
     from bourse.identity.tokens import issue_access_token
     from bourse.ledger import service
-    from bourse.settings import load_settings
     from bourse.sqltypes import utcnow
 
-    settings = load_settings()
     database = Database.from_settings(settings)
     run = uuid.uuid4().hex[:8]
-    # Nobody knows this password: bench users can act only through minted tokens.
     password_hash = PasswordHasher().hash(uuid.uuid4().hex + uuid.uuid4().hex)
     now = utcnow()
-    users = [_Subject(uuid.uuid4(), Role.client.value, f"bench-{run}-{i}@bench.invalid") for i in range(count)]
+    users = [_Subject(uuid.uuid4(), Role.client.value, f"{prefix}-{run}-{i}@bench.invalid") for i in range(count)]
     rows = [
         {
             "id": user.id,
@@ -93,25 +105,33 @@ def _prepare(count: int) -> tuple[list[str], dict[str, str]]:
         for start in range(0, count, 200):
             with unit_of_work(database) as session:
                 for user in users[start : start + 200]:
-                    service.adjust(
-                        session,
-                        user_id=user.id,
-                        asset=BENCH_ASSET,
-                        amount=FUNDING,
-                        credit=True,
-                        reason="benchmark funding",
-                        context=service.Context(actor="bench", idempotency_key=f"bench-fund:{user.id}"),
-                    )
+                    for asset, amount in funding.items():
+                        service.adjust(
+                            session,
+                            user_id=user.id,
+                            asset=asset,
+                            amount=amount,
+                            credit=True,
+                            reason="benchmark funding",
+                            context=service.Context(actor="bench", idempotency_key=f"bench-fund:{user.id}:{asset}"),
+                        )
         if database.engine.dialect.name == "postgresql":
             # Fresh planner statistics for the tables the run just filled, as
             # autovacuum would soon give them; without, PostgreSQL may scan.
             with database.engine.connect() as conn:
-                conn.execute(text("ANALYZE users, accounts, journal_entries, postings"))
+                conn.execute(text(f"ANALYZE {', '.join(analyze)}"))
                 conn.commit()
         tokens = {str(user.id): issue_access_token(settings, user) for user in users}
     finally:
         database.dispose()
     return [str(user.id) for user in users], tokens
+
+
+def _prepare(count: int) -> tuple[list[str], dict[str, str]]:
+    """Create ``count`` bench users with funded USD accounts; their ids and access tokens."""
+    from bourse.settings import load_settings
+
+    return funded_bench_users(load_settings(), count, {BENCH_ASSET: FUNDING})
 
 
 @dataclass(frozen=True)

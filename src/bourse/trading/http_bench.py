@@ -82,34 +82,16 @@ class Traders:
     funding: dict[str, int]
 
 
-@dataclass(frozen=True)
-class _Subject:
-    id: uuid.UUID
-    role: str
-    email: str
-
-
 def prepare_traders(settings: Settings, count: int, symbol: str = DEFAULT_SYMBOL) -> Traders:
     """Create ``count`` funded traders for ``symbol`` in the database; their ids, tokens and the market."""
-    from argon2 import PasswordHasher  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from sqlalchemy import insert, text  # noqa: PLC0415 - `bourse` imports this module at start-up
-
     from bourse.assets.service import get_asset  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.db import Database, unit_of_work  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.identity.models import Role, User, UserStatus  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.identity.tokens import issue_access_token  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.ledger import service  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.sqltypes import utcnow  # noqa: PLC0415 - `bourse` imports this module at start-up
+    from bourse.db import Database  # noqa: PLC0415 - `bourse` imports this module at start-up
+    from bourse.ledger.bench import funded_bench_users  # noqa: PLC0415 - `bourse` imports this module at start-up
     from bourse.trading.instruments import get_instrument  # noqa: PLC0415 - `bourse` imports this module at start-up
 
     database = Database.from_settings(settings)
-    run = uuid.uuid4().hex[:8]
-    # Nobody knows this password: bench traders act only through minted tokens.
-    password_hash = PasswordHasher().hash(uuid.uuid4().hex + uuid.uuid4().hex)
-    now = utcnow()
-    users = [_Subject(uuid.uuid4(), Role.client.value, f"orders-{run}-{i}@bench.invalid") for i in range(count)]
     try:
-        with unit_of_work(database) as session:
+        with database.sessions() as session:
             instrument = get_instrument(session, symbol)
             base = get_asset(session, instrument.base_asset)
             quote = get_asset(session, instrument.quote_asset)
@@ -129,43 +111,11 @@ def prepare_traders(settings: Settings, count: int, symbol: str = DEFAULT_SYMBOL
                 quote.code: QUOTE_FUNDING_UNITS * 10**quote.scale,
                 base.code: BASE_FUNDING_UNITS * 10**base.scale,
             }
-            session.execute(
-                insert(User),
-                [
-                    {
-                        "id": user.id,
-                        "email": user.email,
-                        "password_hash": password_hash,
-                        "role": Role.client,
-                        "status": UserStatus.active,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for user in users
-                ],
-            )
-        for start in range(0, count, 100):
-            with unit_of_work(database) as session:
-                for user in users[start : start + 100]:
-                    for asset, amount in funding.items():
-                        service.adjust(
-                            session,
-                            user_id=user.id,
-                            asset=asset,
-                            amount=amount,
-                            credit=True,
-                            reason="benchmark funding",
-                            context=service.Context(actor="bench", idempotency_key=f"bench-fund:{user.id}:{asset}"),
-                        )
-        if database.engine.dialect.name == "postgresql":
-            # Fresh planner statistics for the tables just filled, as autovacuum would soon give them.
-            with database.engine.connect() as conn:
-                conn.execute(text("ANALYZE users, accounts, journal_entries, postings, holds, orders"))
-                conn.commit()
-        tokens = {str(user.id): issue_access_token(settings, user) for user in users}
     finally:
         database.dispose()
-    return Traders([str(user.id) for user in users], tokens, market, funding)
+    analyze = ("users", "accounts", "journal_entries", "postings", "holds", "orders")
+    ids, tokens = funded_bench_users(settings, count, funding, prefix="orders", analyze=analyze)
+    return Traders(ids, tokens, market, funding)
 
 
 def _decimal(value: int, scale: int) -> str:
