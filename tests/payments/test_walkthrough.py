@@ -9,41 +9,15 @@ against the processes `bourse up` starts, on SQLite.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
-import pytest
 
-from tests.support.processes import clean_env, free_port, start, stop, wait_for_output
+from tests.support.embedded import PASSWORD, create_user, embedded, login
 
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    port = free_port()
-    env = clean_env(BOURSE_PORT=str(port), BOURSE_PSP_SIM_URL=f"http://127.0.0.1:{free_port()}")
-    process = start(["-m", "bourse", "up"], env, cwd=tmp_path)
-    try:
-        wait_for_output(process, "Bourse is running at", timeout=90)
-        yield f"http://127.0.0.1:{port}", env, tmp_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        finally:
-            stop(process)
-
-
-def _login(client: httpx.Client, base: str, email: str) -> dict[str, str]:
-    response = client.post(f"{base}/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+__all__ = ["embedded"]  # the fixture, used by name
 
 
 def _wait_for(client: httpx.Client, url: str, headers: dict[str, str], field: str, value: str) -> dict[str, object]:
@@ -64,7 +38,7 @@ def test_register_deposit_withdraw_approve_and_pay(embedded: tuple[str, dict[str
         # 1. Register and sign in.
         registered = client.post(f"{base}/api/v1/auth/register", json={"email": client_email, "password": PASSWORD})
         assert registered.status_code == 201, registered.text
-        me = _login(client, base, client_email)
+        me = login(client, base, client_email)
 
         # 2. Deposit 1500.00 USD: Bourse answers with the simulator's checkout page.
         deposit = client.post(
@@ -100,18 +74,8 @@ def test_register_deposit_withdraw_approve_and_pay(embedded: tuple[str, dict[str
 
         # 5. An operator, created on the command line, approves it.
         operator_email = f"ops-{uuid.uuid4().hex[:6]}@example.com"
-        created = subprocess.run(
-            [sys.executable, "-m", "bourse", "users", "create", "--email", operator_email, "--role", "operator"],
-            input=f"{PASSWORD}\n",
-            env=env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert created.returncode == 0, created.stderr
-        ops = _login(client, base, operator_email)
+        create_user(env, cwd, operator_email, "operator")
+        ops = login(client, base, operator_email)
         queue = client.get(f"{base}/api/v1/admin/withdrawals", params={"state": "pending_review"}, headers=ops)
         assert withdrawal_id in {w["id"] for w in queue.json()["data"]}
         approved = client.post(

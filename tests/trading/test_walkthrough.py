@@ -12,66 +12,28 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.processes import clean_env, free_port, start, stop, wait_for_output
+from tests.support.embedded import PASSWORD, create_user, embedded, login
+from tests.support.processes import run_bourse
 
-PASSWORD = "correct horse battery staple"
+__all__ = ["embedded"]  # the fixture, used by name
+
 SYMBOL = "EUR-USD"
 
 
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    port = free_port()
-    env = clean_env(BOURSE_PORT=str(port), BOURSE_PSP_SIM_URL=f"http://127.0.0.1:{free_port()}")
-    process = start(["-m", "bourse", "up"], env, cwd=tmp_path)
-    try:
-        wait_for_output(process, "Bourse is running at", timeout=90)
-        yield f"http://127.0.0.1:{port}", env, tmp_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        finally:
-            stop(process)
-
-
-def _bourse(env: dict[str, str], cwd: Path, *args: str, stdin: str = "") -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "bourse", *args],
-        input=stdin,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def _payout(env: dict[str, str], cwd: Path, day: str) -> dict[str, Any]:
+    done = run_bourse("commissions", "payout", "--date", day, env=env, cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def _create_user(env: dict[str, str], cwd: Path, email: str, role: str) -> str:
-    out = _bourse(env, cwd, "users", "create", "--email", email, "--role", role, stdin=f"{PASSWORD}\n")
-    found = re.search(r"with id ([0-9a-f-]{36})", out)
-    assert found is not None, out
-    return found.group(1)
-
-
-def _login(client: httpx.Client, base: str, email: str) -> dict[str, str]:
-    response = client.post(f"{base}/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _eventually(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
@@ -174,10 +136,10 @@ def test_fund_trade_watch_accrue_and_pay_out(embedded: tuple[str, dict[str, str]
     with httpx.Client(timeout=30) as client:
         # 1. An IB and an admin, created on the command line; the admin gives the IB
         #    30% of their direct clients' fees.
-        ib_id = _create_user(env, cwd, f"ib-{suffix}@example.com", "ib")
-        _create_user(env, cwd, f"admin-{suffix}@example.com", "admin")
-        ib = _login(client, base, f"ib-{suffix}@example.com")
-        admin = _login(client, base, f"admin-{suffix}@example.com")
+        ib_id = create_user(env, cwd, f"ib-{suffix}@example.com", "ib")
+        create_user(env, cwd, f"admin-{suffix}@example.com", "admin")
+        ib = login(client, base, f"ib-{suffix}@example.com")
+        admin = login(client, base, f"admin-{suffix}@example.com")
         plan = client.put(
             f"{base}/api/v1/admin/ib/{ib_id}/plan", json={"kind": "percent_of_fee", "levels": [3000]}, headers=admin
         )
@@ -196,7 +158,7 @@ def test_fund_trade_watch_accrue_and_pay_out(embedded: tuple[str, dict[str, str]
         assert registered.status_code == 201, registered.text
         referrals = client.get(f"{base}/api/v1/ib/referrals", headers=ib).json()["referrals"]
         assert [r["email"] for r in referrals] == [a_email]
-        a, b = _login(client, base, a_email), _login(client, base, b_email)
+        a, b = login(client, base, a_email), login(client, base, b_email)
 
         # 3. Both fund through the simulator's checkout: A 1500 USD, B 1000 EUR.
         _deposit(client, base, a, "USD", "1500.00")
@@ -223,10 +185,10 @@ def test_fund_trade_watch_accrue_and_pay_out(embedded: tuple[str, dict[str, str]
         assert client.get(f"{base}/api/v1/ib/payouts", headers=ib).json()["payouts"] == []
 
         # 7. Pay commissions on trades up to the end of the trade's UTC day.
-        out = json.loads(_bourse(env, cwd, "commissions", "payout", "--date", trade_day))
+        out = _payout(env, cwd, trade_day)
         assert [(p["ib_user_id"], p["asset"], p["amount_minor"]) for p in out["payouts"]] == [(ib_id, "USD", 66)]
         assert _available(client, base, ib, "USD") == "0.66"
         payouts = client.get(f"{base}/api/v1/ib/payouts", headers=ib).json()["payouts"]
         assert [(p["asset"], p["amount"], p["accruals"]) for p in payouts] == [("USD", "0.66", 1)]
-        again = json.loads(_bourse(env, cwd, "commissions", "payout", "--date", trade_day))
+        again = _payout(env, cwd, trade_day)
         assert again["payouts"] == []
