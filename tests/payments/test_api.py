@@ -35,6 +35,7 @@ from bourse.identity.models import Role
 from bourse.ledger import service as ledger
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry
 from bourse.payments import deposits, events
+from bourse.payments.common import Actor
 from bourse.payments.errors import EventNotReady
 from bourse.payments.models import Deposit, DepositState, PaymentAudit, PspEvent, Withdrawal
 from bourse.psp import signing
@@ -913,7 +914,7 @@ def test_a_debt_also_stops_the_approval_of_a_waiting_withdrawal(pay: Payments) -
             row,
             amount=300_00,
             chargeback=True,
-            actor=deposits.Actor("test"),
+            actor=Actor("test"),
             idempotency_key=f"test-chargeback:{deposit.id}",
             reason="dispute opened",
         )

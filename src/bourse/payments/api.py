@@ -27,8 +27,7 @@ from bourse.identity.dependencies import CurrentPrincipal, Principal, require_ro
 from bourse.identity.models import Role
 from bourse.logging import get_logger
 from bourse.payments import deposits, events, reconcile, withdrawals
-from bourse.payments.common import audit_trail, connector_named
-from bourse.payments.deposits import Actor
+from bourse.payments.common import Actor, audit_trail, connector_named
 from bourse.payments.errors import ReportNotFound
 from bourse.payments.models import Deposit, DepositState, ReconciliationReport, Withdrawal, WithdrawalState
 from bourse.payments.schemas import (

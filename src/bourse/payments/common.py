@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +14,14 @@ from bourse.payments.models import PaymentAudit
 from bourse.psp.connectors.base import Capability, Connector
 from bourse.psp.registry import connectors
 from bourse.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who caused a change, for the audit trail and the journal."""
+
+    name: str
+    request_id: str | None = None
 
 
 def connector_named(settings: Settings, name: str | None, capability: Capability | None = None) -> Connector:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -20,25 +19,14 @@ from sqlalchemy.orm import Session
 from bourse.assets.models import Asset
 from bourse.ledger import service as ledger
 from bourse.ledger.models import Account, AccountKind
-from bourse.payments.common import record
+from bourse.payments.common import Actor, record
 from bourse.payments.errors import DepositNotFound
 from bourse.payments.models import Deposit, DepositState
 from bourse.psp.connectors.base import Connector
 from bourse.sqltypes import utcnow
 
 SUBJECT = "deposit"
-# States from which a provider's success still credits: a late success after an
-# expiry or a failure means the payer did pay (a retried card, a slow bank).
-CREDITABLE = frozenset({DepositState.pending, DepositState.expired, DepositState.failed})
 CREDITED = frozenset({DepositState.succeeded, DepositState.refunded, DepositState.charged_back})
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who caused a change, for the audit trail and the journal."""
-
-    name: str
-    request_id: str | None = None
 
 
 def _transition(session: Session, deposit: Deposit, to: DepositState, actor: Actor, reason: str | None = None) -> None:

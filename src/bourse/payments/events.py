@@ -21,8 +21,7 @@ from sqlalchemy.orm import Session
 from bourse.db import upsert
 from bourse.logging import get_logger
 from bourse.payments import deposits, withdrawals
-from bourse.payments.common import record
-from bourse.payments.deposits import Actor
+from bourse.payments.common import Actor, record
 from bourse.payments.errors import EventNotReady, WithdrawalNotFound
 from bourse.payments.models import Deposit, DepositState, PspEvent, Withdrawal, WithdrawalState
 from bourse.psp.connectors.base import EventKind, PaymentEvent
@@ -165,6 +164,8 @@ def _ledger_key(event: PspEvent) -> str:
 def _deposit_succeeded(session: Session, event: PspEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
     if deposit.state in deposits.CREDITED:
         return "duplicate", f"deposit already {deposit.state.value}"
+    # Pending, expired or failed: a late success after an expiry or a failure means
+    # the payer did pay (a retried card, a slow bank), so it still credits.
     if deposit.state is DepositState.needs_review:
         return "recorded", "deposit is under review"
     if event.psp_reference and deposit.psp_reference != event.psp_reference:

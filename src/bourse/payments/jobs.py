@@ -15,8 +15,7 @@ from prometheus_client import Gauge
 
 from bourse.logging import get_logger
 from bourse.payments import deposits, events, reconcile, withdrawals
-from bourse.payments.common import connector_named
-from bourse.payments.deposits import Actor
+from bourse.payments.common import Actor, connector_named
 from bourse.psp.connectors.base import Capability
 from bourse.queue.registry import JobContext, job
 

@@ -22,8 +22,7 @@ from bourse.identity.service import verify_totp_if_enrolled
 from bourse.ledger import service as ledger
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import Account, AccountKind
-from bourse.payments.common import owes_money, record
-from bourse.payments.deposits import Actor
+from bourse.payments.common import Actor, owes_money, record
 from bourse.payments.errors import (
     AlreadyApproved,
     CoolingOff,
