@@ -75,14 +75,6 @@ def audit_trail(session: Session, subject_type: str, subject_id: uuid.UUID) -> l
     return list(session.scalars(query))
 
 
-def receivable_balance(session: Session, user_id: uuid.UUID, asset: str) -> int:
-    """What the user owes in ``asset`` after refunds and chargebacks of spent money (<= 0)."""
-    query = select(Account.balance).where(
-        Account.kind == AccountKind.chargeback_receivable, Account.ref == str(user_id), Account.asset == asset
-    )
-    return session.scalar(query) or 0
-
-
 def owes_money(session: Session, user_id: uuid.UUID) -> bool:
     """Any debt, in any asset, blocks the user's withdrawals."""
     query = select(Account.id).where(

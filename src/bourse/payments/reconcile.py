@@ -150,16 +150,6 @@ def reconcile(session: Session, connector: Connector, day: date, *, actor: str) 
     return report
 
 
-def latest(session: Session, connector: str) -> ReconciliationReport | None:
-    query = (
-        select(ReconciliationReport)
-        .where(ReconciliationReport.connector == connector)
-        .order_by(ReconciliationReport.day.desc(), ReconciliationReport.created_at.desc())
-        .limit(1)
-    )
-    return session.scalar(query)
-
-
 def listing(session: Session, *, connector: str | None = None, limit: int = 30) -> list[ReconciliationReport]:
     query = select(ReconciliationReport).order_by(ReconciliationReport.created_at.desc()).limit(limit)
     if connector is not None:

@@ -222,15 +222,6 @@ def cached_book(symbol: str) -> Book | None:
     return None if cached is None else cached[0]
 
 
-def forget_books() -> None:
-    """Drop every cached book: the next command on each instrument rebuilds it."""
-    with _BOOKS_GUARD:
-        _BOOKS.clear()
-
-
-# -- Placing ------------------------------------------------------------------------------
-
-
 def _enum(kind: type[Any], value: object, field: str) -> Any:
     try:
         return kind(value)
