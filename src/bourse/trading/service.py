@@ -222,6 +222,9 @@ def cached_book(symbol: str) -> Book | None:
     return None if cached is None else cached[0]
 
 
+# -- Placing ------------------------------------------------------------------------------
+
+
 def _enum(kind: type[Any], value: object, field: str) -> Any:
     try:
         return kind(value)
