@@ -7,17 +7,22 @@ raise these; the API renders them as ``{"error": code, "detail": message,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
 class BourseError(Exception):
-    """Base class: a refusal with a stable code and an HTTP status."""
+    """Base class: a refusal with a stable code and an HTTP status.
+
+    ``headers`` are sent with the error response (``Retry-After``, ``WWW-Authenticate``).
+    """
 
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None) -> None:
         self.detail = detail or self.default_detail()
+        self.headers: dict[str, str] = dict(headers or {})
         super().__init__(self.detail)
 
     @classmethod
@@ -28,6 +33,22 @@ class BourseError(Exception):
 class Conflict(BourseError):
     status_code = 409
     code = "conflict"
+
+
+class TemporarilyUnavailable(BourseError):
+    """A failure that is safe to retry: ``503`` with ``Retry-After``.
+
+    Nothing was written. The client may send the same request again after
+    ``retry_after`` seconds, with the same ``Idempotency-Key`` where the endpoint
+    takes one, and it cannot move money twice. Subclasses name the cause.
+    """
+
+    status_code = 503
+    code = "temporarily_unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        self.retry_after = max(1, retry_after)
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
 
 
 # Pydantic error types that are reported as their own top-level error code

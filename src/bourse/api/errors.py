@@ -56,7 +56,7 @@ def request_id_of(request: Request) -> str | None:
 async def _bourse_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, BourseError):
         raise exc
-    return error_response(exc.status_code, exc.code, exc.detail, request_id_of(request))
+    return error_response(exc.status_code, exc.code, exc.detail, request_id_of(request), headers=exc.headers or None)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

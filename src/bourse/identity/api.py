@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
-from bourse.api.errors import error_response, request_id_of
 from bourse.api.routing import DbSession, get_database, router
 from bourse.db import unit_of_work
 from bourse.identity import service
 from bourse.identity.dependencies import CurrentPrincipal
-from bourse.identity.errors import IdentityError
 from bourse.identity.models import Role, User
 from bourse.identity.passwords import hasher_for
 from bourse.identity.schemas import (
@@ -137,20 +134,7 @@ def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Re
     return _user_out(service.get_user(session, principal.user_id))
 
 
-async def _identity_error(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, IdentityError):
-        raise exc
-    return error_response(
-        exc.status_code,
-        exc.code,
-        exc.detail,
-        request_id_of(request),
-        headers=exc.headers or None,
-    )
-
-
 def include_identity(app: FastAPI) -> None:
-    """Mount ``/api/v1/auth``, the login throttle, and the handler that adds auth headers."""
+    """Mount ``/api/v1/auth`` and the login throttle."""
     app.state.login_throttle = create_login_throttle(app.state.settings, app.state.db, app.state.redis)
-    app.add_exception_handler(IdentityError, _identity_error)
     app.include_router(auth)

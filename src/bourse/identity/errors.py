@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 from bourse.errors import BourseError
 
 
 class IdentityError(BourseError):
-    """A refusal that may carry HTTP headers (``WWW-Authenticate``, ``Retry-After``).
-
-    The Foundation's error handler renders the body; :func:`bourse.identity.api.include_identity`
-    registers a handler for this class that renders the same body plus the headers.
-    """
-
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.headers: dict[str, str] = dict(headers or {})
+    """A refusal of the identity domain (it may carry ``WWW-Authenticate`` or ``Retry-After``)."""
 
 
 class InvalidEmail(IdentityError):
