@@ -24,6 +24,7 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 import bourse
 from bourse.metrics import DB_POOLS
@@ -48,6 +49,9 @@ class Base(DeclarativeBase):
 # write lock (health checks): ``conn.execution_options(sqlite_begin="DEFERRED")``.
 SQLITE_BEGIN_OPTION = "sqlite_begin"
 
+# Session.info key: how long code holding the session may wait for an in-process lock.
+LOCK_WAIT_SECONDS = "bourse.lock_wait_seconds"
+
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
@@ -67,30 +71,58 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
-def create_db_engine(settings: Settings, *, url: URL | None = None, name: str = "main") -> Engine:
-    """Create an engine for ``settings.database`` (or ``url``) with Bourse's options."""
+def create_db_engine(
+    settings: Settings,
+    *,
+    url: URL | None = None,
+    name: str = "main",
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    lock_timeout_ms: int | None = None,
+) -> Engine:
+    """Create an engine for ``settings.database`` (or ``url``) with Bourse's options.
+
+    A checkout waits at most ``BOURSE_DATABASE_POOL_TIMEOUT_SECONDS`` for a free
+    connection. ``lock_timeout_ms`` bounds every PostgreSQL lock wait on the engine's
+    connections (the API sets it; a SQLite writer is bounded by its busy timeout).
+    """
     target = url or settings.database
+    size = settings.database_pool_size if pool_size is None else pool_size
+    overflow = settings.database_max_overflow if max_overflow is None else max_overflow
     if target.get_backend_name() == "sqlite":
         engine = create_engine(
             target,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
+            pool_size=size,
+            max_overflow=overflow,
+            pool_timeout=settings.database_pool_timeout_seconds,
             connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
         )
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
     else:
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(1, round(settings.database_connect_timeout_seconds)),
+            "application_name": "bourse",
+        }
+        if lock_timeout_ms is not None:
+            connect_args["options"] = f"-c lock_timeout={int(lock_timeout_ms)}"
         engine = create_engine(
             target,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
+            pool_size=size,
+            max_overflow=overflow,
+            pool_timeout=settings.database_pool_timeout_seconds,
             pool_pre_ping=True,
-            connect_args={
-                "connect_timeout": max(1, round(settings.database_connect_timeout_seconds)),
-                "application_name": "bourse",
-            },
+            connect_args=connect_args,
         )
     DB_POOLS.track(name, engine)
     return engine
+
+
+def pool_capacity(engine: Engine) -> int:
+    """How many connections the engine's pool lends at most (size plus overflow)."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        return pool.size() + max(0, pool._max_overflow)  # noqa: SLF001 - no public accessor
+    raise TypeError(f"{type(pool).__name__} has no fixed capacity")
 
 
 @dataclass
@@ -101,9 +133,21 @@ class Database:
     sessions: sessionmaker[Session]
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, name: str = "main") -> Database:
-        engine = create_db_engine(settings, name=name)
-        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        name: str = "main",
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
+        lock_timeout_ms: int | None = None,
+    ) -> Database:
+        engine = create_db_engine(
+            settings, name=name, pool_size=pool_size, max_overflow=max_overflow, lock_timeout_ms=lock_timeout_ms
+        )
+        # Locks taken in this process (not in the database) wait as long as a row lock may.
+        info = {LOCK_WAIT_SECONDS: settings.database_lock_timeout_ms / 1000}
+        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False, info=info))
 
     def dispose(self) -> None:
         self.engine.dispose()

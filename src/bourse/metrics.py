@@ -32,6 +32,23 @@ HTTP_IN_FLIGHT = Gauge(
     "Requests being served right now by this process; the autoscaler's per-pod load metric.",
 )
 
+HTTP_SHED = Counter(
+    "bourse_http_requests_shed_total",
+    "API requests refused at once with 503 overloaded because BOURSE_HTTP_MAX_IN_FLIGHT were being served.",
+)
+DB_LEASES_IN_USE = Gauge(
+    "bourse_db_leases_in_use",
+    "Requests holding one of the database connection leases (as many as the pool has connections).",
+)
+DB_LEASE_WAITING = Gauge(
+    "bourse_db_lease_waiting",
+    "Requests waiting on the event loop for a database connection lease.",
+)
+DB_LEASE_TIMEOUTS = Counter(
+    "bourse_db_lease_timeouts_total",
+    "Requests refused with 503 database_busy after waiting BOURSE_DATABASE_POOL_TIMEOUT_SECONDS for a lease.",
+)
+
 
 class DatabasePoolCollector(Collector):
     """Reports the connection pool of every live engine this process created."""

@@ -324,6 +324,7 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(default=10, ge=0)
     database_connect_timeout_seconds: PositiveFloat = 5.0
     database_lock_timeout_ms: PositiveInt = 5000
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     sqlite_busy_timeout_ms: PositiveInt = 5000
 
     redis_url: str | None = None
@@ -405,6 +406,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     max_body_bytes: PositiveInt = 1024 * 1024
+    # Overload (docs/decisions/0012-overload.md): API requests served at once beyond
+    # which new ones get 503 overloaded, and how long the worker threads may go
+    # without making progress before /livez fails.
+    http_max_in_flight: int = Field(default=100, ge=1, le=10_000)
+    liveness_stall_seconds: float = Field(default=20.0, ge=2, le=600)
     readiness_timeout_seconds: PositiveFloat = 1.0
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
     shutdown_timeout_seconds: PositiveInt = 20

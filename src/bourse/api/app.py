@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -14,11 +15,12 @@ from redis.backoff import NoBackoff
 
 import bourse
 from bourse.api import health
+from bourse.api.capacity import Admission, ConnectionLeases, ProgressMonitor
 from bourse.api.errors import install_error_handlers
 from bourse.api.middleware import RequestContextMiddleware
 from bourse.api.routing import router
 from bourse.commissions import api as commissions_api
-from bourse.db import Database
+from bourse.db import Database, pool_capacity
 from bourse.identity.api import include_identity
 from bourse.ledger import api as ledger_api
 from bourse.payments import api as payments_api
@@ -32,6 +34,9 @@ from bourse.trading import api as trading_api
 from bourse.trading import market_data, orders_api, stream
 
 API_PREFIX = "/api/v1"
+# Worker threads beyond the connection leases, for work that holds none (health
+# checks, the liveness heartbeat, dependencies that do no I/O).
+THREADS_BEYOND_LEASES = 20
 
 
 def _redis_address(url: str, settings: Settings) -> tuple[str, str | None]:
@@ -98,54 +103,7 @@ def _meta_router() -> APIRouter:
     return meta
 
 
-def create_app(
-    settings: Settings | None = None,
-    *,
-    database: Database | None = None,
-    redis: Redis | None = None,
-) -> FastAPI:
-    """Build the API. The caller may pass a database or Redis client to share."""
-    settings = settings or load_settings()
-    db = database or Database.from_settings(settings)
-    redis_client = redis if redis is not None else create_redis(settings)
-    owns_db = database is None
-    owns_redis = redis is None and redis_client is not None
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub.start()
-        if relay is not None:
-            await relay.start()
-        yield
-        if relay is not None:
-            await relay.stop()
-        hub.stop()
-        close_queue_driver(app)
-        close_connectors()
-        if owns_db:
-            db.dispose()
-        if owns_redis and redis_client is not None:
-            redis_client.close()
-
-    app = FastAPI(
-        title="Bourse",
-        version=bourse.__version__,
-        summary="Brokerage trading platform API",
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
-        redoc_url=None,
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.db = db
-    app.state.redis = redis_client
-    hub = stream.Hub()
-    app.state.market_hub = hub
-    relay = _market_relay(settings, hub, redis_client)
-    app.state.market_relay = relay
-
-    install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(health.router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
@@ -166,4 +124,78 @@ def create_app(
     app.include_router(market_data.market_data)
     app.include_router(stream.ws_router)
     app.include_router(admin_jobs)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    redis: Redis | None = None,
+) -> FastAPI:
+    """Build the API. The caller may pass a database or Redis client to share."""
+    settings = settings or load_settings()
+    db = database or Database.from_settings(settings, lock_timeout_ms=settings.database_lock_timeout_ms)
+    redis_client = redis if redis is not None else create_redis(settings)
+    owns_db = database is None
+    owns_redis = redis is None and redis_client is not None
+    # Readiness asks the database over a connection of its own, so a pool lent out
+    # to a busy API does not read as "database unavailable".
+    probe_db = Database.from_settings(settings, name="readiness", pool_size=1, max_overflow=0)
+    leases = ConnectionLeases(pool_capacity(db.engine), settings.database_pool_timeout_seconds)
+    progress = ProgressMonitor(settings.liveness_stall_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # More worker threads than leases: a request holding a connection always finds
+        # a thread to finish on (docs/decisions/0012-overload.md).
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, leases.size + THREADS_BEYOND_LEASES)
+        progress.start()
+        hub.start()
+        if relay is not None:
+            await relay.start()
+        yield
+        if relay is not None:
+            await relay.stop()
+        hub.stop()
+        await progress.stop()
+        close_queue_driver(app)
+        close_connectors()
+        probe_db.dispose()
+        if owns_db:
+            db.dispose()
+        if owns_redis and redis_client is not None:
+            redis_client.close()
+
+    app = FastAPI(
+        title="Bourse",
+        version=bourse.__version__,
+        summary="Brokerage trading platform API",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+        # Bourse exports Prometheus metrics and JSON logs of its own; FastAPI's native
+        # OpenTelemetry layer would only cost CPU on every request (it reads the
+        # environment each time).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.probe_db = probe_db
+    app.state.db_leases = leases
+    app.state.progress = progress
+    app.state.redis = redis_client
+    hub = stream.Hub()
+    app.state.market_hub = hub
+    relay = _market_relay(settings, hub, redis_client)
+    app.state.market_relay = relay
+
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        admission=Admission(settings.http_max_in_flight),
+    )
+    _include_routers(app, settings)
     return app

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from bourse import lifecycle
+from bourse.api.capacity import ProgressMonitor
 from bourse.api.errors import REQUEST_ID_SCOPE_KEY, error_body
 from bourse.db import SQLITE_BEGIN_OPTION, Database
 from bourse.migrations import SchemaState, schema_state
@@ -28,8 +29,22 @@ metrics_router = APIRouter(include_in_schema=False)
 
 
 @router.get("/livez")
-async def livez() -> dict[str, str]:
-    return {"status": "alive"}
+async def livez(request: Request) -> JSONResponse:
+    """Alive while the event loop answers and the worker threads make progress.
+
+    A process whose threads have all been stuck for ``BOURSE_LIVENESS_STALL_SECONDS``
+    cannot serve anything again by itself: 503 here gets it restarted.
+    """
+    progress: ProgressMonitor | None = getattr(request.app.state, "progress", None)
+    stalled = progress.stalled_for() if progress is not None else None
+    if stalled is not None:
+        body = error_body(
+            "stalled",
+            f"No worker thread has been free for {stalled:.0f} s",
+            request.scope.get(REQUEST_ID_SCOPE_KEY),
+        )
+        return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"status": "alive"}, headers={"Cache-Control": "no-store"})
 
 
 def _check_database(db: Database) -> str | None:
@@ -63,7 +78,7 @@ async def readyz(request: Request) -> JSONResponse:
     reasons: list[str] = []
 
     redis_client: Redis | None = state.redis
-    db_task = _timed(_check_database, state.db, timeout=timeout)
+    db_task = _timed(_check_database, state.probe_db, timeout=timeout)
     if redis_client is not None:
         (db_ok, db_reason), (redis_ok, redis_reason) = await asyncio.gather(
             db_task, _timed(_check_redis, redis_client, timeout=timeout)

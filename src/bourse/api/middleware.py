@@ -6,6 +6,9 @@ A pure ASGI middleware, outermost in the application's own stack. It
   response, and binds it into every log line written while serving the request;
 - refuses a body over the limit with 413: a declared Content-Length before any
   of the body is read, a streamed (chunked) body as soon as it passes the limit;
+- admits at most ``BOURSE_HTTP_MAX_IN_FLIGHT`` API requests at once and refuses
+  the rest at once with ``503 overloaded`` and ``Retry-After`` (probes and metrics
+  are always admitted; see :mod:`bourse.api.capacity`);
 - counts requests in flight, by route template and status, and times them;
 - writes one access-log line: method, route template, status, duration. Bodies,
   query strings and headers such as Authorization or Cookie are never logged;
@@ -14,6 +17,7 @@ A pure ASGI middleware, outermost in the application's own stack. It
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -26,9 +30,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bourse.api.capacity import Admission
 from bourse.api.errors import REQUEST_ID_SCOPE_KEY, error_body
 from bourse.logging import get_logger
-from bourse.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from bourse.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SHED
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
@@ -65,9 +70,10 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, admission: Admission) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,6 +85,13 @@ class RequestContextMiddleware:
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         exchange = _Exchange(request_id, receive, send, self.max_body_bytes)
 
+        exempt = scope["path"] in Admission.EXEMPT
+        if not exempt and not await self.admission.enter(scope.get("client")):
+            # Refused before any work: no access-log line (Admission logs a summary).
+            HTTP_SHED.inc()
+            HTTP_REQUESTS.labels(scope["method"], UNMATCHED_ROUTE, "503").inc()
+            await _shed(request_id, self.admission.retry_after, send)
+            return
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         HTTP_IN_FLIGHT.inc()
@@ -86,6 +99,8 @@ class RequestContextMiddleware:
         try:
             await self._serve(scope, headers, exchange)
         finally:
+            if not exempt:
+                self.admission.leave()
             HTTP_IN_FLIGHT.dec()
             self._record(scope, exchange.status, time.perf_counter() - start)
             structlog.contextvars.clear_contextvars()
@@ -114,6 +129,22 @@ class RequestContextMiddleware:
         HTTP_REQUESTS.labels(method, route, str(status)).inc()
         HTTP_DURATION.labels(method, route).observe(duration)
         log.info("http_request", method=method, route=route, status=status, duration_ms=round(duration * 1000, 3))
+
+
+async def _shed(request_id: str, retry_after: int, send: Send) -> None:
+    """The ``503 overloaded`` answer, written with as little work as possible: while
+    shedding, every microsecond spent here is taken from the requests admitted."""
+    body = json.dumps(
+        error_body("overloaded", "The server is at capacity; retry shortly", request_id), separators=(",", ":")
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(retry_after).encode()),
+        (b"content-length", str(len(body)).encode()),
+        (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _Exchange:

@@ -8,24 +8,40 @@ success that was never stored. If the endpoint raises (every refusal is a raised
 :class:`bourse.errors.BourseError`), the session rolls back and nothing is written.
 
 Endpoints and services never call ``commit()``.
+
+A request may use the database only while it holds one of the process's connection
+leases (:class:`bourse.api.capacity.ConnectionLeases`). The session dependency awaits
+the lease on the event loop the first time the request asks for a session, and the
+route gives it back after the session is closed. There are as many leases as the
+pool has connections, so a worker thread never waits for a pooled connection.
+Cleanup (rollback, close, the lease) is shielded from cancellation: a request
+cancelled at shutdown never leaves a connection idle in a
+transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from bourse.api.capacity import ConnectionLeases, DatabaseBusy
 from bourse.db import Database
 from bourse.errors import BourseError
+from bourse.logging import get_logger
 
 _SESSION_KEY = "bourse.db_session"
 _BOUNDARY_KEY = "bourse.transaction_boundary"
+_LEASE_KEY = "bourse.db_lease"
+
+log = get_logger("bourse.api")
 
 
 class UnsupportedMediaType(BourseError):
@@ -65,17 +81,18 @@ class TransactionalRoute(APIRoute):
                 session: Session | None = request.scope.get(_SESSION_KEY)
                 if session is not None:
                     await run_in_threadpool(session.commit)
-            except BaseException:
-                session = request.scope.get(_SESSION_KEY)
-                if session is not None:
-                    await run_in_threadpool(session.rollback)
+            except BaseException as exc:
+                # Closing the session (in _end) rolls back whatever was not committed.
+                if isinstance(exc, sa_exc.TimeoutError):
+                    # The pool's own checkout timeout: leases should make it unreachable,
+                    # but a connection used outside them (a bug) must not become a 500.
+                    log.warning("database_pool_timeout", path=request.url.path)
+                    raise DatabaseBusy("No database connection became free in time; retry shortly") from exc
                 raise
             else:
                 return response
             finally:
-                session = request.scope.pop(_SESSION_KEY, None)
-                if session is not None:
-                    await run_in_threadpool(session.close)
+                await _end(request)
 
         return transactional_handler
 
@@ -85,23 +102,80 @@ def router(**kwargs: Any) -> APIRouter:
     return APIRouter(route_class=TransactionalRoute, **kwargs)
 
 
+async def _end(request: Request) -> None:
+    """Close the request's session (rolling back anything uncommitted) and give its
+    lease back, whatever happened.
+
+    The cleanup runs as a task of its own behind ``asyncio.shield``: if the request
+    is cancelled meanwhile (shutdown), the cleanup still finishes, so no connection is
+    ever left idle in a transaction and no lease is lost.
+    """
+    session: Session | None = request.scope.pop(_SESSION_KEY, None)
+    leased = request.scope.pop(_LEASE_KEY, False)
+    if session is None and not leased:
+        return
+    leases = get_leases(request)
+
+    async def cleanup() -> None:
+        try:
+            if session is not None:
+                await run_in_threadpool(session.close)
+        finally:
+            if leased:
+                leases.release()
+
+    await asyncio.shield(asyncio.ensure_future(cleanup()))
+
+
 def get_database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_db_session(request: Request) -> Session:
-    """The request's session, created on first use and committed by the route."""
+def get_leases(request: Request) -> ConnectionLeases:
+    leases: ConnectionLeases = request.app.state.db_leases
+    return leases
+
+
+def _check_boundary(request: Request, what: str) -> None:
     if not request.scope.get(_BOUNDARY_KEY):
         raise RuntimeError(
-            f"{request.url.path}: DbSession used outside a TransactionalRoute; "
+            f"{request.url.path}: {what} used outside a TransactionalRoute; "
             "build the router with bourse.api.routing.router()"
         )
+
+
+async def _lease(request: Request) -> None:
+    if not request.scope.get(_LEASE_KEY):
+        await get_leases(request).acquire()
+        request.scope[_LEASE_KEY] = True
+
+
+async def get_db_session(request: Request) -> Session:
+    """The request's session, created on first use and committed by the route.
+
+    Async on purpose: the lease is awaited on the event loop, and creating a
+    session does no I/O (the connection is checked out by its first statement).
+    """
+    _check_boundary(request, "DbSession")
     session: Session | None = request.scope.get(_SESSION_KEY)
     if session is None:
+        await _lease(request)
         session = get_database(request).sessions()
         request.scope[_SESSION_KEY] = session
     return session
 
 
+async def get_leased_database(request: Request) -> Database:
+    """The database, for an endpoint that runs transactions of its own (``unit_of_work``).
+
+    Such an endpoint holds a lease like any other, and must use one connection at a
+    time: one lease is one connection.
+    """
+    _check_boundary(request, "LeasedDatabase")
+    await _lease(request)
+    return get_database(request)
+
+
 DbSession = Annotated[Session, Depends(get_db_session)]
+LeasedDatabase = Annotated[Database, Depends(get_leased_database)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
 
-from bourse.api.routing import DbSession, get_database, router
+from bourse.api.routing import DbSession, LeasedDatabase, router
 from bourse.db import unit_of_work
 from bourse.identity import service
 from bourse.identity.dependencies import CurrentPrincipal
@@ -73,11 +73,11 @@ def register(body: RegisterRequest, request: Request, session: DbSession) -> Use
 
 
 @auth.post("/login", summary="Sign in with email and password (and TOTP code if enrolled)")
-def login(body: LoginRequest, request: Request) -> TokenResponse:
+def login(body: LoginRequest, request: Request, database: LeasedDatabase) -> TokenResponse:
     # No DbSession: login runs its own short transactions (see service.login).
     throttle: LoginThrottle = request.app.state.login_throttle
     pair = service.login(
-        get_database(request),
+        database,
         _settings(request),
         throttle,
         email=body.email,
@@ -89,12 +89,12 @@ def login(body: LoginRequest, request: Request) -> TokenResponse:
 
 
 @auth.post("/refresh", summary="Exchange a refresh token for new tokens (the old one is used up)")
-def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
+def refresh(body: RefreshRequest, request: Request, database: LeasedDatabase) -> TokenResponse:
     reused: service.RefreshTokenReused | None = None
     pair: service.TokenPair | None = None
     # Its own transaction rather than the request's: when a reused token is detected
     # the family's revocation must be committed although the request is refused.
-    with unit_of_work(get_database(request)) as session:
+    with unit_of_work(database) as session:
         try:
             pair = service.refresh(session, _settings(request), body.refresh_token)
         except service.RefreshTokenReused as exc:

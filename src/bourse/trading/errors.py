@@ -8,7 +8,7 @@ errors come from :mod:`bourse.assets.amounts` (``amount_invalid``,
 
 from __future__ import annotations
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import BourseError, Conflict, TemporarilyUnavailable
 
 
 class UnknownInstrument(BourseError):
@@ -108,3 +108,9 @@ class OrderNotOpen(Conflict):
     """The order is filled or cancelled: there is nothing left to cancel."""
 
     code = "order_not_open"
+
+
+class InstrumentBusy(TemporarilyUnavailable):
+    """Another command on the instrument held its turn for longer than a lock may be waited for."""
+
+    code = "instrument_busy"

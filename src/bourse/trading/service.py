@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import parse_amount
 from bourse.assets.rounding import BPS, bps, portion
+from bourse.db import LOCK_WAIT_SECONDS
 from bourse.ledger import service as ledger
 from bourse.ledger.models import AccountKind, Hold, HoldState
 from bourse.logging import get_logger
@@ -49,7 +50,7 @@ from bourse.queue.producer import enqueue
 from bourse.settings import Settings
 from bourse.trading import stream
 from bourse.trading.book import Book
-from bourse.trading.errors import InvalidOrder, OrderNotFound, OrderNotOpen
+from bourse.trading.errors import InstrumentBusy, InvalidOrder, OrderNotFound, OrderNotOpen
 from bourse.trading.instruments import (
     book_notional,
     check_open,
@@ -155,7 +156,10 @@ def _lock(session: Session, symbol: str) -> Instrument:
     held: dict[str, threading.Lock] = session.info.setdefault(_HELD, {})
     if symbol not in held:
         mutex = _writer(symbol)
-        mutex.acquire()
+        wait: float = session.info.get(LOCK_WAIT_SECONDS, -1)
+        if not mutex.acquire(timeout=wait):
+            log.warning("instrument_turn_timeout", instrument=symbol, waited_seconds=wait)
+            raise InstrumentBusy(f"{symbol} is busy; retry shortly")
         held[symbol] = mutex
     return lock_instrument(session, symbol)
 

@@ -48,8 +48,8 @@ import redis.asyncio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
+from bourse.api.capacity import ConnectionLeases, DatabaseBusy, run_with_lease
 from bourse.assets.amounts import format_amount
 from bourse.db import Database
 from bourse.errors import BourseError
@@ -501,6 +501,11 @@ def _authenticate(database: Database, settings: Settings, token: str) -> uuid.UU
         return user.id
 
 
+def _leases(websocket: WebSocket) -> ConnectionLeases:
+    leases: ConnectionLeases = websocket.app.state.db_leases
+    return leases
+
+
 async def _handle(websocket: WebSocket, hub: Hub, connection: Connection, raw: str) -> None:  # noqa: PLR0912 - one branch per operation
     database: Database = websocket.app.state.db
     try:
@@ -515,7 +520,9 @@ async def _handle(websocket: WebSocket, hub: Hub, connection: Connection, raw: s
         if not isinstance(token, str) or not token:
             raise _Refused("invalid_token")
         try:
-            connection.user_id = await run_in_threadpool(_authenticate, database, websocket.app.state.settings, token)
+            connection.user_id = await run_with_lease(
+                _leases(websocket), _authenticate, database, websocket.app.state.settings, token
+            )
         except BourseError as refusal:
             raise _Refused(refusal.code) from None
         connection.control({"type": "authenticated"})
@@ -541,7 +548,7 @@ async def _handle(websocket: WebSocket, hub: Hub, connection: Connection, raw: s
         return
     if channel != "orders":
         try:
-            await run_in_threadpool(_check_instrument, database, key[1])
+            await run_with_lease(_leases(websocket), _check_instrument, database, key[1])
         except BourseError as refusal:
             raise _Refused(refusal.code) from None
     if key not in connection.subscriptions and len(connection.subscriptions) >= MAX_SUBSCRIPTIONS:
@@ -583,7 +590,13 @@ async def _send(websocket: WebSocket, connection: Connection) -> None:
                     await websocket.send_json({"type": "resync", "channel": channel, "instrument": target})
                 if channel == "orders":
                     continue  # a client's orders are re-read from the REST API
-                snapshot = await run_in_threadpool(_snapshot, database, key)
+                try:
+                    snapshot = await run_with_lease(_leases(websocket), _snapshot, database, key)
+                except DatabaseBusy:
+                    # Try again shortly rather than drop the subscription.
+                    connection.needs[key] = False
+                    await asyncio.sleep(1)
+                    continue
                 if key in connection.subscriptions:
                     connection.floors[key] = snapshot["sequence"]
                     await websocket.send_json(snapshot)

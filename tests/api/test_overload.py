@@ -1,0 +1,217 @@
+"""Overload against a real ``bourse serve`` on PostgreSQL (docs/decisions/0012-overload.md).
+
+Before connection leases, 256 concurrent clients on ``GET /api/v1/wallets`` wedged
+the process for good: every pooled connection stayed idle in a transaction, held
+by requests that waited for a worker thread, while every worker thread waited for
+a connection. These tests put ten times the thread pool (400 connections) on the
+same endpoint, with clients that honour ``Retry-After`` and with clients that
+ignore it as ``wrk`` does, and check that the server keeps serving, sheds the rest
+with a fast 503, recovers at once, and stops on SIGTERM within its budget.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx2 as httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import create_postgres_database, drop_postgres_database
+from tests.support.load import LoadResult, run_hammer
+from tests.support.processes import clean_env, free_port, run_bourse, stop, wait_for_status
+
+THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
+CONNECTIONS = 10 * THREADS
+WALLETS = "/api/v1/wallets"
+PASSWORD = "correct-horse-battery-staple"
+DRAIN_SECONDS = 1
+SHUTDOWN_TIMEOUT_SECONDS = 5
+
+
+@dataclass
+class Deployment:
+    url: str
+    env: dict[str, str]
+
+    def psql_url(self) -> str:
+        return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    url = create_postgres_database("bourse_overload")
+    env = clean_env(
+        BOURSE_DATABASE_URL=url,
+        BOURSE_LOG_LEVEL="warning",
+        BOURSE_SHUTDOWN_DRAIN_SECONDS=str(DRAIN_SECONDS),
+        BOURSE_SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_TIMEOUT_SECONDS),
+    )
+    try:
+        migrated = run_bourse("migrate", env=env, timeout=120)
+        assert migrated.returncode == 0, migrated.stderr
+        created = subprocess.run(
+            [sys.executable, "-m", "bourse", "users", "create", "--email", "load@example.com"],
+            input=f"{PASSWORD}\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
+        yield Deployment(url=url, env=env)
+    finally:
+        drop_postgres_database(url)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    token: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hammer(self, connections: int, seconds: float, *, honour_retry_after: bool) -> LoadResult:
+        return run_hammer(
+            "127.0.0.1",
+            self.port,
+            WALLETS,
+            connections=connections,
+            seconds=seconds,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10.0,
+            honour_retry_after=honour_retry_after,
+        )
+
+
+@pytest.fixture
+def server(deployment: Deployment) -> Iterator[Server]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bourse", "serve", "--port", str(port)],
+        env=deployment.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/readyz", timeout=60)
+        login = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/login",
+            json={"email": "load@example.com", "password": PASSWORD},
+            timeout=30,
+        )
+        assert login.status_code == 200, login.text
+        yield Server(process=process, port=port, token=login.json()["access_token"])
+    finally:
+        output = stop(process)
+        assert "Traceback" not in output, output[-4000:]
+
+
+def _connections(deployment: Deployment) -> list[tuple[str, str]]:
+    """The server's own connections to its database: (state, query)."""
+    with psycopg.connect(deployment.psql_url(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'bourse' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [(str(state), str(query)) for state, query in rows]
+
+
+def _metric(base: str, name: str) -> float:
+    body = httpx.get(f"{base}/metrics", timeout=10).text
+    for line in body.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def _report(label: str, result: LoadResult) -> str:
+    return (
+        f"{label}: {dict(result.statuses)} timeouts={result.timeouts} errors={dict(result.errors)} "
+        f"200/s={result.rate(200):.1f} per second={result.per_second(200)} "
+        f"p99 200={result.quantile(200, 0.99):.3f}s p99 503={result.quantile(503, 0.99):.3f}s"
+    )
+
+
+def test_overload_sheds_the_excess_keeps_serving_and_recovers_at_once(server: Server, deployment: Deployment) -> None:
+    unloaded = server.hammer(8, 4, honour_retry_after=True)
+    overload = server.hammer(CONNECTIONS, 10, honour_retry_after=True)
+    stopped = time.monotonic()
+    print(_report("unloaded", unloaded))  # noqa: T201 - the figures the issue asks for, in the test log
+    print(_report("overload", overload))  # noqa: T201
+
+    assert unloaded.statuses.keys() == {200}, _report("unloaded", unloaded)
+    # It kept completing requests in every second of the overload, at no less than
+    # half the unloaded rate.
+    assert all(count > 0 for count in overload.per_second(200)), _report("overload", overload)
+    assert overload.rate(200) >= 0.5 * unloaded.rate(200), _report("overload", overload)
+    # The excess got a fast 503 with Retry-After; nothing timed out, nothing failed.
+    assert overload.statuses.keys() <= {200, 503}, _report("overload", overload)
+    assert overload.statuses[503] > 0
+    assert overload.retry_after == {"1": overload.statuses[503]}
+    assert overload.quantile(503, 0.99) < 1.0, _report("overload", overload)
+    assert overload.timeouts == 0
+    assert not overload.errors
+    assert _metric(server.base, "bourse_http_requests_shed_total") > 0
+
+    # Within 5 s of the end it answers normally, and every pooled connection is idle.
+    deadline = stopped + 5
+    while True:
+        response = httpx.get(f"{server.base}{WALLETS}", headers={"Authorization": f"Bearer {server.token}"}, timeout=5)
+        states = {state for state, _ in _connections(deployment)}
+        if response.status_code == 200 and states <= {"idle"}:
+            break
+        assert time.monotonic() < deadline, (response.status_code, _connections(deployment))
+        time.sleep(0.2)
+    print(f"recovered {time.monotonic() - stopped:.2f}s after the load stopped")  # noqa: T201
+    assert _metric(server.base, "bourse_db_leases_in_use") == 0
+    assert _metric(server.base, "bourse_db_lease_waiting") == 0
+    assert httpx.get(f"{server.base}/livez", timeout=5).status_code == 200
+    assert httpx.get(f"{server.base}/readyz", timeout=5).status_code == 200
+
+
+def test_clients_that_ignore_retry_after_do_not_starve_the_server_and_sigterm_still_stops_it(
+    server: Server,
+) -> None:
+    unloaded = server.hammer(8, 4, honour_retry_after=True)
+
+    sigterm_at = 6.0
+    budget = DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 3
+    exit_code: list[int] = []
+    exited_after: list[float] = []
+
+    def terminate_later() -> None:
+        time.sleep(sigterm_at)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        exit_code.append(server.process.wait(timeout=budget + 30))
+        exited_after.append(time.monotonic() - signalled)
+
+    killer = threading.Thread(target=terminate_later, daemon=True)
+    killer.start()
+    overload = server.hammer(CONNECTIONS, sigterm_at + budget, honour_retry_after=False)
+    killer.join()
+    print(_report("unloaded", unloaded))  # noqa: T201
+    print(_report("overload without backoff", overload))  # noqa: T201
+
+    # Before the signal: requests kept completing, at no less than half the unloaded rate.
+    assert overload.rate(200, 1, sigterm_at) >= 0.5 * unloaded.rate(200), _report("overload", overload)
+    assert all(count > 0 for count in overload.per_second(200)[: int(sigterm_at)]), _report("overload", overload)
+    assert overload.timeouts == 0, _report("overload", overload)
+
+    # SIGTERM under overload: drained, stopped and exited 0 within its budget.
+    print(f"exited {exited_after[0]:.2f}s after SIGTERM with code {exit_code[0]}")  # noqa: T201
+    assert exit_code == [0]
+    assert exited_after[0] <= budget, f"exited {exited_after[0]:.1f}s after SIGTERM; budget {budget}s"
