@@ -28,6 +28,31 @@ def test_healthz_needs_no_key(sim: Simulator) -> None:
     assert response.json() == {"status": "ok"}
 
 
+def test_root_says_what_it_is_and_lists_every_endpoint(sim: Simulator) -> None:
+    """The simulator's address (README's "What you get") answers a person who opens it, without a key."""
+    response = httpx.get(f"{sim.url}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["service"] == "bourse-psp-sim"
+    assert "Authorization: Bearer" in body["authentication"]
+    endpoints = set(body["endpoints"])
+    assert {
+        "GET /healthz",
+        "POST /v1/deposits",
+        "GET /checkout/{id}",
+        "POST /checkout/{id}/approve",
+        "POST /checkout/{id}/decline",
+        "PUT /admin/faults",
+        "GET /admin/events",
+    } <= endpoints
+    # Every endpoint it lists exists: without a key it is refused, or it shows the unknown payment's page,
+    # but the router never answers that there is no such route.
+    for endpoint in endpoints:
+        method, path = endpoint.split(" ")
+        answered = httpx.request(method, sim.url + path.replace("{id}", "unknown"))
+        assert answered.status_code != 404 or "text/html" in answered.headers["content-type"], endpoint
+
+
 @pytest.mark.parametrize(
     "authorization",
     [None, "", "Bearer wrong-key", f"Basic {API_KEY}", f"Bearer {API_KEY}x", API_KEY],

@@ -3,7 +3,8 @@
 ``/v1/*`` is what Bourse's connector calls; ``/checkout/*`` is the payer's
 browser (no authentication, like a real hosted checkout); ``/admin/*`` is for
 tests (faults, refunds, disputes, reconciliation tampering). ``/v1`` and
-``/admin`` need ``Authorization: Bearer <api key>``.
+``/admin`` need ``Authorization: Bearer <api key>``. ``/`` says what the service
+is and lists its endpoints.
 """
 
 from __future__ import annotations
@@ -332,6 +333,27 @@ async def _healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _index(routes: list[Route]) -> Handler:
+    """``GET /``: what this service is and every endpoint it has, for someone who opens its address."""
+    endpoints = [
+        f"{method} {route.path}" for route in routes for method in sorted(route.methods or ()) if method != "HEAD"
+    ]
+    body = {
+        "service": "bourse-psp-sim",
+        "description": (
+            "Bourse's built-in payment service provider simulator (test mode, state in memory): "
+            "deposits with hosted checkout pages, payouts, signed webhooks, fault injection."
+        ),
+        "authentication": "/v1 and /admin need 'Authorization: Bearer <api key>' (BOURSE_PSP_API_KEY)",
+        "endpoints": ["GET /", *endpoints],
+    }
+
+    async def index(_: Request) -> Response:
+        return JSONResponse(body)
+
+    return index
+
+
 async def _sim_error(_: Request, exc: Exception) -> Response:
     if not isinstance(exc, SimError):  # pragma: no cover - registered for SimError only
         raise exc
@@ -378,6 +400,7 @@ def create_app(config: SimConfig) -> Starlette:
         Route("/admin/transactions", auth(sim.add_transaction), methods=["POST"]),
         Route("/admin/transactions/{id}", auth(sim.tamper_transaction), methods=["PATCH"]),
     ]
+    routes.insert(0, Route("/", _index(routes), methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
