@@ -6,11 +6,15 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from bourse.db import SQLITE_BEGIN_OPTION, Database, unit_of_work
 from bourse.settings import Settings
+from tests.conftest import POSTGRES_ADMIN_URL, make_settings
 
 
 @pytest.fixture
@@ -93,3 +97,37 @@ def test_postgres_connections_identify_themselves(postgres_url: str) -> None:
             assert conn.execute(text("SHOW application_name")).scalar_one() == "bourse"
     finally:
         db.dispose()
+
+
+def test_pool_gauges_follow_the_pool_and_survive_a_killed_connection(postgres_url: str) -> None:
+    def gauge(name: str) -> float:
+        value = REGISTRY.get_sample_value(name, {"pool": "gauge-test"})
+        assert value is not None
+        return value
+
+    database = Database.from_settings(
+        make_settings(postgres_url, database_pool_size=2, database_max_overflow=1), name="gauge-test"
+    )
+    try:
+        assert gauge("bourse_db_pool_size") == 2
+        first, second, third = (database.engine.connect() for _ in range(3))
+        for conn in (first, second, third):
+            conn.execute(text("SELECT 1"))
+        assert gauge("bourse_db_pool_checked_out") == 3
+        assert gauge("bourse_db_pool_connections") == 3  # one beyond the size: overflow
+        backend = third.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        with pytest.raises(DBAPIError):
+            third.execute(text("SELECT 1"))
+        for conn in (first, second, third):
+            conn.close()
+        assert gauge("bourse_db_pool_checked_out") == 0
+        # The killed connection is gone, one returned connection was closed as overflow:
+        # one stays open in the pool (the pool's other slot holds no connection).
+        live = [rec for rec in database.engine.pool._pool.queue if rec.dbapi_connection is not None]  # type: ignore[attr-defined]
+        assert gauge("bourse_db_pool_connections") == len(live) == 1
+    finally:
+        database.dispose()
+    assert gauge("bourse_db_pool_size") == 0
+    assert gauge("bourse_db_pool_connections") == 0

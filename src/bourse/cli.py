@@ -148,15 +148,47 @@ def migrate(revision: str) -> None:
 @main.command()
 @host_option
 @port_option
-def serve(host: str | None, port: int | None) -> None:
-    """Serve the HTTP API (one process) until SIGTERM or SIGINT."""
-    from bourse.api.app import create_app
-    from bourse.server import run_server
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes on the one port (default: BOURSE_SERVER_WORKERS).",
+)
+@click.option("--fd", type=int, default=None, hidden=True, help="Serve on this inherited socket (one of --workers).")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option("--heartbeat-file", type=click.Path(path_type=Path), default=None, hidden=True)
+def serve(  # noqa: PLR0917 - one parameter per click option
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    fd: int | None,
+    parent_pid: int | None,
+    heartbeat_file: Path | None,
+) -> None:
+    """Serve the HTTP API until SIGTERM or SIGINT."""
+    import socket
+
+    if parent_pid is not None:
+        from bourse.server import die_with_parent
+
+        die_with_parent(parent_pid)
 
     settings = _settings()
     _configure_logging(settings)
+    host, port = host or settings.host, port or settings.port
+    if fd is None and (workers or settings.server_workers) > 1:
+        # The parent of the server processes never imports the app (nor bourse.metrics).
+        from bourse.server import run_server_processes
+
+        sys.exit(run_server_processes(settings, host=host, port=port, workers=workers or settings.server_workers))
+    from bourse.api.app import create_app
+    from bourse.server import run_server
+
     app = create_app(settings)
-    started = run_server(app, settings, host=host or settings.host, port=port or settings.port)
+    if heartbeat_file is not None:
+        app.state.progress.heartbeat_path = heartbeat_file
+    sock = None if fd is None else socket.socket(fileno=fd)
+    started = run_server(app, settings, host=host, port=port, sock=sock)
     sys.exit(0 if started else 1)
 
 

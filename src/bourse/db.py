@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 import bourse
-from bourse.metrics import DB_POOLS
+from bourse.metrics import track_pool, untrack_pool
 from bourse.settings import Settings
 
 NAMING_CONVENTION = {
@@ -113,7 +113,7 @@ def create_db_engine(
             pool_pre_ping=True,
             connect_args=connect_args,
         )
-    DB_POOLS.track(name, engine)
+    track_pool(name, engine)
     return engine
 
 
@@ -131,6 +131,7 @@ class Database:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    name: str = "main"
 
     @classmethod
     def from_settings(
@@ -147,10 +148,11 @@ class Database:
         )
         # Locks taken in this process (not in the database) wait as long as a row lock may.
         info = {LOCK_WAIT_SECONDS: settings.database_lock_timeout_ms / 1000}
-        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False, info=info))
+        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False, info=info), name=name)
 
     def dispose(self) -> None:
         self.engine.dispose()
+        untrack_pool(self.name, self.engine)
 
 
 def upsert(session: Session, target: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:

@@ -1,19 +1,18 @@
-"""Prometheus metrics shared by the API and, later, workers and the scheduler.
+"""Prometheus metrics shared by the API, the workers and the scheduler.
 
 Metrics live in the default registry, next to the process and platform
-collectors that prometheus-client registers there.
+collectors that prometheus-client registers there. Under ``bourse serve --workers N``
+each server process writes its values to ``PROMETHEUS_MULTIPROC_DIR`` and
+``/metrics`` serves their sum (gauges say how with ``multiprocess_mode``).
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Iterable
+import os
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import Engine
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import Engine, event
 from sqlalchemy.pool import QueuePool
 
 HTTP_REQUESTS = Counter(
@@ -29,7 +28,8 @@ HTTP_DURATION = Histogram(
 )
 HTTP_IN_FLIGHT = Gauge(
     "bourse_http_requests_in_flight",
-    "Requests being served right now by this process; the autoscaler's per-pod load metric.",
+    "Requests being served right now (summed over the pod's server processes); the autoscaler's per-pod load metric.",
+    multiprocess_mode="livesum",
 )
 
 HTTP_SHED = Counter(
@@ -39,10 +39,12 @@ HTTP_SHED = Counter(
 DB_LEASES_IN_USE = Gauge(
     "bourse_db_leases_in_use",
     "Requests holding one of the database connection leases (as many as the pool has connections).",
+    multiprocess_mode="livesum",
 )
 DB_LEASE_WAITING = Gauge(
     "bourse_db_lease_waiting",
     "Requests waiting on the event loop for a database connection lease.",
+    multiprocess_mode="livesum",
 )
 DB_LEASE_TIMEOUTS = Counter(
     "bourse_db_lease_timeouts_total",
@@ -50,37 +52,65 @@ DB_LEASE_TIMEOUTS = Counter(
 )
 
 
-class DatabasePoolCollector(Collector):
-    """Reports the connection pool of every live engine this process created."""
+# Pool gauges are kept up to date by the pool's own events rather than read at scrape
+# time, so that they are right summed over the processes of ``bourse serve --workers``
+# (prometheus-client's multiprocess mode can only sum values, not call collectors).
+DB_POOL_SIZE = Gauge(
+    "bourse_db_pool_size",
+    "Configured connections in the pool (without overflow).",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_CHECKED_OUT = Gauge(
+    "bourse_db_pool_checked_out",
+    "Connections currently lent out.",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "bourse_db_pool_connections",
+    "Connections open, idle or lent out (above bourse_db_pool_size means overflow connections).",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
 
-    def __init__(self) -> None:
-        self._engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()
-        self._lock = threading.Lock()
-
-    def track(self, name: str, engine: Engine) -> None:
-        with self._lock:
-            self._engines[name] = engine
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        size = GaugeMetricFamily("bourse_db_pool_size", "Configured connections in the pool.", labels=["pool"])
-        checked_out = GaugeMetricFamily(
-            "bourse_db_pool_checked_out", "Connections currently lent out.", labels=["pool"]
-        )
-        overflow = GaugeMetricFamily(
-            "bourse_db_pool_overflow", "Connections open beyond the pool size.", labels=["pool"]
-        )
-        with self._lock:
-            engines = list(self._engines.items())
-        for name, engine in engines:
-            pool = engine.pool
-            if isinstance(pool, QueuePool):
-                size.add_metric([name], pool.size())
-                checked_out.add_metric([name], pool.checkedout())
-                overflow.add_metric([name], max(pool.overflow(), 0))
-        yield size
-        yield checked_out
-        yield overflow
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-DB_POOLS = DatabasePoolCollector()
-REGISTRY.register(DB_POOLS)
+def track_pool(name: str, engine: Engine) -> None:
+    """Export the engine's pool under ``pool=name``; undone by :func:`untrack_pool`."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return
+    size, checked_out, connections = (
+        DB_POOL_SIZE.labels(name),
+        DB_POOL_CHECKED_OUT.labels(name),
+        DB_POOL_CONNECTIONS.labels(name),
+    )
+    size.inc(pool.size())
+    event.listen(pool, "connect", lambda *_: connections.inc())
+    event.listen(pool, "close", lambda *_: connections.dec())
+    event.listen(pool, "detach", lambda *_: connections.dec())
+    event.listen(pool, "checkout", lambda *_: checked_out.inc())
+    event.listen(pool, "checkin", lambda *_: checked_out.dec())
+
+
+def untrack_pool(name: str, engine: Engine) -> None:
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        DB_POOL_SIZE.labels(name).dec(pool.size())
+
+
+def multiprocess() -> bool:
+    """True in a process of ``bourse serve --workers N`` (metrics are summed across them)."""
+    return bool(os.environ.get(MULTIPROCESS_DIR_ENV))
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What ``/metrics`` serves: this process's registry, or the sum over the server's
+    processes in multiprocess mode."""
+    if not multiprocess():
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

@@ -10,20 +10,38 @@ the wait.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import shutil
 import signal
+import socket
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
-from prometheus_client import start_http_server
+from prometheus_client import multiprocess, start_http_server
 from typing_extensions import override
 
 from bourse import lifecycle
 from bourse.logging import get_logger
 from bourse.settings import Settings
+from bourse.supervisor import ChildSpec, Supervisor
 
 log = get_logger("bourse.server")
+
+SERVE_ARGV = (sys.executable, "-m", "bourse", "serve")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# prometheus-client's multiprocess folder (bourse.metrics.MULTIPROCESS_DIR_ENV; not
+# imported from there, because importing bourse.metrics opens files in the folder).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# uvicorn's default listen backlog.
+BACKLOG = 2048
+# Beyond drain + shutdown timeout, before a server process that has not exited is killed.
+STOP_MARGIN_SECONDS = 3
 
 
 class DrainingServer(uvicorn.Server):
@@ -57,10 +75,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(app: FastAPI, settings: Settings, *, host: str, port: int) -> bool:
-    """Serve until shut down. Returns False if the server failed to start."""
+def run_server(app: FastAPI, settings: Settings, *, host: str, port: int, sock: socket.socket | None = None) -> bool:
+    """Serve until shut down. Returns False if the server failed to start.
+
+    With ``sock`` (a process of ``serve --workers``) it serves on that inherited
+    listening socket, and the parent serves the metrics port.
+    """
     lifecycle.reset()
-    if settings.metrics_port is not None:
+    if settings.metrics_port is not None and sock is None:
         start_http_server(settings.metrics_port, addr=host)
         log.info("metrics_listening", host=host, port=settings.metrics_port)
     config = uvicorn.Config(
@@ -74,5 +96,102 @@ def run_server(app: FastAPI, settings: Settings, *, host: str, port: int) -> boo
         lifespan="on",
     )
     server = DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds)
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     return server.started
+
+
+def run_server_processes(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    """``bourse serve --workers N``: N server processes on one listening socket.
+
+    This process binds the socket, starts the N processes (``bourse serve --fd``)
+    under the :class:`~bourse.supervisor.Supervisor`, serves the metrics port if one
+    is set, and on SIGTERM passes the signal on: each process drains and stops as a
+    single server does, within ``BOURSE_SHUTDOWN_DRAIN_SECONDS`` +
+    ``BOURSE_SHUTDOWN_TIMEOUT_SECONDS``. A process that dies is restarted; one whose
+    worker threads stop making progress for ``BOURSE_LIVENESS_STALL_SECONDS`` is
+    killed and restarted. Metrics are written by every process to a fresh
+    ``PROMETHEUS_MULTIPROC_DIR`` and served summed.
+    """
+    sock = _bind(host, port)
+    if sock is None:
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="bourse-serve-"))
+    heartbeats = work / "heartbeats"
+    heartbeats.mkdir()
+    metrics_dir = _metrics_dir(work)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+    fd = sock.fileno()
+    argv = [*SERVE_ARGV, "--fd", str(fd), "--parent-pid", str(os.getpid()), "--heartbeat-file"]
+    specs = [
+        ChildSpec(
+            f"server-{index}",
+            [*argv, str(heartbeats / str(index))],
+            env={MULTIPROCESS_DIR_ENV: str(metrics_dir)},
+            pass_fds=(fd,),
+            heartbeat=heartbeats / str(index),
+        )
+        for index in range(workers)
+    ]
+    # Only now, with the folder in place: prometheus-client opens its files in the
+    # folder as soon as bourse.metrics defines its metrics.
+    from bourse.metrics import metrics_registry  # noqa: PLC0415
+
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=host, registry=metrics_registry())
+        log.info("metrics_listening", host=host, port=settings.metrics_port, processes=workers)
+    supervisor = Supervisor(
+        specs,
+        stop_timeout=settings.shutdown_drain_seconds + settings.shutdown_timeout_seconds + STOP_MARGIN_SECONDS,
+        heartbeat_max_age=settings.liveness_stall_seconds,
+        on_exit=lambda pid: multiprocess.mark_process_dead(pid, str(metrics_dir)),  # type: ignore[no-untyped-call]
+    )
+    log.info("server_processes_starting", host=host, port=port, processes=workers)
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this server process of ``--workers`` get SIGTERM when its parent dies
+    (Linux), so a parent killed outright never leaves processes serving unsupervised.
+
+    Called first thing, before the app is imported; ``parent`` is the pid the parent
+    passed, so a parent that died even before this call is noticed too.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _metrics_dir(work: Path) -> Path:
+    """``PROMETHEUS_MULTIPROC_DIR`` if the environment names one (emptied of an earlier
+    run's files), else a fresh folder under ``work``."""
+    named = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if not named:
+        path = work / "metrics"
+        path.mkdir()
+        return path
+    path = Path(named)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        log.error("bind_failed", host=host, port=port, error=str(exc))  # noqa: TRY400 - the reason is enough
+        sock.close()
+        return None
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock

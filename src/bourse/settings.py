@@ -410,6 +410,7 @@ class Settings(BaseSettings):
     # which new ones get 503 overloaded, and how long the worker threads may go
     # without making progress before /livez fails.
     http_max_in_flight: int = Field(default=100, ge=1, le=10_000)
+    server_workers: int = Field(default=1, ge=1, le=64)
     liveness_stall_seconds: float = Field(default=20.0, ge=2, le=600)
     readiness_timeout_seconds: PositiveFloat = 1.0
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)

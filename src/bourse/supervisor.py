@@ -1,4 +1,5 @@
-"""A small process supervisor for ``bourse up``, the embedded single-machine run.
+"""A small process supervisor for ``bourse up`` (the embedded single-machine run) and
+for the server processes of ``bourse serve --workers N``.
 
 Each child is a ``bourse`` subcommand in its own process group, so a Ctrl-C in
 the terminal reaches only the supervisor, which then stops the children in order:
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from bourse.logging import get_logger
@@ -28,6 +30,10 @@ class ChildSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
+    # File descriptors the child inherits (the listening socket of `serve --workers`).
+    pass_fds: tuple[int, ...] = ()
+    # A file the child touches while it makes progress; see Supervisor(heartbeat_max_age=).
+    heartbeat: Path | None = None
 
 
 @dataclass
@@ -50,6 +56,8 @@ class Supervisor:
         backoff_max: float = 30.0,
         stable_after: float = 30.0,
         poll_interval: float = 0.2,
+        heartbeat_max_age: float | None = None,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.children = [_Child(spec) for spec in specs]
         self.stop_timeout = stop_timeout
@@ -57,24 +65,50 @@ class Supervisor:
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.poll_interval = poll_interval
+        self.heartbeat_max_age = heartbeat_max_age
+        self.on_exit = on_exit
         self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def request_stop(self, sig: int | None = None, _frame: FrameType | None = None) -> None:
         if sig is not None:
             log.info("supervisor_stopping", signal=signal.Signals(sig).name)
+        if self._stopping.is_set():
+            # A second signal while the children stop: pass it on, so that they skip
+            # the rest of their drain or finish at once, as they would on their own.
+            for child in self.children:
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
         self._stop.set()
 
     def _start(self, child: _Child) -> None:
         env = {**os.environ, **child.spec.env}
-        child.process = subprocess.Popen(list(child.spec.argv), env=env, start_new_session=True)  # noqa: S603 - argv is built by us, never from user input
+        child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+            list(child.spec.argv), env=env, start_new_session=True, pass_fds=child.spec.pass_fds
+        )
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("child_started", child=child.spec.name, pid=child.process.pid, restarts=child.restarts)
+
+    def _check_heartbeat(self, child: _Child, now: float) -> None:
+        """Kill a child that has stopped making progress; it is then restarted like any other."""
+        process, path, max_age = child.process, child.spec.heartbeat, self.heartbeat_max_age
+        if process is None or path is None or max_age is None or process.poll() is not None:
+            return
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            age = now - child.started_at  # no beat yet: count from the start
+        if age > max_age and now - child.started_at > max_age:
+            log.error("child_stalled", child=child.spec.name, pid=process.pid, stalled_seconds=round(age, 1))
+            process.kill()
 
     def _reap(self, child: _Child, now: float) -> None:
         process = child.process
         if process is None or process.poll() is None:
             return
+        if self.on_exit is not None:
+            self.on_exit(process.pid)
         uptime = now - child.started_at
         if uptime >= self.stable_after:
             child.backoff = 0.0
@@ -99,6 +133,7 @@ class Supervisor:
             while not self._stop.wait(self.poll_interval):
                 now = time.monotonic()
                 for child in self.children:
+                    self._check_heartbeat(child, now)
                     self._reap(child, now)
                     if child.process is None and child.restart_at is not None and now >= child.restart_at:
                         self._start(child)
@@ -111,6 +146,7 @@ class Supervisor:
         return 0
 
     def _stop_children(self) -> None:
+        self._stopping.set()
         running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
@@ -122,4 +158,7 @@ class Supervisor:
                 log.warning("child_killed", pid=process.pid, reason="did not stop in time")
                 process.kill()
                 process.wait()
+        if self.on_exit is not None:
+            for process in running:
+                self.on_exit(process.pid)
         log.info("supervisor_stopped")

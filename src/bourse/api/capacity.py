@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -215,9 +216,11 @@ async def run_with_lease(leases: ConnectionLeases, func: Callable[..., T], *args
 class ProgressMonitor:
     """The worker threads' heartbeat, read by ``/livez``."""
 
-    def __init__(self, stall_seconds: float, interval: float = 1.0) -> None:
+    def __init__(self, stall_seconds: float, interval: float = 1.0, heartbeat_path: Path | None = None) -> None:
         self.stall_seconds = stall_seconds
         self.interval = interval
+        # Touched on every beat, for a supervising process (``serve --workers``).
+        self.heartbeat_path = heartbeat_path
         self.last_progress = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._reported = False
@@ -253,13 +256,14 @@ class ProgressMonitor:
             await self._task
         self._task = None
 
+    def _touch(self) -> None:
+        """Runs in a worker thread: the beat is that it runs at all."""
+        if self.heartbeat_path is not None:
+            self.heartbeat_path.touch()
+
     async def _beat(self) -> None:
         while True:
             # abandon_on_cancel: stopping must not wait for a thread that may never come.
-            await anyio.to_thread.run_sync(_nothing, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(self._touch, abandon_on_cancel=True)
             self.last_progress = time.monotonic()
             await asyncio.sleep(self.interval)
-
-
-def _nothing() -> None:
-    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +22,7 @@ from bourse import lifecycle
 from bourse.api.capacity import ProgressMonitor
 from bourse.api.errors import REQUEST_ID_SCOPE_KEY, error_body
 from bourse.db import SQLITE_BEGIN_OPTION, Database
+from bourse.metrics import metrics_registry
 from bourse.migrations import SchemaState, schema_state
 
 router = APIRouter(include_in_schema=False)
@@ -122,4 +123,4 @@ async def readyz(request: Request) -> JSONResponse:
 
 @metrics_router.get("/metrics")
 async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
