@@ -31,6 +31,12 @@ HTTP_IN_FLIGHT = Gauge(
     "bourse_http_requests_in_flight",
     "Requests being served right now by this process; the autoscaler's per-pod load metric.",
 )
+DB_TRANSIENT_ERRORS = Counter(
+    "bourse_db_transient_errors_total",
+    "Transient database failures (deadlock, serialization, lock or statement timeout, lost connection)"
+    " answered with a retryable 503 or retried as a job, by source, code and SQLSTATE.",
+    ["source", "code", "sqlstate"],
+)
 
 
 class DatabasePoolCollector(Collector):
