@@ -1,8 +1,8 @@
 """Orders on two instruments at once, through a real ``bourse serve`` on PostgreSQL: no deadlock, no 5xx.
 
 Half the traders buy BTC-USD and sell ETH-USD, the other half do the opposite, and
-eight client threads (each with one trader of each kind) send crossing limit orders
-on both markets at once. A fill on one market therefore settles with a user whose
+eight client threads (one per trader) send 1,000 crossing limit orders on both
+markets at once. A fill on one market therefore settles with a user whose
 own order on the other market is being placed at that very moment, and every fill
 on either market pays its fees into the one USD ``fees`` account: exactly the
 traffic that made PostgreSQL abort orders with ``DeadlockDetected`` (a 500) when an
@@ -38,9 +38,10 @@ from tests.support.processes import clean_env, start, stop, wait_for_status
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
 THREADS = 8
-# Few traders, each with orders from several threads at once: every fill has a good
-# chance of meeting a counterparty whose own order is in flight on the other market.
-TRADERS = 8
+# One trader per thread, half of each kind: few enough that a fill often meets a
+# counterparty whose own order is in flight on the other market (a deadlock came
+# within seconds before the fix; with 16 traders it took hundreds of orders).
+TRADERS = THREADS
 ORDERS_PER_THREAD = 125  # 1,000 orders in all
 # Whole units each trader starts with: far more than the race can spend.
 FUNDING = {"USD": 50_000_000 * 10**2, "BTC": 1_000 * 10**8, "ETH": 10_000 * 10**8}
