@@ -348,17 +348,21 @@ class Book:
                         stopped = True
                         break
                     continue
-                quantity = remaining if remaining < available else available
-                if budget is not None:
-                    quantity = _affordable(self._notional, level.price, quantity, budget)
-                    budget -= self._notional(level.price, quantity)
-                    if not quantity:
-                        stopped = True
-                        break
-                makers.add(maker.owner)
-                remaining -= quantity
-                if not remaining:
-                    stopped = True
+                # As in place(): a maker only partly taken is met again, until it is
+                # used up, the order is filled, or the budget cannot pay for a lot.
+                while available and not stopped:
+                    quantity = remaining if remaining < available else available
+                    if budget is not None:
+                        quantity = _affordable(self._notional, level.price, quantity, budget)
+                        budget -= self._notional(level.price, quantity)
+                        if not quantity:
+                            stopped = True
+                            break
+                    makers.add(maker.owner)
+                    remaining -= quantity
+                    available -= quantity
+                    stopped = not remaining
+                if stopped:
                     break
             if stopped:
                 break
