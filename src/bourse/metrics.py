@@ -50,6 +50,12 @@ DB_LEASE_TIMEOUTS = Counter(
     "bourse_db_lease_timeouts_total",
     "Requests refused with 503 database_busy after waiting BOURSE_DATABASE_POOL_TIMEOUT_SECONDS for a lease.",
 )
+DB_TRANSIENT_ERRORS = Counter(
+    "bourse_db_transient_errors_total",
+    "Transient database failures (deadlock, serialization, lock or statement timeout, lost connection)"
+    " answered with a retryable 503 or retried as a job, by source, code and SQLSTATE.",
+    ["source", "code", "sqlstate"],
+)
 
 
 # Pool gauges are kept up to date by the pool's own events rather than read at scrape

@@ -90,3 +90,11 @@ HANDLER_GAUGE = Gauge("bourse_test_handler_gauge", "Set by a test job's handler,
 @job("tests.gauge", queue="tests")
 def gauge_job(ctx: JobContext) -> None:
     HANDLER_GAUGE.set(float(ctx.payload["value"]))
+
+
+@job("tests.contended", queue="tests", tries=2, backoff=(1,))
+def contended_job(ctx: JobContext) -> None:
+    """Waits at most 200 ms for a row the test may hold locked: PostgreSQL's lock timeout (55P03) meanwhile."""
+    ctx.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
+    ctx.session.execute(text(f"SELECT 1 FROM {ctx.payload['table']} WHERE id = 1 FOR UPDATE"))  # noqa: S608 - test table
+    record(ctx, "contended")

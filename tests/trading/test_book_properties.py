@@ -233,11 +233,13 @@ def run_flow(
         else:
             next_id += 1
             before = book.snapshot()
+            predicted = book.counterparties(order)
             events = book.place(order)
             fed.append(order)
             if reference is not None:
                 assert events == reference.place(order), order
             check_place(book, order, events, before)
+            check_counterparties(order, events, predicted)
         outputs.append(events)
         account(ledger, events, order)
         check_book(book, ledger)
@@ -284,6 +286,14 @@ def check_place(book: Book, order: Order, events: list[Event], before: object) -
     if order.quote_budget is not None:
         spent = sum(book._notional(e.price, e.quantity) for e in events if isinstance(e, Fill))
         assert spent <= order.quote_budget
+
+
+def check_counterparties(order: Order, events: list[Event], predicted: tuple[set[str], bool]) -> None:
+    """``Book.counterparties``, asked before the order was placed, named exactly whom it traded with
+    and whether it cancelled its owner's own resting orders (the order service locks their accounts by it)."""
+    makers = {e.maker_owner for e in events if isinstance(e, Fill)}
+    cancels_own = any(isinstance(e, Cancelled) and e.order_id != order.order_id for e in events)
+    assert predicted == (makers, cancels_own), order
 
 
 def check_book(book: Book, ledger: Ledger) -> None:

@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bourse.dberrors import transient_failure
 from bourse.errors import BourseError, is_field_error_code
 
 REQUEST_ID_SCOPE_KEY = "bourse.request_id"
@@ -59,6 +61,15 @@ async def _bourse_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.detail, request_id_of(request), headers=exc.headers or None)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error that reached the app outside a transactional route's own handling:
+    a transient one is the retryable 503 (see :mod:`bourse.dberrors`), anything else a 500."""
+    unavailable = transient_failure(exc, source="request") if isinstance(exc, DBAPIError) else None
+    if unavailable is None:
+        raise exc
+    return await _bourse_error(request, unavailable)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
@@ -93,5 +104,6 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BourseError, _bourse_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -6,6 +6,10 @@ once the endpoint has returned its response it commits that session **before the
 response is sent**. If the commit fails, the client gets an error instead of a
 success that was never stored. If the endpoint raises (every refusal is a raised
 :class:`bourse.errors.BourseError`), the session rolls back and nothing is written.
+A transient database failure (deadlock, serialization failure, lock or statement
+timeout, lost connection; see :mod:`bourse.dberrors`), in the endpoint, in the
+commit, or in a transaction of the endpoint's own (``unit_of_work``), becomes a
+retryable ``503`` with ``Retry-After``.
 
 Endpoints and services never call ``commit()``.
 
@@ -34,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bourse.api.capacity import ConnectionLeases, DatabaseBusy
 from bourse.db import Database
+from bourse.dberrors import transient_failure
 from bourse.errors import BourseError
 from bourse.logging import get_logger
 
@@ -88,6 +93,12 @@ class TransactionalRoute(APIRoute):
                     # but a connection used outside them (a bug) must not become a 500.
                     log.warning("database_pool_timeout", path=request.url.path)
                     raise DatabaseBusy("No database connection became free in time; retry shortly") from exc
+                # A deadlock, lock timeout or lost connection, in the endpoint or in the
+                # commit: the transaction did not happen (or, if the connection was lost
+                # in COMMIT itself, its Idempotency-Key replays it): a retryable 503.
+                unavailable = transient_failure(exc, source="request")
+                if unavailable is not None:
+                    raise unavailable from exc
                 raise
             else:
                 return response

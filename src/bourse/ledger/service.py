@@ -28,12 +28,12 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias, cast
 
-from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import INT64_MAX, AmountTooLarge
@@ -420,6 +420,51 @@ def open_account(
     if created is None:
         raise RuntimeError("account vanished after insert")
     return created
+
+
+AccountKey: TypeAlias = tuple[AccountKind, str, uuid.UUID | None]
+"""An account by its natural key: (kind, asset, user id), the user id None for a system account."""
+
+
+def _natural(keys: Iterable[tuple[AccountKind, str, str]]) -> ColumnElement[bool]:
+    return tuple_(Account.kind, Account.ref, Account.asset).in_(
+        [(kind, ref, asset) for kind, ref, asset in sorted(keys)]
+    )
+
+
+def lock_accounts(session: Session, keys: Iterable[AccountKey]) -> None:
+    """Lock every account a transaction will post to, in ONE statement, in ascending id order.
+
+    :func:`post_entry` locks each entry's accounts in id order, but a transaction
+    that posts several entries (an order: its hold, its fills, its releases) would
+    take its locks in several rounds, and two such transactions can wait for each
+    other across rounds: a deadlock. Calling this first, with every account the
+    transaction may touch, makes every later ``FOR UPDATE`` one it already holds,
+    so all its account locks are taken in the one global order. Accounts that do
+    not exist yet are created *before* any lock is taken (an insert can wait for a
+    concurrent insert of the same account, and must not do so while holding locks).
+    System accounts are those with the empty ``ref`` (``fees``, ``house``).
+    """
+    keys = list(keys)
+    wanted = {(kind, str(user_id) if user_id is not None else "", asset) for kind, asset, user_id in keys}
+    if not wanted:
+        return
+    users = {str(user_id): user_id for _, _, user_id in keys if user_id is not None}
+    natural = _natural(wanted)
+    # Lock all of them only if all of them exist (the count is evaluated once, before any
+    # row is locked); otherwise lock nothing, create what is missing, and lock them all.
+    exist = select(func.count()).select_from(Account).where(natural).scalar_subquery() == len(wanted)
+    locked = session.execute(select(Account.id).where(natural, exist).order_by(Account.id).with_for_update()).all()
+    if len(locked) == len(wanted):
+        return
+    found = {
+        (AccountKind(row.kind), row.ref, row.asset)
+        for row in session.execute(select(Account.kind, Account.ref, Account.asset).where(natural))
+    }
+    for kind, ref, asset in sorted(wanted - found):
+        user_id = users[ref] if kind in USER_KINDS else None
+        open_account(session, kind=kind, asset=asset, user_id=user_id, ref="" if user_id is not None else ref)
+    session.execute(select(Account.id).where(natural).order_by(Account.id).with_for_update()).all()
 
 
 def user_account(

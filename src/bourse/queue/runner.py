@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bourse.db import Database, create_db_engine, unit_of_work
+from bourse.dberrors import describe
 from bourse.logging import configure_logging, get_logger
 from bourse.queue import metrics
 from bourse.queue.database_driver import commit_asynchronously, complete_in
@@ -182,6 +183,10 @@ def main() -> None:
                 "exception": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
             }
+            transient = describe(exc)
+            if transient is not None:
+                # A deadlock, lock timeout or lost connection: the worker says so when it retries.
+                answer["transient"] = transient
         finally:
             structlog.contextvars.clear_contextvars()
         _answer(protocol, runner.with_metrics(answer))

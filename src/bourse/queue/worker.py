@@ -42,6 +42,7 @@ import structlog
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from bourse import dberrors
 from bourse.db import Database
 from bourse.logging import get_logger
 from bourse.queue import metrics
@@ -463,6 +464,14 @@ class Worker:
     def _settle(self, job: Reserved, spec: JobSpec, tries: int, answer: dict[str, Any], duration: float) -> None:
         if self.job_metrics is not None and "metrics" in answer:
             self.job_metrics.update(answer["metrics"])
+        # A transient database failure (deadlock, lock timeout, lost connection: see
+        # bourse.dberrors) is an ordinary failed attempt, retried by the job's tries and
+        # backoff; the logs and bourse_db_transient_errors_total say that it was one.
+        transient: dict[str, str] = {}
+        described = answer.get("transient")
+        if isinstance(described, dict):
+            transient = {"transient": str(described["code"]), "sqlstate": str(described["sqlstate"])}
+            dberrors.count("job", transient["transient"], transient["sqlstate"])
         if answer["ok"]:
             self.driver.acknowledge(job)
             metrics.JOBS_PROCESSED.labels(job.queue, job.job, "done").inc()
@@ -470,18 +479,18 @@ class Worker:
         elif answer.get("lost"):
             metrics.JOBS_PROCESSED.labels(job.queue, job.job, "lost").inc()
         elif tries and job.attempts >= tries:
-            self._fail(job, answer["exception"], answer["traceback"])
+            self._fail(job, answer["exception"], answer["traceback"], **transient)
         else:
             backoff = spec.backoff if spec.backoff is not None else self.options.backoff
             delay = backoff[min(job.attempts, len(backoff)) - 1]
             self.driver.release(job, delay)
             metrics.JOBS_PROCESSED.labels(job.queue, job.job, "retried").inc()
-            log.warning("job_will_retry", error=answer["exception"], retry_in_seconds=delay)
+            log.warning("job_will_retry", error=answer["exception"], retry_in_seconds=delay, **transient)
 
-    def _fail(self, job: Reserved, exception: str, traceback: str) -> None:
+    def _fail(self, job: Reserved, exception: str, traceback: str, **fields: str) -> None:
         self.driver.fail(job, exception, traceback)
         metrics.JOBS_PROCESSED.labels(job.queue, job.job, "failed").inc()
-        log.error("job_failed", error=exception)
+        log.error("job_failed", error=exception, **fields)
 
     def _write_latencies(self) -> None:
         if self.options.latency_file is not None:

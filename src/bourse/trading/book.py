@@ -307,6 +307,67 @@ class Book:
 
     # --- Queries -----------------------------------------------------------------------------
 
+    def counterparties(self, order: Order) -> tuple[set[str], bool]:  # noqa: PLR0912 - the matching loop's branches
+        """Whom :meth:`place` would fill ``order`` against, and whether it would cancel
+        resting orders of the order's own owner (self-trade prevention), mutating nothing.
+
+        Returns the owners of the resting orders it would trade with, and True if it
+        would cancel any of the owner's own resting orders. The order's id is not
+        checked. It walks the book exactly as :meth:`place` would (limit, FOK, self-trade
+        prevention, budget), so a caller can lock what the fills will touch before
+        placing; ``tests/trading/test_book_properties.py`` holds the two to the same answer.
+        """
+        if self._invalid_terms(order) is not None:
+            return set(), False
+        side, owner, price, kind = order.side, order.owner, order.price, order.kind
+        tif = order.tif if order.tif is not None else (_GTC if kind is _LIMIT else _IOC)
+        stp = order.stp if order.stp is not None else self._default_stp
+        budget = order.quote_budget
+        buy = side is _BUY
+        opposite = self._asks if buy else self._bids
+        limit = None if price is None else (price if buy else -price)
+        remaining = order.quantity
+        if tif is _FOK and not self._fillable(opposite, limit, owner, remaining, stp, budget):
+            return set(), False
+        makers: set[str] = set()
+        cancels_own = False
+        for key, level in opposite.items():
+            if limit is not None and key > limit:
+                break
+            stopped = False
+            for maker in level.queue:
+                available = maker.remaining
+                if not available:
+                    continue
+                if stp is not _STP_NONE and maker.owner == owner:
+                    if stp is _CANCEL_NEWEST:
+                        stopped = True
+                        break
+                    cancels_own = True
+                    if stp is _CANCEL_BOTH:
+                        stopped = True
+                        break
+                    continue
+                # As in place(): a maker only partly taken is met again, until it is
+                # used up, the order is filled, or the budget cannot pay for a lot.
+                while available and not stopped:
+                    quantity = remaining if remaining < available else available
+                    if budget is not None:
+                        quantity = _affordable(self._notional, level.price, quantity, budget)
+                        budget -= self._notional(level.price, quantity)
+                        if not quantity:
+                            stopped = True
+                            break
+                    makers.add(maker.owner)
+                    remaining -= quantity
+                    available -= quantity
+                    stopped = not remaining
+                if stopped:
+                    break
+            if stopped:
+                break
+        return makers, cancels_own
+
     def best_bid(self) -> int | None:
         return self._bids.peekitem(0)[1].price if self._bids else None
 
@@ -339,7 +400,7 @@ class Book:
 
     # --- Internals ---------------------------------------------------------------------------
 
-    def _invalid(self, order: Order) -> RejectReason | None:  # noqa: PLR0911, PLR0912 - one check per rule
+    def _invalid(self, order: Order) -> RejectReason | None:
         """Why ``order`` cannot be placed, or None."""
         order_id = order.order_id
         last = self._last_order_id
@@ -347,6 +408,10 @@ class Book:
             if order_id in self._index:
                 return RejectReason.DUPLICATE_ORDER_ID
             return RejectReason.ORDER_ID_NOT_INCREASING
+        return self._invalid_terms(order)
+
+    def _invalid_terms(self, order: Order) -> RejectReason | None:  # noqa: PLR0911, PLR0912 - one check per rule
+        """Why ``order``'s terms (everything but its id) cannot be placed, or None."""
         side = order.side
         if side is not _BUY and side is not _SELL:
             return RejectReason.INVALID_SIDE

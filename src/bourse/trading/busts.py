@@ -4,14 +4,16 @@ A bust is one transaction, under the instrument lock (the instrument's one write
 docs/decisions/0011-matching-single-writer.md), so it never interleaves with a fill
 being settled on the same market:
 
-1. the trade's journal entry is reversed with :func:`bourse.ledger.service.reverse_entry`
+1. every account the next two steps post to is locked in one statement (the parties'
+   and ``fees``), so a bust takes its account locks in the same order as an order does;
+2. the trade's journal entry is reversed with :func:`bourse.ledger.service.reverse_entry`
    (idempotency key ``bust:{trade_id}``): a new mirror entry, the original is never edited;
-2. the mirror credits the ``held`` accounts the fill captured from, but no hold reserves
+3. the mirror credits the ``held`` accounts the fill captured from, but no hold reserves
    that money any more, so a second entry moves it on to the same users' ``available``
    accounts: each side gets back exactly what the fill took, where it came from before
    it was held, and every ``held`` balance still equals its open holds;
-3. the trade is marked busted (who, when, why, the reversal entry);
-4. its commissions are clawed back (:func:`bourse.commissions.service.claw_back`).
+4. the trade is marked busted (who, when, why, the reversal entry);
+5. its commissions are clawed back (:func:`bourse.commissions.service.claw_back`).
    The accrual job may run after the bust: it skips a busted trade.
 
 Orders are NOT re-opened: the fill's quantities on both orders stay as the history of
@@ -116,6 +118,29 @@ def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str)
     return posted.entry_id
 
 
+def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None:
+    """Lock, in one statement, every account the reversal and the release post to (as orders do,
+    see :mod:`bourse.trading.service`): the seller's held and available base and available quote,
+    the buyer's held and available quote and available base, and the quote asset's fees."""
+    if trade.taker_side == Side.BUY.value:
+        buyer, seller = trade.taker_user_id, trade.maker_user_id
+    else:
+        buyer, seller = trade.maker_user_id, trade.taker_user_id
+    available, held = AccountKind.available, AccountKind.held
+    ledger.lock_accounts(
+        session,
+        [
+            (held, base, seller),
+            (available, base, seller),
+            (available, quote, seller),
+            (held, quote, buyer),
+            (available, quote, buyer),
+            (available, base, buyer),
+            (AccountKind.fees, quote, None),
+        ],
+    )
+
+
 def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uuid.UUID) -> Busted:
     """Bust one trade: reverse its money, mark it, claw back its commissions. See the module docstring.
 
@@ -126,10 +151,11 @@ def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uui
     symbol = session.scalar(select(Trade.instrument).where(Trade.id == trade_id)) if isinstance(trade_id, int) else None
     if symbol is None:
         raise TradeNotFound(f"There is no trade {trade_id}")
-    lock_instrument(session, symbol)  # instrument first, as every command on this market
+    instrument = lock_instrument(session, symbol)  # instrument first, as every command on this market
     trade = _locked_trade(session, trade_id)
     if trade.busted_at is not None:
         raise TradeAlreadyBusted(f"Trade {trade_id} was busted at {trade.busted_at.isoformat()}")
+    _lock_parties(session, instrument.base_asset, instrument.quote_asset, trade)
     actor = f"user:{operator_id}"
     try:
         reversal = ledger.reverse_entry(

@@ -4,22 +4,29 @@ and settling every fill in the ledger in the same transaction.
 See docs/decisions/0011-matching-single-writer.md. One command is one transaction:
 
 1. lock the instrument (``SELECT ... FOR UPDATE``): one writer per instrument;
-2. validate the order against the instrument and place its hold (a buy limit holds
-   its notional rounded up plus the largest fee it could pay on it; a sell holds its
-   quantity; a market buy holds its quote budget);
-3. bring the process's cached :class:`~bourse.trading.book.Book` up to date (rebuilt
-   from the resting orders when the instrument's ``sequence`` says another process
-   wrote since);
-4. insert the order, run the book, and settle each fill with ONE journal entry
+2. validate the order against the instrument and bring the process's cached
+   :class:`~bourse.trading.book.Book` up to date (rebuilt from the resting orders
+   when the instrument's ``sequence`` says another process wrote since);
+3. ask the book whom the order will trade with (:meth:`Book.counterparties`, which
+   changes nothing) and lock every account the command will post to, the taker's,
+   each counterparty's and ``fees``, in ONE statement in account id order
+   (:func:`bourse.ledger.service.lock_accounts`);
+4. place its hold (a buy limit holds its notional rounded up plus the largest fee it
+   could pay on it; a sell holds its quantity; a market buy holds its quote budget);
+5. insert the order, run the book, and settle each fill with ONE journal entry
    (:func:`bourse.ledger.service.capture_holds`): the seller's base to the buyer,
    the buyer's quote to the seller less the seller's fee, both fees to ``fees``;
    then release what a finished order's hold still reserves.
 
-The instrument is locked *before* the hold is placed (the decision record lists the
-hold first): a transaction that holds a user's account rows while queueing for the
-instrument would deadlock against the instrument's writer settling a fill with that
-user. Taking the instrument first gives every command the same lock order:
-instrument, then holds, then accounts.
+The lock order is the same for every command: the instrument(s), then all the
+accounts at once, then hold rows (which only their instrument's writer touches).
+The instrument comes *before* any account: a transaction that holds a user's account
+rows while queueing for the instrument would deadlock against the instrument's writer
+settling a fill with that user. And the accounts are locked all at once: a command
+that locked its taker's accounts for the hold and its counterparties' later, fill by
+fill, could wait for an order on another instrument that did the same the other way
+round (users buying on one market and selling on the other), and PostgreSQL aborted
+one of them as a deadlock. See docs/decisions/0013-transient-database-errors.md.
 
 Fees follow docs/decisions/0008-money-and-rounding.md: each is ``portion(notional,
 bps(rate))``, rounded down. A fill's notional is rounded down too (what the seller
@@ -34,7 +41,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event, or_, select
@@ -366,6 +373,18 @@ def _place_locked(  # noqa: PLR0917 - one command's state
         book_budget = terms.quote_budget * BPS // (BPS + fees.taker_bps)
         if book_budget <= 0:
             raise InvalidOrder("The quote_budget cannot pay for anything once the fee is reserved")
+    command = BookOrder(
+        0,  # the order's id, once it has one
+        str(user_id),
+        terms.side,
+        terms.kind,
+        None if terms.price is None else price_to_ticks(instrument, terms.price),
+        quantity_to_lots(instrument, terms.quantity),
+        terms.tif,
+        book_budget,
+        terms.stp,
+    )
+    _lock_accounts(session, instrument, user_id, *book.counterparties(command), buys=terms.side is Side.BUY)
     hold = ledger.place_hold(
         session,
         user_id=user_id,
@@ -397,18 +416,7 @@ def _place_locked(  # noqa: PLR0917 - one command's state
     )
     session.add(order)
     session.flush()
-    command = BookOrder(
-        order.id,
-        str(user_id),
-        terms.side,
-        terms.kind,
-        None if terms.price is None else price_to_ticks(instrument, terms.price),
-        quantity_to_lots(instrument, terms.quantity),
-        terms.tif,
-        book_budget,
-        terms.stp,
-    )
-    events = book.place(command)
+    events = book.place(replace(command, order_id=order.id))
     trades = _apply(session, instrument, order, events, context)
     instrument.sequence = book.sequence
     session.flush()
@@ -422,6 +430,46 @@ def _place_locked(  # noqa: PLR0917 - one command's state
         fills=len(trades),
     )
     return order, trades
+
+
+def _lock_accounts(
+    session: Session,
+    instrument: Instrument,
+    taker: uuid.UUID,
+    makers: set[str],
+    cancels_own: bool,
+    *,
+    buys: bool,
+) -> None:
+    """Lock every account the order will post to, in one statement, before its first entry.
+
+    The book says whom the order will trade with before anything changes
+    (:meth:`Book.counterparties`). Each party pays from its ``available`` account of
+    one asset through its ``held`` one (hold, capture, release) and receives into its
+    ``available`` account of the other; fees go to the quote asset's ``fees``; resting
+    orders of the taker's own that self-trade prevention cancels release the asset the
+    taker receives. Locking them all at once, in id order, right after the instrument
+    lock, is what keeps two orders on two instruments from deadlocking (see the module
+    docstring).
+    """
+    base, quote = instrument.base_asset, instrument.quote_asset
+    available, held = AccountKind.available, AccountKind.held
+    keys: set[ledger.AccountKey] = set()
+
+    def party(user_id: uuid.UUID, *, buyer: bool, trades: bool) -> None:
+        pays, gets = (quote, base) if buyer else (base, quote)
+        keys.update({(available, pays, user_id), (held, pays, user_id)})
+        if trades:
+            keys.add((available, gets, user_id))
+
+    party(taker, buyer=buys, trades=bool(makers))
+    for maker in makers:
+        party(uuid.UUID(maker), buyer=not buys, trades=True)
+    if cancels_own:
+        party(taker, buyer=not buys, trades=False)
+    if makers:
+        keys.add((AccountKind.fees, quote, None))
+    ledger.lock_accounts(session, keys)
 
 
 def _apply(
@@ -572,15 +620,29 @@ def cancel_all(
 ) -> list[Order]:
     """Cancel every resting order of the user (on one instrument, or everywhere).
 
-    Instruments are locked in symbol order, so two cancel-alls never wait on each other in a cycle.
+    Every instrument is locked first, in symbol order, so two cancel-alls never wait on
+    each other in a cycle; then the user's accounts on all of them, in one statement,
+    before the first release: no lock is taken after an account lock (see the module
+    docstring).
     """
     query = select(Order.instrument).where(Order.user_id == user_id, Order.status.in_(OPEN_STATUSES))
     if symbol is not None:
         _lock(session, symbol)  # 404 for an unknown instrument, even with nothing open
         query = query.where(Order.instrument == symbol)
+    instruments = [_lock(session, each) for each in sorted(set(session.scalars(query)))]
+    by_symbol = {instrument.symbol: instrument for instrument in instruments}
+    keys: set[ledger.AccountKey] = set()
+    sides = select(Order.instrument, Order.side).where(
+        Order.user_id == user_id, Order.status.in_(OPEN_STATUSES), Order.instrument.in_(sorted(by_symbol))
+    )
+    for each, side in set(session.execute(sides).tuples()):
+        # What the order's hold reserves: the quote asset for a buy, the base asset for a sell.
+        asset = by_symbol[each].quote_asset if side == Side.BUY.value else by_symbol[each].base_asset
+        keys.update({(AccountKind.available, asset, user_id), (AccountKind.held, asset, user_id)})
+    ledger.lock_accounts(session, keys)
     cancelled: list[Order] = []
-    for each in sorted(set(session.scalars(query))):
-        instrument = _lock(session, each)
+    for instrument in instruments:
+        each = instrument.symbol
         orders = session.scalars(
             select(Order)
             .where(Order.user_id == user_id, Order.instrument == each, Order.status.in_(OPEN_STATUSES))
