@@ -41,7 +41,7 @@ migrate: $(STAMP) ## Upgrade the configured database to the latest migration
 
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip if unreachable, unless BOURSE_REQUIRE_SERVICES=1)
-	@$(BIN)/pytest
+	@$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff

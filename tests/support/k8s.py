@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import yaml
 
@@ -183,3 +184,153 @@ def pgbouncer(port: int, work: Path, pool_mode: str, parameters: dict[str, str])
         _stop(process)
         output.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- nginx: the ingress controller in front of the pods -----------------------------------
+
+
+class Nginx:
+    """Debian's nginx balancing over an upstream of pod ports, changed by reloading
+    (as ingress-nginx applies endpoint changes: new connections go to the new set,
+    requests in flight finish where they are)."""
+
+    def __init__(self, port: int, work: Path, next_upstream: str) -> None:
+        self.port = port
+        self.work = work
+        self.binary = require_tool("nginx")
+        self.next_upstream = next_upstream
+        self.process: subprocess.Popen[bytes] | None = None
+        self.upstreams: list[int] = []
+        for folder in ("logs", "tmp"):
+            (work / folder).mkdir(parents=True, exist_ok=True)
+        (work / "tmp").chmod(0o777)
+
+    def _write(self) -> None:
+        servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in self.upstreams)
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        tmp = self.work / "tmp"
+        (self.work / "nginx.conf").write_text(
+            f"""{user}worker_processes 2;
+pid {self.work}/nginx.pid;
+error_log {self.work}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream bourse {{
+{servers}    keepalive 32;
+  }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    # A reload closes idle client keep-alive connections, which ingress-nginx's
+    # endpoint updates (no reload) never do: one request per client connection keeps
+    # that artefact of the stand-in out of the figures.
+    keepalive_timeout 0;
+    location / {{
+      proxy_pass http://bourse;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-ID $request_id;
+      proxy_next_upstream {self.next_upstream};
+      proxy_read_timeout 30s;
+    }}
+  }}
+}}
+"""
+        )
+
+    def start(self, upstreams: list[int]) -> None:
+        self.upstreams = list(upstreams)
+        self._write()
+        conf = str(self.work / "nginx.conf")
+        check = subprocess.run(
+            [self.binary, "-t", "-q", "-c", conf, "-p", str(self.work)], capture_output=True, check=False
+        )
+        assert check.returncode == 0, check.stderr.decode()
+        self.process = subprocess.Popen(
+            [self.binary, "-c", conf, "-p", str(self.work), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process, log=self.work / "logs" / "error.log")
+
+    def set_upstreams(self, upstreams: list[int]) -> None:
+        """Change the upstream set and reload (SIGHUP to the master)."""
+        assert self.process is not None
+        self.upstreams = list(upstreams)
+        self._write()
+        self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
+# --- Prometheus: scraping pods as the PodMonitors make it ---------------------------------
+
+
+class Prometheus:
+    """Debian's Prometheus scraping static targets that carry the ``namespace`` and
+    ``pod`` labels a PodMonitor gives every target."""
+
+    def __init__(self, port: int, work: Path) -> None:
+        self.port = port
+        self.work = work
+        self.binary = require_tool("prometheus")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, targets: dict[str, tuple[int, dict[str, str]]], interval: str = "1s") -> None:
+        jobs = []
+        for job, (port, labels) in targets.items():
+            label_lines = "".join(f"          {k}: {v}\n" for k, v in labels.items())
+            jobs.append(
+                f"  - job_name: {job}\n    scrape_interval: {interval}\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{port}']\n        labels:\n{label_lines}"
+            )
+        config = self.work / "prometheus.yml"
+        self.work.mkdir(parents=True, exist_ok=True)
+        config.write_text(f"global:\n  scrape_interval: {interval}\nscrape_configs:\n" + "".join(jobs))
+        log = self.work / "prometheus.log"
+        with log.open("w") as output:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.work / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, timeout=60, process=self.process, log=log)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_until(self, expr: str, predicate: Any, timeout: float = 60.0) -> float | None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.value(expr)
+            if predicate(last):
+                return last
+            time.sleep(0.5)
+        raise AssertionError(f"{expr} never met the condition within {timeout}s; last value {last}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
