@@ -46,8 +46,8 @@ from tests.support.processes import ROOT, clean_env, run_bourse
 
 NGINX_PORT = 18630
 FIRST_POD_PORT = 18631
-RATE = 130  # requests per second, offered
-CLIENTS = 24
+RATE = 150  # requests per second, offered
+CLIENTS = 32
 # Settings a pod takes from the manifest's ConfigMap (the rest is about the cluster).
 POD_SETTINGS = (
     "BOURSE_SERVER_WORKERS",

@@ -24,7 +24,7 @@ from bourse.db import Database, unit_of_work
 from bourse.migrations import upgrade
 from bourse.queue import enqueue
 from tests.conftest import make_settings
-from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect
+from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect, slow_effect_control
 from tests.support.k8s import config_env, container, one, pod_spec, rendered
 from tests.support.processes import clean_env
 
@@ -101,7 +101,7 @@ def _effects(database: Database, job_id: str) -> list[int]:
 
 def _queue_state(database: Database) -> tuple[int, int]:
     with database.engine.connect() as conn:
-        jobs = conn.execute(text("SELECT count(*) FROM queue_jobs WHERE job = 'k8s.slow_effect'")).scalar_one()
+        jobs = conn.execute(text("SELECT count(*) FROM queue_jobs WHERE job LIKE 'k8s.%'")).scalar_one()
         failed = conn.execute(text("SELECT count(*) FROM queue_failed_jobs")).scalar_one()
     return jobs, failed
 
@@ -141,12 +141,15 @@ def test_control_a_grace_period_shorter_than_the_job_kills_it_and_it_is_retried_
     # The reservation outlives a killed worker for BOURSE_QUEUE_RETRY_AFTER_SECONDS; the
     # control shortens it (and --timeout below it, as the worker requires) so that the
     # retry comes within the test's time.
+    # Its worker serves only the control job's queue: the domain jobs' own timeouts
+    # (up to 120 s) would not fit under that shortened expiry.
     args = list(pod.args)
     args[args.index("--timeout") + 1] = "25"
+    args[args.index("--queue") + 1] = "k8s-control"
     pod = WorkerPod(args=args, grace=short_grace, retry_after="30")
     started = tmp_path / "started"
     with unit_of_work(database) as session:
-        job_id = enqueue(session, slow_effect, {"seconds": JOB_SECONDS, "started_file": str(started)})
+        job_id = enqueue(session, slow_effect_control, {"seconds": JOB_SECONDS, "started_file": str(started)})
     first = _start(pod, empty_postgres_url, tmp_path, "first")
     try:
         _wait_for_start(started, first)
