@@ -41,7 +41,7 @@ migrate: $(STAMP) ## Upgrade the configured database to the latest migration
 
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip if unreachable, unless BOURSE_REQUIRE_SERVICES=1)
-	@$(BIN)/pytest
+	@$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff
@@ -121,6 +121,43 @@ bench-orders: $(STAMP) ## Recreate BENCH_DB, then `bench orders-http` on BTC-USD
 .PHONY: bench-matching
 bench-matching: $(STAMP) ## The in-memory order book on one core: `bench matching` with 200,000 orders
 	@$(BIN)/bourse bench matching --orders 200000 --json
+
+# --- Kubernetes (deploy/k8s, docs/deploy.md) -----------------------------------------
+OVERLAY ?= production-sealed
+K8S_TOOLS := var/k8s-tools
+K8S_OVERLAYS := $(wildcard deploy/k8s/overlays/*/kustomization.yaml)
+
+$(K8S_TOOLS)/.installed-stamp: deploy/k8s/tools-requirements.txt
+	@test -x $(K8S_TOOLS)/bin/python || $(PYTHON) -m venv $(K8S_TOOLS)
+	@$(K8S_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/k8s/tools-requirements.txt
+	@touch $@
+
+.PHONY: deploy-tools
+deploy-tools: $(K8S_TOOLS)/.installed-stamp ## Install the manifest validators (kubernetes-validate, checkov) into var/k8s-tools
+
+.PHONY: deploy-check
+deploy-check: $(K8S_TOOLS)/.installed-stamp ## Render every overlay; kubernetes-validate --strict and checkov over the result
+	@bash deploy/k8s/check.sh $(K8S_TOOLS)
+
+.PHONY: deploy-image
+deploy-image: ## Pin every overlay to the image DIGEST=sha256:... (IMAGE=registry/name to change the name)
+	@[[ "$(DIGEST)" =~ ^sha256:[0-9a-f]{64}$$ ]] || { echo "DIGEST must be sha256: and 64 hex digits, got '$(DIGEST)'" >&2; exit 2; }
+	@for k in $(K8S_OVERLAYS); do \
+	  sed -i -E "s|^(    digest: )sha256:[0-9a-f]{64}$$|\1$(DIGEST)|" $$k; \
+	  if [ -n "$(IMAGE)" ]; then sed -i -E "s|^(    newName: ).*$$|\1$(IMAGE)|" $$k; fi; \
+	  grep -q "digest: $(DIGEST)" $$k || { echo "$$k: no digest line to set" >&2; exit 1; }; \
+	done; echo "every overlay now runs $(DIGEST)"
+
+.PHONY: deploy
+deploy: ## Migrate (the Job, awaited), then roll out OVERLAY (default production-sealed) with kubectl
+	@bash deploy/k8s/deploy.sh $(OVERLAY)
+
+.PHONY: deploy-seal
+deploy-seal: ## Seal SECRET=path/to/secret.yaml (a plain Secret, never committed) into OVERLAY's sealed-secrets.yaml
+	@test -f "$(SECRET)" || { echo "SECRET must name a plain Secret manifest (kept out of git)" >&2; exit 2; }
+	@kubeseal --format yaml < "$(SECRET)" > deploy/k8s/overlays/$(OVERLAY)/sealed-secrets.yaml.new
+	@mv deploy/k8s/overlays/$(OVERLAY)/sealed-secrets.yaml.new deploy/k8s/overlays/$(OVERLAY)/sealed-secrets.yaml
+	@echo "sealed into deploy/k8s/overlays/$(OVERLAY)/sealed-secrets.yaml; commit it, never $(SECRET)"
 
 .PHONY: ci
 ci: ## What CI runs: .ci/run

@@ -140,6 +140,7 @@ def migrate(revision: str) -> None:
 
     settings = _settings()
     _configure_logging(settings)
+    _refuse_pooled_migrations(settings)
     _ensure_sqlite_dir(settings)
     upgrade(settings, revision)
     click.echo(f"database migrated to {revision}")
@@ -216,6 +217,16 @@ def healthcheck(  # noqa: PLR0917 - one parameter per click option
     sys.exit(0 if status == HTTPStatus.OK else 1)
 
 
+def _refuse_pooled_migrations(settings: Settings) -> None:
+    """Migrations set a session lock_timeout and run DDL (some outside a transaction)
+    that must share one server connection: never through a transaction pooler."""
+    if settings.database_transaction_pooling:
+        _fail_config(
+            "BOURSE_DATABASE_TRANSACTION_POOLING is set: migrations need a session of their own, so point"
+            " BOURSE_DATABASE_URL at the PostgreSQL primary (not at PgBouncer) and unset it for `bourse migrate`"
+        )
+
+
 def _ensure_sqlite_dir(settings: Settings) -> None:
     database = settings.database
     if database.get_backend_name() == "sqlite" and database.database not in {None, "", ":memory:"}:
@@ -248,6 +259,7 @@ def up(host: str | None, port: int | None) -> None:
 
     settings = _settings()
     _configure_logging(settings)
+    _refuse_pooled_migrations(settings)
     _ensure_sqlite_dir(settings)
     upgrade(settings)
     host = host or settings.host

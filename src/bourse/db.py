@@ -71,6 +71,20 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
+def _set_lock_timeout_per_transaction(engine: Engine, lock_timeout_ms: int) -> None:
+    """Bound lock waits with ``SET LOCAL`` at the start of every transaction.
+
+    Behind a transaction pooler a session setting would land on whichever server
+    connection ran that statement, and stay there for other clients; ``SET LOCAL``
+    lasts exactly as long as the transaction it is part of.
+    """
+    statement = f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(statement)
+
+
 def create_db_engine(
     settings: Settings,
     *,
@@ -103,7 +117,15 @@ def create_db_engine(
             "connect_timeout": max(1, round(settings.database_connect_timeout_seconds)),
             "application_name": "bourse",
         }
-        if lock_timeout_ms is not None:
+        pooled = settings.database_transaction_pooling
+        if pooled:
+            # psycopg prepares a statement on the server after its fifth execution on a
+            # connection; behind a transaction pooler the next transaction may run on a
+            # server connection that never saw it ("prepared statement _pg3_0 does not
+            # exist") or one that already has it ("... already exists").
+            connect_args["prepare_threshold"] = None
+        elif lock_timeout_ms is not None:
+            # A startup parameter: PgBouncer refuses "options", hence SET LOCAL when pooled.
             connect_args["options"] = f"-c lock_timeout={int(lock_timeout_ms)}"
         engine = create_engine(
             target,
@@ -113,6 +135,8 @@ def create_db_engine(
             pool_pre_ping=True,
             connect_args=connect_args,
         )
+        if pooled and lock_timeout_ms is not None:
+            _set_lock_timeout_per_transaction(engine, lock_timeout_ms)
     track_pool(name, engine)
     return engine
 

@@ -42,6 +42,9 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 BACKLOG = 2048
 # Beyond drain + shutdown timeout, before a server process that has not exited is killed.
 STOP_MARGIN_SECONDS = 3
+# How long a server process may take to start (its first liveness heartbeat) before
+# the supervisor counts it as stalled; the pod's startup probe bounds the whole pod.
+STARTUP_SECONDS = 120
 
 
 class DrainingServer(uvicorn.Server):
@@ -143,6 +146,7 @@ def run_server_processes(settings: Settings, *, host: str, port: int, workers: i
         specs,
         stop_timeout=settings.shutdown_drain_seconds + settings.shutdown_timeout_seconds + STOP_MARGIN_SECONDS,
         heartbeat_max_age=settings.liveness_stall_seconds,
+        heartbeat_startup=STARTUP_SECONDS,
         on_exit=lambda pid: multiprocess.mark_process_dead(pid, str(metrics_dir)),  # type: ignore[no-untyped-call]
     )
     log.info("server_processes_starting", host=host, port=port, processes=workers)

@@ -325,6 +325,10 @@ class Settings(BaseSettings):
     database_connect_timeout_seconds: PositiveFloat = 5.0
     database_lock_timeout_ms: PositiveInt = 5000
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # The database URL leads to a pooler in transaction mode (PgBouncer, CloudNativePG's
+    # Pooler): every transaction may run on another server connection, so Bourse keeps
+    # nothing in the session (docs/decisions/0021). Migrations need the primary itself.
+    database_transaction_pooling: bool = False
     sqlite_busy_timeout_ms: PositiveInt = 5000
 
     redis_url: str | None = None

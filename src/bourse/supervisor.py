@@ -57,6 +57,7 @@ class Supervisor:
         stable_after: float = 30.0,
         poll_interval: float = 0.2,
         heartbeat_max_age: float | None = None,
+        heartbeat_startup: float | None = None,
         on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.children = [_Child(spec) for spec in specs]
@@ -66,6 +67,9 @@ class Supervisor:
         self.stable_after = stable_after
         self.poll_interval = poll_interval
         self.heartbeat_max_age = heartbeat_max_age
+        # How long a child may take to its first beat (imports, app start-up); the
+        # max age applies once it has beaten. Defaults to the max age.
+        self.heartbeat_startup = heartbeat_startup
         self.on_exit = on_exit
         self._stop = threading.Event()
         self._stopping = threading.Event()
@@ -98,7 +102,11 @@ class Supervisor:
         try:
             age = time.time() - path.stat().st_mtime
         except OSError:
-            age = now - child.started_at  # no beat yet: count from the start
+            # No beat yet: the child is still starting, which on a busy machine (or
+            # under a pod's CPU limit, with its siblings importing at the same time)
+            # can take longer than a stall.
+            age = now - child.started_at
+            max_age = max(max_age, self.heartbeat_startup or 0.0)
         if age > max_age and now - child.started_at > max_age:
             log.error("child_stalled", child=child.spec.name, pid=process.pid, stalled_seconds=round(age, 1))
             process.kill()

@@ -41,7 +41,7 @@ RETURNING uuid, queue, job, payload, attempts, created_at, request_id, unique_ke
 """
 
 
-def commit_asynchronously(engine: Engine) -> None:
+def commit_asynchronously(engine: Engine, *, pooled: bool) -> None:
     """Make every connection of ``engine`` commit without waiting for the WAL flush.
 
     For the worker's own bookkeeping connections (reservations, releases, failed
@@ -49,8 +49,13 @@ def commit_asynchronously(engine: Engine) -> None:
     database crash: if one is lost, the job is simply available again and runs
     again, which at-least-once delivery allows anyway. Handlers' transactions run on
     the runner's engine, whose commits stay durable.
+
+    Not behind a transaction pooler (``pooled``, BOURSE_DATABASE_TRANSACTION_POOLING):
+    there the session setting would stay on a shared server connection and make
+    other clients' transactions, money movements included, commit without waiting
+    for the WAL flush. Bookkeeping then commits durably, at one flush per commit.
     """
-    if engine.dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql" or pooled:
         return
 
     @event.listens_for(engine, "connect")

@@ -90,7 +90,7 @@ class JobRunner:
         self._ack_conn: Connection | None = None
         if self.complete and self.db.engine.dialect.name == "postgresql":
             self.acks = create_db_engine(settings, name="runner-acks")
-            commit_asynchronously(self.acks)
+            commit_asynchronously(self.acks, pooled=settings.database_transaction_pooling)
 
     def _finish(self, session: Session, job_id: str, token: str) -> None:
         if not self.complete:

@@ -258,7 +258,7 @@ class Worker:
         database = db
         if database is None:
             database = Database.from_settings(settings, name="worker")
-            commit_asynchronously(database.engine)
+            commit_asynchronously(database.engine, pooled=settings.database_transaction_pooling)
         jobs = load_jobs(options.modules)
         problems = check_config(options, jobs, settings.queue_retry_after_seconds)
         if problems:
