@@ -7,8 +7,10 @@ raise these; the API renders them as ``{"error": code, "detail": message,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import ClassVar, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class BourseError(Exception):
@@ -49,6 +51,39 @@ class TemporarilyUnavailable(BourseError):
     def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
         self.retry_after = max(1, retry_after)
         super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
+
+
+_REFUSALS_ATTRIBUTE = "__bourse_refusals__"
+
+
+def raises(*errors: type[BourseError]) -> Callable[[F], F]:
+    """Declare the refusals an endpoint or a dependency may raise; returns the function unchanged.
+
+    The OpenAPI schema documents, for each operation, the codes declared by its
+    endpoint and by every dependency it uses (see :mod:`bourse.api.openapi`), so a
+    client knows each status and code it may get. A class stands for itself only:
+    use :func:`family` for a base class and all its subclasses.
+    """
+
+    def declare(function: F) -> F:
+        setattr(function, _REFUSALS_ATTRIBUTE, (*declared_refusals(function), *errors))
+        return function
+
+    return declare
+
+
+def declared_refusals(function: object) -> tuple[type[BourseError], ...]:
+    """What :func:`raises` declared on ``function`` (nothing if it declared nothing)."""
+    declared: tuple[type[BourseError], ...] = getattr(function, _REFUSALS_ATTRIBUTE, ())
+    return declared
+
+
+def family(error: type[BourseError]) -> tuple[type[BourseError], ...]:
+    """``error`` and every subclass of it defined so far, for :func:`raises`."""
+    found: list[type[BourseError]] = [error]
+    for sub in error.__subclasses__():
+        found.extend(item for item in family(sub) if item not in found)
+    return tuple(found)
 
 
 # Pydantic error types that are reported as their own top-level error code

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bourse.api.openapi import install_openapi
 from bourse.errors import BourseError, is_field_error_code
 
 REQUEST_ID_SCOPE_KEY = "bourse.request_id"
@@ -92,6 +93,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as above, and document exactly that in the OpenAPI schema."""
+    install_openapi(app)
     app.add_exception_handler(BourseError, _bourse_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession
+from bourse.errors import raises
 from bourse.idempotency import service
 from bourse.identity.dependencies import CurrentPrincipal
 from bourse.settings import Settings
@@ -59,6 +60,14 @@ class IdempotentRequest:
         return JSONResponse(body, status_code=status_code, headers={REPLAYED_HEADER: "false"})
 
 
+# The key is checked here; the replay, the refusal of a reused key and of one still
+# in flight come from IdempotentRequest.run.
+@raises(
+    service.IdempotencyKeyRequired,
+    service.IdempotencyKeyInvalid,
+    service.IdempotencyKeyReused,
+    service.IdempotencyInProgress,
+)
 def _idempotent_request(
     request: Request,
     session: DbSession,

@@ -1,0 +1,222 @@
+"""The OpenAPI schema, with the errors Bourse really sends.
+
+FastAPI documents every operation's errors as its own ``HTTPValidationError`` (whose
+``detail`` is an array). Bourse answers every error with one body,
+``{"error": code, "detail": message, "request_id": id}`` plus ``errors`` on a 422 (see
+:mod:`bourse.api.errors`). This module replaces each operation's error responses with
+what that operation can really answer, per status, with the ``error`` codes of that
+status as an ``enum``:
+
+- the refusals its endpoint and every dependency it uses declare with
+  :func:`bourse.errors.raises`;
+- what the framework answers around any endpoint: ``413 payload_too_large`` for every
+  operation; ``415 unsupported_media_type`` and ``422 invalid_json`` with a JSON body;
+  ``422 validation_error`` and ``control_character`` with any parameter or body, and
+  ``time_out_of_range`` with a time among them (:mod:`bourse.inputs`); ``404
+  not_found`` with a path parameter (one holding an encoded ``/`` matches no route);
+  ``500 internal_error``;
+- ``503`` with ``Retry-After`` on every operation: the retryable refusals any request
+  may meet (:data:`RETRYABLE_CODES`), plus the operation's own.
+
+Generated clients and schema checks (``make schemathesis``) then agree with the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, routing
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+
+from bourse.errors import BourseError, declared_refusals
+from bourse.inputs import CONTROL_CHARACTER, TIME_OUT_OF_RANGE
+
+# Refusals any request may meet, whatever its route: all are 503 with Retry-After and
+# safe to retry. ``overloaded`` is admission control, ``database_busy`` no connection
+# free in time, ``database_unavailable`` the database not answering, and
+# ``transient_conflict`` a serialization failure or deadlock that rolled back.
+RETRYABLE_CODES = (
+    "database_busy",
+    "database_unavailable",
+    "overloaded",
+    "temporarily_unavailable",
+    "transient_conflict",
+)
+
+ERROR_SCHEMA = "Error"
+FIELD_ERROR_SCHEMA = "FieldError"
+_REF = "#/components/schemas/"
+_FASTAPI_SCHEMAS = ("HTTPValidationError", "ValidationError")
+_TIME_FORMATS = frozenset({"date", "date-time"})
+_WITH_RETRY_AFTER = frozenset({429, 503})
+_UNAUTHORIZED = 401
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_WWW_AUTHENTICATE = {
+    "description": "Bearer, with the error, when the access token is missing or not valid",
+    "schema": {"type": "string"},
+}
+
+_COMPONENTS: dict[str, dict[str, Any]] = {
+    ERROR_SCHEMA: {
+        "title": "Error",
+        "description": "Every error response. Clients branch on `error`, a stable code; `detail` is for humans "
+        "and may change. Some errors add fields of their own.",
+        "type": "object",
+        "required": ["error", "detail", "request_id"],
+        "properties": {
+            "error": {"type": "string", "description": "The stable code"},
+            "detail": {"type": "string", "description": "A message for humans"},
+            "request_id": {"type": ["string", "null"], "description": "The X-Request-ID of the request"},
+            "errors": {
+                "type": "array",
+                "description": "On a 422: each field that was refused",
+                "items": {"$ref": _REF + FIELD_ERROR_SCHEMA},
+            },
+        },
+    },
+    FIELD_ERROR_SCHEMA: {
+        "title": "FieldError",
+        "description": "One refused field. Input values are never echoed back.",
+        "type": "object",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {"type": "string", "description": "Where, e.g. body.amount or query.limit"},
+            "msg": {"type": "string"},
+            "type": {"type": "string", "description": "What is wrong, e.g. missing or control_character"},
+        },
+    },
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve :func:`build_openapi` as the app's schema, built once on first use."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign] # FastAPI's documented way to customise the schema
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in _FASTAPI_SCHEMAS:
+        components.pop(name, None)
+    components.update(_COMPONENTS)
+    for path, method, route in _operations(app):
+        operation = schema["paths"][path][method]
+        operation["responses"] = {
+            **{status: answer for status, answer in operation.get("responses", {}).items() if status[:1] in "123"},
+            **_error_responses(_error_codes(route, operation, components)),
+        }
+    return schema
+
+
+def _operations(app: FastAPI) -> Iterator[tuple[str, str, Any]]:
+    for context in routing.iter_route_contexts(app.routes):
+        path = context.path_format
+        if not isinstance(context.original_route, routing.APIRoute) or not context.include_in_schema or path is None:
+            continue
+        for method in sorted(context.methods or ()):
+            yield path, method.lower(), context
+
+
+def _dependants(root: Dependant) -> Iterator[Dependant]:
+    pending = [root]
+    while pending:
+        dependant = pending.pop()
+        yield dependant
+        pending.extend(dependant.dependencies)
+
+
+def _error_codes(route: Any, operation: dict[str, Any], components: dict[str, Any]) -> dict[int, set[str]]:
+    """Status code to the ``error`` codes this operation may answer with it."""
+    codes: dict[int, set[str]] = {413: {"payload_too_large"}, 500: {"internal_error"}, 503: set(RETRYABLE_CODES)}
+
+    def add(status: int, code: str) -> None:
+        codes.setdefault(status, set()).add(code)
+
+    declared: set[type[BourseError]] = set()
+    for dependant in _dependants(route.dependant):
+        declared.update(declared_refusals(dependant.call))
+    for error in declared:
+        add(error.status_code, error.code)
+
+    parameters = operation.get("parameters", [])
+    body = operation.get("requestBody")
+    if any(parameter["in"] == "path" for parameter in parameters):
+        add(404, "not_found")
+    if body is not None and route.body_field is not None:
+        add(415, "unsupported_media_type")
+        add(422, "invalid_json")
+    if parameters or body is not None:
+        add(422, "validation_error")
+        add(422, CONTROL_CHARACTER)
+    schemas = [parameter.get("schema", {}) for parameter in parameters]
+    schemas.extend(media.get("schema", {}) for media in (body or {}).get("content", {}).values())
+    if any(_has_time(item, components) for item in schemas):
+        add(422, TIME_OUT_OF_RANGE)
+    return codes
+
+
+def _has_time(schema: Any, components: dict[str, Any]) -> bool:
+    """Whether a JSON schema (following $refs into the components) holds a date or a date-time."""
+    pending, seen = [schema], set()
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("format") in _TIME_FORMATS:
+            return True
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith(_REF) and reference not in seen:
+            seen.add(reference)
+            pending.append(components.get(reference.removeprefix(_REF), {}))
+        pending.extend(value for key, value in node.items() if key not in {"$ref", "examples", "default"})
+    return False
+
+
+def _error_responses(codes: dict[int, set[str]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status in sorted(codes):
+        names = sorted(codes[status])
+        answer: dict[str, Any] = {
+            "description": ", ".join(f"`{name}`" for name in names),
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "allOf": [
+                            {"$ref": _REF + ERROR_SCHEMA},
+                            {"type": "object", "properties": {"error": {"enum": names}}},
+                        ]
+                    }
+                }
+            },
+        }
+        headers: dict[str, Any] = {}
+        if status in _WITH_RETRY_AFTER:
+            headers["Retry-After"] = _RETRY_AFTER
+        if status == _UNAUTHORIZED:
+            headers["WWW-Authenticate"] = _WWW_AUTHENTICATE
+        if headers:
+            answer["headers"] = headers
+        responses[str(status)] = answer
+    return responses
