@@ -18,6 +18,10 @@ status as an ``enum``:
 - ``503`` with ``Retry-After`` on every operation: the retryable refusals any request
   may meet (:data:`RETRYABLE_CODES`), plus the operation's own.
 
+It also states the text rule of :mod:`bourse.inputs` where a client reads it: every
+free string a request carries (parameters and body fields, and the keys of a body's
+maps) gets the :data:`TEXT_PATTERN` that excludes control characters.
+
 Generated clients and schema checks (``make schemathesis``) then agree with the server.
 """
 
@@ -45,11 +49,17 @@ RETRYABLE_CODES = (
     "transient_conflict",
 )
 
+# No control character (Unicode category Cc), as bourse.inputs refuses them.
+TEXT_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+
 ERROR_SCHEMA = "Error"
 FIELD_ERROR_SCHEMA = "FieldError"
 _REF = "#/components/schemas/"
 _FASTAPI_SCHEMAS = ("HTTPValidationError", "ValidationError")
 _TIME_FORMATS = frozenset({"date", "date-time"})
+# Keywords that describe rather than constrain, and what already fixes a string's shape.
+_ANNOTATIONS = frozenset({"examples", "default", "description", "title", "const", "enum"})
+_FIXED_STRING = frozenset({"pattern", "format", "enum", "const"})
 _WITH_RETRY_AFTER = frozenset({429, 503})
 _UNAUTHORIZED = 401
 _RETRY_AFTER = {
@@ -118,12 +128,16 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for name in _FASTAPI_SCHEMAS:
         components.pop(name, None)
     components.update(_COMPONENTS)
+    requests: list[Any] = []
     for path, method, route in _operations(app):
         operation = schema["paths"][path][method]
         operation["responses"] = {
             **{status: answer for status, answer in operation.get("responses", {}).items() if status[:1] in "123"},
             **_error_responses(_error_codes(route, operation, components)),
         }
+        requests.extend(parameter.get("schema", {}) for parameter in operation.get("parameters", []))
+        requests.append(operation.get("requestBody", {}))
+    _state_the_text_rule(requests, components, _referenced(schema["paths"], components, request_side=False))
     return schema
 
 
@@ -220,3 +234,54 @@ def _error_responses(codes: dict[int, set[str]]) -> dict[str, Any]:
             answer["headers"] = headers
         responses[str(status)] = answer
     return responses
+
+
+def _children(node: Any) -> Iterator[Any]:
+    if isinstance(node, list):
+        yield from node
+    elif isinstance(node, dict):
+        yield from (value for key, value in node.items() if key not in _ANNOTATIONS)
+
+
+def _component_name(node: Any) -> str | None:
+    reference = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(reference, str) and reference.startswith(_REF):
+        return reference.removeprefix(_REF)
+    return None
+
+
+def _referenced(paths: dict[str, Any], components: dict[str, Any], *, request_side: bool) -> set[str]:
+    """The components reachable from the requests (parameters, bodies) or from the responses."""
+    roots: list[Any] = []
+    for operation in (op for methods in paths.values() for op in methods.values()):
+        if request_side:
+            roots.extend([operation.get("parameters", []), operation.get("requestBody", {})])
+        else:
+            roots.append(operation.get("responses", {}))
+    found: set[str] = set()
+    pending = roots
+    while pending:
+        node = pending.pop()
+        name = _component_name(node)
+        if name is not None and name not in found and name in components:
+            found.add(name)
+            pending.append(components[name])
+        pending.extend(_children(node))
+    return found
+
+
+def _state_the_text_rule(roots: list[Any], components: dict[str, Any], in_responses: set[str]) -> None:
+    """Give every free string of the requests :data:`TEXT_PATTERN` (not those shared with responses)."""
+    pending, seen = list(roots), set()
+    while pending:
+        node = pending.pop()
+        name = _component_name(node)
+        if name is not None and name not in seen and name in components and name not in in_responses:
+            seen.add(name)
+            pending.append(components[name])
+        if isinstance(node, dict):
+            if node.get("type") == "string" and not _FIXED_STRING.intersection(node):
+                node["pattern"] = TEXT_PATTERN
+            if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+                node.setdefault("propertyNames", {"pattern": TEXT_PATTERN})
+        pending.extend(_children(node))

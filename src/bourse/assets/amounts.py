@@ -124,5 +124,10 @@ def _must_be_string(value: Any) -> Any:
 AmountText = Annotated[
     str,
     BeforeValidator(_must_be_string),
-    Field(description='A decimal string in the asset\'s units, e.g. "12.50"', examples=["12.50"]),
+    Field(
+        description='A decimal string in the asset\'s units, e.g. "12.50"',
+        examples=["12.50"],
+        # The grammar, for clients and schema checks; parse_amount() enforces it with its own codes.
+        json_schema_extra={"pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$", "maxLength": _MAX_TEXT},
+    ),
 ]

@@ -77,6 +77,8 @@ def _idempotent_request(
         Header(
             description="A unique key per operation (e.g. a UUID). Retrying with the same key and body "
             "replays the first response instead of moving money again.",
+            # The key's grammar, for clients; check_key() enforces it with its own codes.
+            json_schema_extra={"pattern": "^[!-~]{1,255}$"},
         ),
     ] = None,
 ) -> IdempotentRequest:
