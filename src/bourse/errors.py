@@ -97,5 +97,15 @@ def field_error_code(code: str) -> str:
     return code
 
 
+# The JSON-schema keyword that names the field error codes a type's validator may give
+# (422), so that the OpenAPI schema lists them for every operation taking such a field.
+FIELD_CODES_KEYWORD = "x-error-codes"
+
+
+def refused_with(*codes: str) -> dict[str, list[str]]:
+    """``json_schema_extra`` for a field type whose validator raises ``codes`` (see above)."""
+    return {FIELD_CODES_KEYWORD: sorted(codes)}
+
+
 def is_field_error_code(code: str) -> bool:
     return code in _FIELD_ERROR_CODES

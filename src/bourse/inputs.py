@@ -36,7 +36,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
-from bourse.errors import field_error_code
+from bourse.errors import field_error_code, refused_with
 
 INT64_MAX = 2**63 - 1
 
@@ -81,11 +81,18 @@ def _bounded_day(value: date) -> date:
 Timestamp = Annotated[
     datetime,
     AfterValidator(_bounded_timestamp),
-    Field(description="An ISO 8601 date and time from 1970 to 2999; without an offset it is read as UTC"),
+    Field(
+        description="An ISO 8601 date and time from 1970 to 2999; without an offset it is read as UTC",
+        json_schema_extra=refused_with(TIME_OUT_OF_RANGE),
+    ),
 ]
 """A point in time, aware and in UTC once parsed."""
 
-Day = Annotated[date, AfterValidator(_bounded_day), Field(description="A day (YYYY-MM-DD) from 1970 to 2999")]
+Day = Annotated[
+    date,
+    AfterValidator(_bounded_day),
+    Field(description="A day (YYYY-MM-DD) from 1970 to 2999", json_schema_extra=refused_with(TIME_OUT_OF_RANGE)),
+]
 """A calendar day."""
 
 # -- Text -------------------------------------------------------------------------------

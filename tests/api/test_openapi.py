@@ -22,6 +22,7 @@ from bourse.api.app import create_app
 from bourse.api.openapi import RETRYABLE_CODES
 from bourse.db import Database
 from bourse.errors import declared_refusals
+from bourse.identity.models import Role
 from bourse.inputs import INT64_MAX
 from bourse.settings import Settings
 from tests.conftest import make_settings
@@ -224,3 +225,28 @@ def test_real_error_responses_match_the_schema(
         validator_for(schema, "/api/v1/orders/{order_id}", "get", 404).validate(
             {"error": "unknown_instrument", "detail": "x", "request_id": None}
         )
+
+
+def test_a_field_type_s_own_codes_are_documented_where_it_is_taken(
+    client: TestClient, schema: dict[str, Any], settings: Settings, database: Database
+) -> None:
+    """Found by schemathesis: an amount that is not text in a per-lot plan answered amount_invalid,
+    which the plan operation did not list (the amount type's own codes are now derived)."""
+    admin = bearer(settings, make_user(database, Role.admin))
+    ib = make_user(database, Role.ib)
+    path = "/api/v1/admin/ib/{ib_user_id}/plan"
+    response = client.put(
+        f"/api/v1/admin/ib/{ib.id}/plan", headers=admin, json={"kind": "per_lot", "amounts": {"BTC-USD": {}}}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "amount_invalid"
+    validator_for(schema, path, "put", 422).validate(response.json())
+    response = client.put(
+        f"/api/v1/admin/ib/{ib.id}/plan", headers=admin, json={"kind": "per_lot", "amounts": {"BTC-USD": 2.5}}
+    )
+    assert response.json()["error"] == "amount_must_be_string"
+    validator_for(schema, path, "put", 422).validate(response.json())
+    deposits = schema["paths"]["/api/v1/deposits"]["get"]
+    assert "time_out_of_range" in error_codes(deposits, 422)
+    assert "amount_invalid" not in error_codes(deposits, 422)
+    assert "time_out_of_range" not in error_codes(schema["paths"]["/api/v1/auth/login"]["post"], 422)

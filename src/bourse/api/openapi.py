@@ -12,7 +12,9 @@ status as an ``enum``:
 - what the framework answers around any endpoint: ``413 payload_too_large`` for every
   operation; ``415 unsupported_media_type`` and ``422 invalid_json`` with a JSON body;
   ``422 validation_error`` and ``control_character`` with any parameter or body, and
-  ``time_out_of_range`` with a time among them (:mod:`bourse.inputs`); ``404
+  the codes its input types declare (``time_out_of_range`` for a time of
+  :mod:`bourse.inputs`, ``amount_invalid`` for an amount; see
+  :func:`bourse.errors.refused_with`); ``404
   not_found`` with a path parameter (one holding an encoded ``/`` matches no route);
   ``500 internal_error``;
 - ``503`` with ``Retry-After`` on every operation: the retryable refusals any request
@@ -34,8 +36,8 @@ from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
-from bourse.errors import BourseError, declared_refusals
-from bourse.inputs import CONTROL_CHARACTER, TIME_OUT_OF_RANGE
+from bourse.errors import FIELD_CODES_KEYWORD, BourseError, declared_refusals
+from bourse.inputs import CONTROL_CHARACTER
 
 # Refusals any request may meet, whatever its route: all are 503 with Retry-After and
 # safe to retry. ``overloaded`` is admission control, ``database_busy`` no connection
@@ -56,7 +58,6 @@ ERROR_SCHEMA = "Error"
 FIELD_ERROR_SCHEMA = "FieldError"
 _REF = "#/components/schemas/"
 _FASTAPI_SCHEMAS = ("HTTPValidationError", "ValidationError")
-_TIME_FORMATS = frozenset({"date", "date-time"})
 # Keywords that describe rather than constrain, and what already fixes a string's shape.
 _ANNOTATIONS = frozenset({"examples", "default", "description", "title", "const", "enum"})
 _FIXED_STRING = frozenset({"pattern", "format", "enum", "const"})
@@ -181,31 +182,25 @@ def _error_codes(route: Any, operation: dict[str, Any], components: dict[str, An
     if parameters or body is not None:
         add(422, "validation_error")
         add(422, CONTROL_CHARACTER)
-    schemas = [parameter.get("schema", {}) for parameter in parameters]
-    schemas.extend(media.get("schema", {}) for media in (body or {}).get("content", {}).values())
-    if any(_has_time(item, components) for item in schemas):
-        add(422, TIME_OUT_OF_RANGE)
+    for code in _field_codes([operation.get("parameters", []), body or {}], components):
+        add(422, code)
     return codes
 
 
-def _has_time(schema: Any, components: dict[str, Any]) -> bool:
-    """Whether a JSON schema (following $refs into the components) holds a date or a date-time."""
-    pending, seen = [schema], set()
+def _field_codes(roots: list[Any], components: dict[str, Any]) -> set[str]:
+    """The field error codes the input types of these schemas declare (following $refs)."""
+    found: set[str] = set()
+    pending, seen = list(roots), set()
     while pending:
         node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        if node.get("format") in _TIME_FORMATS:
-            return True
-        reference = node.get("$ref")
-        if isinstance(reference, str) and reference.startswith(_REF) and reference not in seen:
-            seen.add(reference)
-            pending.append(components.get(reference.removeprefix(_REF), {}))
-        pending.extend(value for key, value in node.items() if key not in {"$ref", "examples", "default"})
-    return False
+        name = _component_name(node)
+        if name is not None and name not in seen and name in components:
+            seen.add(name)
+            pending.append(components[name])
+        if isinstance(node, dict):
+            found.update(node.get(FIELD_CODES_KEYWORD, ()))
+        pending.extend(_children(node))
+    return found
 
 
 def _error_responses(codes: dict[int, set[str]]) -> dict[str, Any]:
