@@ -9,14 +9,17 @@ in the candles' date arithmetic, and a naive time reaching an aware column.
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from bourse.db import Database
+from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role
+from bourse.ledger.models import JournalEntry
 from bourse.settings import Settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund
@@ -238,3 +241,63 @@ def test_a_reconciliation_day_is_bounded(client: TestClient, admin_headers: dict
         json={"connector": "simulator", "day": "9999-12-31"},
     )
     assert_refused(response, 422, "time_out_of_range", "body.day")
+
+
+# -- The longest Idempotency-Key ---------------------------------------------------------
+
+
+def test_the_longest_idempotency_key_moves_money_once(
+    client: TestClient, settings: Settings, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """A key of 255 characters is valid; the ledger's own key (operation, user and key) was
+    longer than its 255 and the request was a 500."""
+    sender, receiver = make_user(database), make_user(database)
+    fund(database, sender.id, "USD", 10_000)
+    longest = "k" * 255
+    transfer = {"to_user_id": str(receiver.id), "asset": "USD", "amount": "1.00"}
+    headers = {**bearer(settings, sender), "Idempotency-Key": longest}
+    first = client.post("/api/v1/transfers", headers=headers, json=transfer)
+    assert first.status_code == 201, first.text
+    again = client.post("/api/v1/transfers", headers=headers, json=transfer)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert client.get("/api/v1/wallets", headers=bearer(settings, receiver)).json()["wallets"][-1]["asset"]
+    adjustment = {"user_id": str(receiver.id), "asset": "USD", "amount": "2.00", "direction": "credit", "reason": "why"}
+    response = client.post(
+        "/api/v1/admin/adjustments", headers={**admin_headers, "Idempotency-Key": longest}, json=adjustment
+    )
+    assert response.status_code == 201, response.text
+    reversal = client.post(
+        f"/api/v1/admin/entries/{response.json()['entry_id']}/reversal",
+        headers={**admin_headers, "Idempotency-Key": "r" * 255},
+        json={"reason": "undo"},
+    )
+    assert reversal.status_code == 201, reversal.text
+    withdrawal = {"asset": "USD", "amount": "1.00", "destination": "DE89370400440532013000"}
+    response = client.post("/api/v1/withdrawals", headers={**headers, "Idempotency-Key": "w" * 255}, json=withdrawal)
+    assert response.status_code == 201, response.text
+    usd = {
+        line["asset"]: line
+        for line in client.get("/api/v1/wallets", headers=bearer(settings, sender)).json()["wallets"]
+    }
+    assert usd["USD"]["available"] == "98.00"  # 100.00 - 1.00 sent once - 1.00 held for the withdrawal
+    assert usd["USD"]["held"] == "1.00"
+    # A key that fits keeps the ledger key it always had (entries already posted replay);
+    # the longest is replaced by its hash.
+    short = client.post("/api/v1/transfers", headers={**headers, "Idempotency-Key": "short-key"}, json=transfer)
+    assert short.status_code == 201, short.text
+    with unit_of_work(database) as session:
+        keys = {
+            entry.id: entry.idempotency_key
+            for entry in session.scalars(
+                select(JournalEntry).where(
+                    JournalEntry.id.in_([uuid.UUID(first.json()["entry_id"]), uuid.UUID(short.json()["entry_id"])])
+                )
+            )
+        }
+    assert keys[uuid.UUID(short.json()["entry_id"])] == f"transfer:{sender.id}:short-key"
+    assert (
+        keys[uuid.UUID(first.json()["entry_id"])]
+        == f"transfer:{sender.id}:sha256:{hashlib.sha256(longest.encode()).hexdigest()}"
+    )

@@ -8,6 +8,7 @@ stores the response in the request's transaction. See
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from bourse.identity.dependencies import CurrentPrincipal
 from bourse.settings import Settings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# The ledger's own idempotency keys are at most this long (journal_entries.idempotency_key).
+LEDGER_KEY_MAX = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,18 @@ class IdempotentRequest:
     user_id: uuid.UUID
     key: str
     ttl: timedelta
+
+    def ledger_key(self, operation: str) -> str:
+        """The ledger's idempotency key for this request: ``operation:user:key``.
+
+        The ledger's keys are at most 255 characters, as the client's key may be on its
+        own; a key that would not fit with the rest is replaced by its SHA-256, so every
+        valid key maps to one ledger key, always the same.
+        """
+        scoped = f"{operation}:{self.user_id}:{self.key}"
+        if len(scoped) <= LEDGER_KEY_MAX:
+            return scoped
+        return f"{operation}:{self.user_id}:sha256:{hashlib.sha256(self.key.encode()).hexdigest()}"
 
     def run(self, payload: BaseModel, produce: Callable[[], Any], *, status_code: int = 200) -> JSONResponse:
         """Replay the stored response for this key, or produce, store and return a new one."""

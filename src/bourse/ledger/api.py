@@ -231,9 +231,7 @@ def create_transfer(
             to_user=body.to_user_id,
             asset=asset.code,
             amount=amount,
-            context=_context(
-                request, service.user_actor(principal.user_id), f"transfer:{principal.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(principal.user_id), idempotent.ledger_key("transfer")),
         )
         return TransferOut(
             entry_id=posted.entry_id,
@@ -270,9 +268,7 @@ def create_adjustment(
             amount=amount,
             credit=body.direction is Direction.credit,
             reason=reason,
-            context=_context(
-                request, service.user_actor(operator.user_id), f"adjustment:{operator.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("adjustment")),
         )
         return AdjustmentOut(
             entry_id=posted.entry_id,
@@ -303,9 +299,7 @@ def reverse(  # noqa: PLR0917 - FastAPI passes dependencies by name
             session,
             entry_id=entry_id,
             reason=body.reason.strip(),
-            context=_context(
-                request, service.user_actor(operator.user_id), f"reversal:{operator.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("reversal")),
         )
         return ReversalOut(entry_id=posted.entry_id, reverses_id=entry_id, created_at=posted.created_at)
 

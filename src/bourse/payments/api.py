@@ -275,7 +275,7 @@ def create_withdrawal(
             connector=connector,
             totp_code=body.totp_code,
             actor=_actor(request, principal),
-            idempotency_key=f"withdrawal:{principal.user_id}:{idempotent.key}",
+            idempotency_key=idempotent.ledger_key("withdrawal"),
         )
         return _withdrawal_out(session, withdrawal)
 

@@ -107,7 +107,7 @@ def place_order(
             quote_budget_text=body.quote_budget,
             client_order_id=body.client_order_id,
             stp=body.stp,
-            context=_context(request, principal, f"order:{principal.user_id}:{idempotent.key}"),
+            context=_context(request, principal, idempotent.ledger_key("order")),
             fees=service.fees_from_settings(settings),
         )
         return _order_out(session, order, principal, trades)
