@@ -69,6 +69,10 @@ alembic-check: $(STAMP) ## Fail if the models and the migrations have drifted ap
 .PHONY: check
 check: lint format-check typecheck alembic-check ## All static checks: lint, format, types, migrations
 
+.PHONY: schemathesis
+schemathesis: $(STAMP) ## Fuzz the running API against its OpenAPI schema (scratch PostgreSQL database): no 5xx, nothing undocumented
+	@bash .ci/schemathesis
+
 BENCH_DB ?= postgresql://postgres@127.0.0.1:5432/bourse_bench
 BENCH_CLIENTS ?= 8
 BENCH_SECONDS ?= 20

@@ -7,8 +7,10 @@ raise these; the API renders them as ``{"error": code, "detail": message,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import ClassVar, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class BourseError(Exception):
@@ -51,6 +53,39 @@ class TemporarilyUnavailable(BourseError):
         super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
 
 
+_REFUSALS_ATTRIBUTE = "__bourse_refusals__"
+
+
+def raises(*errors: type[BourseError]) -> Callable[[F], F]:
+    """Declare the refusals an endpoint or a dependency may raise; returns the function unchanged.
+
+    The OpenAPI schema documents, for each operation, the codes declared by its
+    endpoint and by every dependency it uses (see :mod:`bourse.api.openapi`), so a
+    client knows each status and code it may get. A class stands for itself only:
+    use :func:`family` for a base class and all its subclasses.
+    """
+
+    def declare(function: F) -> F:
+        setattr(function, _REFUSALS_ATTRIBUTE, (*declared_refusals(function), *errors))
+        return function
+
+    return declare
+
+
+def declared_refusals(function: object) -> tuple[type[BourseError], ...]:
+    """What :func:`raises` declared on ``function`` (nothing if it declared nothing)."""
+    declared: tuple[type[BourseError], ...] = getattr(function, _REFUSALS_ATTRIBUTE, ())
+    return declared
+
+
+def family(error: type[BourseError]) -> tuple[type[BourseError], ...]:
+    """``error`` and every subclass of it defined so far, for :func:`raises`."""
+    found: list[type[BourseError]] = [error]
+    for sub in error.__subclasses__():
+        found.extend(item for item in family(sub) if item not in found)
+    return tuple(found)
+
+
 # Pydantic error types that are reported as their own top-level error code
 # rather than the generic ``validation_error`` (e.g. ``amount_must_be_string``).
 _FIELD_ERROR_CODES: set[str] = set()
@@ -60,6 +95,16 @@ def field_error_code(code: str) -> str:
     """Declare a custom pydantic error type as a stable API error code; returns it."""
     _FIELD_ERROR_CODES.add(code)
     return code
+
+
+# The JSON-schema keyword that names the field error codes a type's validator may give
+# (422), so that the OpenAPI schema lists them for every operation taking such a field.
+FIELD_CODES_KEYWORD = "x-error-codes"
+
+
+def refused_with(*codes: str) -> dict[str, list[str]]:
+    """``json_schema_extra`` for a field type whose validator raises ``codes`` (see above)."""
+    return {FIELD_CODES_KEYWORD: sorted(codes)}
 
 
 def is_field_error_code(code: str) -> bool:

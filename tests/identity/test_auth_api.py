@@ -55,7 +55,11 @@ def test_register_login_me_refresh_logout(client: TestClient, settings: Settings
 def test_login_email_is_normalised(client: TestClient) -> None:
     email = unique_email()
     register(client, email=email)
-    assert login(client, f" {email.upper()}\t")["access_token"]
+    assert login(client, f" {email.upper()}  ")["access_token"]
+    # Spaces are trimmed; a control character (a tab here) is refused, never stripped.
+    refused = client.post(f"{AUTH}/login", json={"email": f"{email}\t", "password": PASSWORD})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"] == "control_character"
 
 
 def test_refresh_tokens_are_stored_only_as_hashes(client: TestClient, database: Database) -> None:

@@ -155,3 +155,19 @@ def test_matching_step_window() -> None:
         assert totp.matching_step(secret, pyotp.TOTP(secret).at(now, counter_offset=offset), now) == current + offset
     for bad in ("", "12345", "1234567", "abcdef"):
         assert totp.matching_step(secret, bad, now) is None
+
+
+# Arabic-Indic, fullwidth, and a superscript: all str.isdigit(), none ASCII.
+@pytest.mark.parametrize(
+    "code", ["\u0661\u0662\u0663\u0664\u0665\u0666", "\uff11\uff12\uff13\uff14\uff15\uff16", "12345\u00b2"]
+)
+def test_a_code_of_other_digits_is_wrong_not_a_500(client: TestClient, code: str) -> None:
+    """Six characters that are digits to str.isdigit() but not ASCII: comparing them with
+    hmac.compare_digest raised TypeError (a 500). They are simply a wrong code."""
+    email = unique_email()
+    register(client, email=email)
+    headers = auth_header(login(client, email)["access_token"])
+    assert client.post(f"{AUTH}/totp/enrol", headers=headers).status_code == 200
+    response = client.post(f"{AUTH}/totp/confirm", headers=headers, json={"code": code})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_totp_code"

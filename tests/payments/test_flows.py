@@ -92,6 +92,7 @@ def test_a_deposit_when_the_psp_is_down_keeps_nothing(stack: Stack) -> None:
     refused = stack.api("POST", "/api/v1/deposits", user, json=body, headers={"Idempotency-Key": key})
     assert refused.status_code == 503
     assert refused.json()["error"] == "psp_unavailable"
+    assert refused.headers["retry-after"] == "5"  # retryable, as every 503
     assert stack.api("GET", "/api/v1/deposits", user).json()["data"] == []
     # The same key works once the provider is back.
     retried = stack.api("POST", "/api/v1/deposits", user, json=body, headers={"Idempotency-Key": key})

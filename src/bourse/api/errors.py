@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bourse.api.openapi import install_openapi
 from bourse.dberrors import transient_failure
 from bourse.errors import BourseError, is_field_error_code
 
@@ -103,6 +104,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as above, and document exactly that in the OpenAPI schema."""
+    install_openapi(app)
     app.add_exception_handler(BourseError, _bourse_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

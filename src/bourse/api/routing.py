@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from bourse.api.capacity import ConnectionLeases, DatabaseBusy
+from bourse.api.input_check import InputCheck
 from bourse.db import Database
 from bourse.dberrors import transient_failure
 from bourse.errors import BourseError
@@ -76,10 +77,12 @@ class TransactionalRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None
+        check_inputs = InputCheck(self)
 
         async def transactional_handler(request: Request) -> Response:
             if expects_json and _has_body(request) and not _is_json(request.headers.get("content-type")):
                 raise UnsupportedMediaType("This endpoint accepts application/json bodies only")
+            await check_inputs(request)
             request.scope[_BOUNDARY_KEY] = True
             try:
                 response = await handler(request)

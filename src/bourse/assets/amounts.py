@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from bourse.errors import BourseError, field_error_code
+from bourse.errors import BourseError, field_error_code, refused_with
 
 MAX_SCALE = 8
 INT64_MAX = 2**63 - 1
@@ -124,5 +124,14 @@ def _must_be_string(value: Any) -> Any:
 AmountText = Annotated[
     str,
     BeforeValidator(_must_be_string),
-    Field(description='A decimal string in the asset\'s units, e.g. "12.50"', examples=["12.50"]),
+    Field(
+        description='A decimal string in the asset\'s units, e.g. "12.50"',
+        examples=["12.50"],
+        # The grammar, for clients and schema checks; parse_amount() enforces it with its own codes.
+        json_schema_extra={
+            "pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$",
+            "maxLength": _MAX_TEXT,
+            **refused_with(_MUST_BE_STRING, _INVALID),
+        },
+    ),
 ]

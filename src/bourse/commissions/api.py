@@ -6,7 +6,6 @@ Another IB's payout is a 404, like one that does not exist.
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -16,7 +15,7 @@ from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import format_amount
 from bourse.assets.models import Asset
 from bourse.commissions import service
-from bourse.commissions.errors import InvalidPeriod
+from bourse.commissions.errors import InvalidPeriod, PayoutNotFound
 from bourse.commissions.models import CommissionPayout
 from bourse.commissions.schemas import (
     CommissionLineOut,
@@ -26,8 +25,10 @@ from bourse.commissions.schemas import (
     PayoutOut,
     PayoutsOut,
 )
+from bourse.errors import raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
+from bourse.inputs import Day, Offset
 
 ib_commissions = router(prefix="/api/v1/ib", tags=["ib"])
 
@@ -47,13 +48,14 @@ def _payout_out(session: Session, payout: CommissionPayout) -> PayoutOut:
     )
 
 
+@raises(InvalidPeriod)
 @ib_commissions.get("/commissions", summary="My commissions summed per day, client or instrument (IB)")
 def commissions(
     session: DbSession,
     principal: Ib,
     group_by: GroupBy = "day",
-    start: Annotated[date | None, Query(alias="from", description="First UTC trading day, inclusive")] = None,
-    end: Annotated[date | None, Query(alias="to", description="Last UTC trading day, inclusive")] = None,
+    start: Annotated[Day | None, Query(alias="from", description="First UTC trading day, inclusive")] = None,
+    end: Annotated[Day | None, Query(alias="to", description="Last UTC trading day, inclusive")] = None,
 ) -> CommissionsOut:
     if start is not None and end is not None and start > end:
         raise InvalidPeriod("'from' is after 'to'")
@@ -74,17 +76,14 @@ def payouts(
     session: DbSession,
     principal: Ib,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> PayoutsOut:
     found = service.list_payouts(session, principal.user_id, limit=limit, offset=offset)
     return PayoutsOut(payouts=[_payout_out(session, payout) for payout in found])
 
 
-@ib_commissions.get(
-    "/payouts/{payout_id}",
-    summary="One of my commission payouts, with its statement (IB)",
-    responses={404: {"description": "payout_not_found"}},
-)
+@raises(PayoutNotFound)
+@ib_commissions.get("/payouts/{payout_id}", summary="One of my commission payouts, with its statement (IB)")
 def payout(payout_id: uuid.UUID, session: DbSession, principal: Ib) -> PayoutDetailOut:
     found = service.get_payout(session, payout_id, ib_user_id=principal.user_id)
     return PayoutDetailOut(**_payout_out(session, found).model_dump(), statement=found.statement)

@@ -8,6 +8,7 @@ stores the response in the request's transaction. See
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession
+from bourse.errors import raises
 from bourse.idempotency import service
 from bourse.identity.dependencies import CurrentPrincipal
 from bourse.settings import Settings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# The ledger's own idempotency keys are at most this long (journal_entries.idempotency_key).
+LEDGER_KEY_MAX = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,18 @@ class IdempotentRequest:
     user_id: uuid.UUID
     key: str
     ttl: timedelta
+
+    def ledger_key(self, operation: str) -> str:
+        """The ledger's idempotency key for this request: ``operation:user:key``.
+
+        The ledger's keys are at most 255 characters, as the client's key may be on its
+        own; a key that would not fit with the rest is replaced by its SHA-256, so every
+        valid key maps to one ledger key, always the same.
+        """
+        scoped = f"{operation}:{self.user_id}:{self.key}"
+        if len(scoped) <= LEDGER_KEY_MAX:
+            return scoped
+        return f"{operation}:{self.user_id}:sha256:{hashlib.sha256(self.key.encode()).hexdigest()}"
 
     def run(self, payload: BaseModel, produce: Callable[[], Any], *, status_code: int = 200) -> JSONResponse:
         """Replay the stored response for this key, or produce, store and return a new one."""
@@ -59,6 +75,14 @@ class IdempotentRequest:
         return JSONResponse(body, status_code=status_code, headers={REPLAYED_HEADER: "false"})
 
 
+# The key is checked here; the replay, the refusal of a reused key and of one still
+# in flight come from IdempotentRequest.run.
+@raises(
+    service.IdempotencyKeyRequired,
+    service.IdempotencyKeyInvalid,
+    service.IdempotencyKeyReused,
+    service.IdempotencyInProgress,
+)
 def _idempotent_request(
     request: Request,
     session: DbSession,
@@ -68,6 +92,8 @@ def _idempotent_request(
         Header(
             description="A unique key per operation (e.g. a UUID). Retrying with the same key and body "
             "replays the first response instead of moving money again.",
+            # The key's grammar, for clients; check_key() enforces it with its own codes.
+            json_schema_extra={"pattern": "^[!-~]{1,255}$"},
         ),
     ] = None,
 ) -> IdempotentRequest:

@@ -6,8 +6,25 @@ from fastapi import FastAPI, Request, Response
 
 from bourse.api.routing import DbSession, LeasedDatabase, router
 from bourse.db import unit_of_work
+from bourse.errors import raises
 from bourse.identity import service
 from bourse.identity.dependencies import CurrentPrincipal
+from bourse.identity.errors import (
+    AccountLocked,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidEmail,
+    InvalidToken,
+    InvalidTotpCode,
+    PasswordContainsEmail,
+    PasswordTooLong,
+    PasswordTooShort,
+    ThrottleUnavailable,
+    TooManyAttempts,
+    TotpAlreadyEnabled,
+    TotpNotEnrolled,
+    TotpRequired,
+)
 from bourse.identity.models import Role, User
 from bourse.identity.passwords import hasher_for
 from bourse.identity.schemas import (
@@ -21,6 +38,7 @@ from bourse.identity.schemas import (
 )
 from bourse.identity.throttle import LoginThrottle, create_login_throttle
 from bourse.referrals import service as referrals
+from bourse.referrals.errors import UnknownReferralCode
 from bourse.settings import Settings
 
 auth = router(prefix="/api/v1/auth", tags=["auth"])
@@ -51,6 +69,7 @@ def _tokens(pair: service.TokenPair) -> TokenResponse:
     )
 
 
+@raises(UnknownReferralCode, InvalidEmail, EmailTaken, PasswordTooShort, PasswordTooLong, PasswordContainsEmail)
 @auth.post("/register", status_code=201, summary="Create a client account")
 def register(body: RegisterRequest, request: Request, session: DbSession) -> UserOut:
     """Self-registration always creates a ``client``; staff are created with ``bourse users create``.
@@ -72,6 +91,7 @@ def register(body: RegisterRequest, request: Request, session: DbSession) -> Use
     return _user_out(user)
 
 
+@raises(InvalidCredentials, TotpRequired, InvalidTotpCode, AccountLocked, TooManyAttempts, ThrottleUnavailable)
 @auth.post("/login", summary="Sign in with email and password (and TOTP code if enrolled)")
 def login(body: LoginRequest, request: Request, database: LeasedDatabase) -> TokenResponse:
     # No DbSession: login runs its own short transactions (see service.login).
@@ -88,6 +108,7 @@ def login(body: LoginRequest, request: Request, database: LeasedDatabase) -> Tok
     return _tokens(pair)
 
 
+@raises(InvalidToken, AccountLocked)
 @auth.post("/refresh", summary="Exchange a refresh token for new tokens (the old one is used up)")
 def refresh(body: RefreshRequest, request: Request, database: LeasedDatabase) -> TokenResponse:
     reused: service.RefreshTokenReused | None = None
@@ -116,18 +137,21 @@ def me(principal: CurrentPrincipal, session: DbSession) -> UserOut:
     return _user_out(service.get_user(session, principal.user_id))
 
 
+@raises(TotpAlreadyEnabled)
 @auth.post("/totp/enrol", summary="Start two-factor enrolment: returns the secret to load into an app")
 def totp_enrol(principal: CurrentPrincipal, request: Request, session: DbSession) -> TotpEnrolmentResponse:
     enrolment = service.start_totp_enrolment(session, _settings(request), principal.user_id)
     return TotpEnrolmentResponse(secret=enrolment.secret, provisioning_uri=enrolment.provisioning_uri)
 
 
+@raises(TotpAlreadyEnabled, TotpNotEnrolled, InvalidTotpCode)
 @auth.post("/totp/confirm", summary="Turn two-factor on with a code from the app")
 def totp_confirm(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
     service.confirm_totp(session, _settings(request), principal.user_id, body.code)
     return _user_out(service.get_user(session, principal.user_id))
 
 
+@raises(TotpNotEnrolled, InvalidTotpCode)
 @auth.post("/totp/disable", summary="Turn two-factor off with a current code")
 def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
     service.disable_totp(session, _settings(request), principal.user_id, body.code)

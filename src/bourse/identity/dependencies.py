@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from bourse.api.routing import DbSession
+from bourse.errors import raises
 from bourse.identity.errors import AccountLocked, Forbidden, InvalidToken
 from bourse.identity.models import Role, User, UserStatus
 from bourse.identity.tokens import decode_access_token
@@ -46,6 +47,7 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+@raises(InvalidToken, AccountLocked)
 def current_principal(request: Request, session: DbSession) -> Principal:
     """The caller, from a valid access token, checked against the user's current state.
 
@@ -74,6 +76,7 @@ def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
     allowed = frozenset(roles)
     names = ", ".join(sorted(role.value for role in allowed))
 
+    @raises(Forbidden)
     def dependency(principal: CurrentPrincipal) -> Principal:
         if principal.role not in allowed:
             raise Forbidden(f"This needs one of the roles: {names}")

@@ -94,7 +94,9 @@ def matching_step(secret: str, code: str, now: datetime) -> int | None:
     The caller stores the step so that a code is accepted at most once.
     """
     code = code.strip()
-    if len(code) != CODE_DIGITS or not code.isdigit():
+    # ASCII digits only: str.isdigit() admits other scripts' digits, which
+    # hmac.compare_digest refuses to compare.
+    if len(code) != CODE_DIGITS or not (code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret)
     current = totp.timecode(now)

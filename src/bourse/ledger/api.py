@@ -18,14 +18,22 @@ from sqlalchemy.orm import Session
 from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
 from bourse.assets import service as assets
-from bourse.assets.amounts import format_amount, parse_amount
+from bourse.assets.amounts import AmountError, AmountTooLarge, format_amount, parse_amount
 from bourse.assets.models import Asset
-from bourse.errors import BourseError
+from bourse.errors import BourseError, family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
 from bourse.ledger import queries, service
-from bourse.ledger.errors import UnknownUser
+from bourse.ledger.errors import (
+    AccountNotFound,
+    EntryAlreadyReversed,
+    EntryNotFound,
+    EntryNotReversible,
+    HoldNotFound,
+    InsufficientFunds,
+    UnknownUser,
+)
 from bourse.ledger.models import Hold
 from bourse.ledger.schemas import (
     AdjustmentIn,
@@ -101,11 +109,13 @@ def list_assets(session: DbSession) -> list[AssetOut]:
     return [_asset_out(asset) for asset in assets.list_assets(session)]
 
 
+@raises(assets.InvalidAsset, assets.AssetExists)
 @admin.post("/assets", status_code=201, summary="Create an asset (admin)")
 def create_asset(body: AssetIn, session: DbSession, _: Admin) -> AssetOut:
     return _asset_out(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
 
 
+@raises(assets.UnknownAsset)
 @admin.patch("/assets/{code}", summary="Activate or deactivate an asset (admin)")
 def update_asset(code: str, body: AssetPatch, session: DbSession, _: Admin) -> AssetOut:
     return _asset_out(assets.set_asset_active(session, code, active=body.active))
@@ -130,6 +140,7 @@ def wallets(session: DbSession, principal: CurrentPrincipal) -> WalletsOut:
     )
 
 
+@raises(AccountNotFound, queries.InvalidCursor)
 @ledger.get("/accounts/{account_id}/postings", summary="An account statement, newest first")
 def account_postings(
     account_id: uuid.UUID,
@@ -160,6 +171,7 @@ def account_postings(
     )
 
 
+@raises(EntryNotFound)
 @ledger.get("/entries/{entry_id}", summary="A journal entry")
 def entry(entry_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> EntryOut:
     detail = queries.entry_detail(session, entry_id, _viewer(principal))
@@ -193,6 +205,7 @@ def list_holds(
     return HoldsOut(holds=[_hold_out(hold, scales[hold.asset]) for hold in found])
 
 
+@raises(HoldNotFound)
 @ledger.get("/holds/{hold_id}", summary="A hold")
 def get_hold(hold_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> HoldOut:
     hold = queries.visible_hold(session, hold_id, _viewer(principal))
@@ -202,13 +215,8 @@ def get_hold(hold_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal
 # -- Moving money ---------------------------------------------------------------------
 
 
-@ledger.post(
-    "/transfers",
-    status_code=201,
-    summary="Send money to another user",
-    response_model=TransferOut,
-    responses={409: {"description": "insufficient_funds or idempotency_in_progress"}},
-)
+@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), SelfTransfer, UnknownUser, InsufficientFunds)
+@ledger.post("/transfers", status_code=201, summary="Send money to another user", response_model=TransferOut)
 def create_transfer(
     body: TransferIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
 ) -> JSONResponse:
@@ -223,9 +231,7 @@ def create_transfer(
             to_user=body.to_user_id,
             asset=asset.code,
             amount=amount,
-            context=_context(
-                request, service.user_actor(principal.user_id), f"transfer:{principal.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(principal.user_id), idempotent.ledger_key("transfer")),
         )
         return TransferOut(
             entry_id=posted.entry_id,
@@ -239,6 +245,7 @@ def create_transfer(
     return idempotent.run(body, produce, status_code=201)
 
 
+@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), UnknownUser, InsufficientFunds)
 @admin.post(
     "/adjustments",
     status_code=201,
@@ -261,9 +268,7 @@ def create_adjustment(
             amount=amount,
             credit=body.direction is Direction.credit,
             reason=reason,
-            context=_context(
-                request, service.user_actor(operator.user_id), f"adjustment:{operator.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("adjustment")),
         )
         return AdjustmentOut(
             entry_id=posted.entry_id,
@@ -279,6 +284,7 @@ def create_adjustment(
     return idempotent.run(body, produce, status_code=201)
 
 
+@raises(EntryNotFound, EntryNotReversible, EntryAlreadyReversed, InsufficientFunds, AmountTooLarge)
 @admin.post(
     "/entries/{entry_id}/reversal",
     status_code=201,
@@ -293,9 +299,7 @@ def reverse(  # noqa: PLR0917 - FastAPI passes dependencies by name
             session,
             entry_id=entry_id,
             reason=body.reason.strip(),
-            context=_context(
-                request, service.user_actor(operator.user_id), f"reversal:{operator.user_id}:{idempotent.key}"
-            ),
+            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("reversal")),
         )
         return ReversalOut(entry_id=posted.entry_id, reverses_id=entry_id, created_at=posted.created_at)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +20,12 @@ from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
 from bourse.errors import BourseError
+from bourse.inputs import INT64_MAX
 from bourse.ledger.errors import AccountNotFound, EntryNotFound, HoldNotFound
 from bourse.ledger.models import USER_KINDS, Account, AccountKind, Hold, HoldState, JournalEntry, Posting
 
 MAX_PAGE = 200
+_SEQ = re.compile(r"[0-9]{1,19}")  # a posting's seq: a BIGINT (ASCII digits only)
 
 
 class InvalidCursor(BourseError):
@@ -116,7 +119,7 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor("The cursor is not one this API returned") from None
     prefix, _, number = raw.partition(":")
-    if prefix != "seq" or not number.isdigit() or len(number) > 19:  # noqa: PLR2004 - digits of an int64
+    if prefix != "seq" or not _SEQ.fullmatch(number) or int(number) > INT64_MAX:
         raise InvalidCursor("The cursor is not one this API returned")
     return int(number)
 

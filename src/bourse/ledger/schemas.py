@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bourse.assets.amounts import AmountText
+from bourse.inputs import JsonInt
 from bourse.ledger.models import AccountKind, HoldState
 
 
@@ -26,7 +27,7 @@ class AssetOut(BaseModel):
 
 class AssetIn(_In):
     code: str = Field(description="2 to 12 upper-case letters and digits, e.g. USD or BTC")
-    scale: int = Field(description="Decimals of the asset, 0 to 8. It can never change later.")
+    scale: JsonInt = Field(description="Decimals of the asset, 0 to 8. It can never change later.")
     name: str
 
 

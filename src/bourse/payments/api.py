@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -21,14 +21,29 @@ from sqlalchemy.orm import Session
 from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
 from bourse.assets import service as assets
-from bourse.assets.amounts import format_amount, parse_amount
+from bourse.assets.amounts import AmountError, format_amount, parse_amount
+from bourse.errors import family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
+from bourse.identity.errors import InvalidTotpCode, TotpRequired
 from bourse.identity.models import Role
+from bourse.inputs import Timestamp
+from bourse.ledger.errors import InsufficientFunds
 from bourse.logging import get_logger
 from bourse.payments import deposits, events, reconcile, withdrawals
 from bourse.payments.common import Actor, audit_trail, connector_named
-from bourse.payments.errors import ReportNotFound
+from bourse.payments.errors import (
+    AlreadyApproved,
+    CoolingOff,
+    DailyLimitExceeded,
+    DepositNotFound,
+    InvalidState,
+    ReportNotFound,
+    SelfApproval,
+    UnknownConnector,
+    WithdrawalNotFound,
+    WithdrawalsBlocked,
+)
 from bourse.payments.models import Deposit, DepositState, ReconciliationReport, Withdrawal, WithdrawalState
 from bourse.payments.schemas import (
     ApprovalOut,
@@ -46,7 +61,16 @@ from bourse.payments.schemas import (
     WithdrawalOut,
     WithdrawalsOut,
 )
-from bourse.psp.connectors.base import Capability, InvalidSignature
+from bourse.psp.connectors.base import (
+    Capability,
+    ConnectorError,
+    ExpiredSignature,
+    InvalidSignature,
+    MalformedEvent,
+    PspRefused,
+    PspUnavailable,
+    Unsupported,
+)
 from bourse.settings import Settings
 
 log = get_logger("bourse.payments.api")
@@ -58,6 +82,17 @@ payments_admin = router(prefix="/api/v1/admin", tags=["payments admin"])
 
 Staff = Annotated[Principal, Depends(require_roles(Role.operator, Role.admin))]
 Limit = Annotated[int, Query(ge=1, le=200)]
+# A connector is named and then called: it may be unknown, unable, or fail.
+CONNECTOR = (UnknownConnector, Unsupported)
+PROVIDER = (ConnectorError, PspRefused, PspUnavailable)
+# The webhook's body is the provider's signed event, read as bytes before any parsing.
+_EVENT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The provider's event, exactly as signed",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 def _settings(request: Request) -> Settings:
@@ -156,12 +191,12 @@ def _next_before(rows: list[Deposit] | list[Withdrawal], limit: int) -> datetime
 # --- Deposits --------------------------------------------------------------------------
 
 
+@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), *CONNECTOR, *PROVIDER)
 @payments.post(
     "/deposits",
     status_code=201,
-    summary="Start a deposit: returns the provider's checkout URL",
+    summary="Start a deposit: returns the provider's checkout URL (on psp_unavailable nothing was kept: retry)",
     response_model=DepositOut,
-    responses={503: {"description": "psp_unavailable: nothing was kept, retry with the same key"}},
 )
 def create_deposit(
     body: DepositIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
@@ -188,13 +223,14 @@ def list_deposits(
     session: DbSession,
     principal: CurrentPrincipal,
     state: Annotated[list[DepositState] | None, Query()] = None,
-    before: datetime | None = None,
+    before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> DepositsOut:
     rows = deposits.listing(session, user_id=principal.user_id, states=state or (), before=before, limit=limit)
     return DepositsOut(data=[_deposit_out(session, d) for d in rows], next_before=_next_before(rows, limit))
 
 
+@raises(DepositNotFound)
 @payments.get("/deposits/{deposit_id}", summary="One of my deposits", response_model=DepositOut)
 def get_deposit(deposit_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> DepositOut:
     return _deposit_out(session, deposits.get(session, deposit_id, user_id=principal.user_id))
@@ -203,17 +239,22 @@ def get_deposit(deposit_id: uuid.UUID, session: DbSession, principal: CurrentPri
 # --- Withdrawals -----------------------------------------------------------------------
 
 
+@raises(
+    assets.UnknownAsset,
+    *family(AmountError),
+    *CONNECTOR,
+    TotpRequired,
+    InvalidTotpCode,
+    InsufficientFunds,
+    WithdrawalsBlocked,
+    CoolingOff,
+    DailyLimitExceeded,
+)
 @payments.post(
     "/withdrawals",
     status_code=201,
     summary="Ask to withdraw: the funds are held at once",
     response_model=WithdrawalOut,
-    responses={
-        409: {
-            "description": "insufficient_funds, withdrawals_blocked, withdrawal_cooling_off, "
-            "daily_limit_exceeded or idempotency_in_progress"
-        }
-    },
 )
 def create_withdrawal(
     body: WithdrawalIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
@@ -234,7 +275,7 @@ def create_withdrawal(
             connector=connector,
             totp_code=body.totp_code,
             actor=_actor(request, principal),
-            idempotency_key=f"withdrawal:{principal.user_id}:{idempotent.key}",
+            idempotency_key=idempotent.ledger_key("withdrawal"),
         )
         return _withdrawal_out(session, withdrawal)
 
@@ -246,18 +287,20 @@ def list_withdrawals(
     session: DbSession,
     principal: CurrentPrincipal,
     state: Annotated[list[WithdrawalState] | None, Query()] = None,
-    before: datetime | None = None,
+    before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> WithdrawalsOut:
     rows = withdrawals.listing(session, user_id=principal.user_id, states=state or (), before=before, limit=limit)
     return WithdrawalsOut(data=[_withdrawal_out(session, w) for w in rows], next_before=_next_before(rows, limit))
 
 
+@raises(WithdrawalNotFound)
 @payments.get("/withdrawals/{withdrawal_id}", summary="One of my withdrawals", response_model=WithdrawalOut)
 def get_withdrawal(withdrawal_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> WithdrawalOut:
     return _withdrawal_out(session, withdrawals.get(session, withdrawal_id, user_id=principal.user_id))
 
 
+@raises(WithdrawalNotFound, InvalidState)
 @payments.post(
     "/withdrawals/{withdrawal_id}/cancel",
     summary="Cancel my withdrawal while it waits for review; the funds are released",
@@ -303,11 +346,12 @@ async def _raw_body(request: Request) -> bytes:
     return await request.body()
 
 
+@raises(*CONNECTOR, InvalidSignature, ExpiredSignature, MalformedEvent)
 @inbox.post(
     "/{connector}/webhook",
-    summary="Provider events (signed); stored once, processed by the queue",
+    summary="Provider events (signed); stored once, processed by the queue (nothing is stored unless signed)",
     response_model=WebhookAck,
-    responses={401: {"description": "invalid_signature or signature_expired: nothing is stored"}},
+    openapi_extra=_EVENT_BODY,
 )
 def receive_webhook(
     connector: str, request: Request, session: DbSession, body: Annotated[bytes, Depends(_raw_body)]
@@ -342,13 +386,14 @@ def admin_list_withdrawals(
     _staff: Staff,
     state: Annotated[list[WithdrawalState] | None, Query()] = None,
     user_id: uuid.UUID | None = None,
-    before: datetime | None = None,
+    before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> WithdrawalsOut:
     rows = withdrawals.listing(session, user_id=user_id, states=state or (), before=before, limit=limit)
     return WithdrawalsOut(data=[_withdrawal_out(session, w) for w in rows], next_before=_next_before(rows, limit))
 
 
+@raises(WithdrawalNotFound)
 @payments_admin.get(
     "/withdrawals/{withdrawal_id}", summary="A withdrawal with its audit trail", response_model=WithdrawalOut
 )
@@ -356,6 +401,7 @@ def admin_get_withdrawal(withdrawal_id: uuid.UUID, session: DbSession, _staff: S
     return _withdrawal_out(session, withdrawals.get(session, withdrawal_id), with_audit=True)
 
 
+@raises(WithdrawalNotFound, SelfApproval, InvalidState, AlreadyApproved, WithdrawalsBlocked)
 @payments_admin.post(
     "/withdrawals/{withdrawal_id}/approve",
     summary="Approve a withdrawal (four eyes: never your own; two operators above the second threshold)",
@@ -374,6 +420,7 @@ def approve_withdrawal(
     return _withdrawal_out(session, withdrawal, with_audit=True)
 
 
+@raises(WithdrawalNotFound, InvalidState)
 @payments_admin.post(
     "/withdrawals/{withdrawal_id}/reject",
     summary="Reject a withdrawal with a reason; the funds are released",
@@ -392,13 +439,14 @@ def admin_list_deposits(
     _staff: Staff,
     state: Annotated[list[DepositState] | None, Query()] = None,
     user_id: uuid.UUID | None = None,
-    before: datetime | None = None,
+    before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> DepositsOut:
     rows = deposits.listing(session, user_id=user_id, states=state or (), before=before, limit=limit)
     return DepositsOut(data=[_deposit_out(session, d) for d in rows], next_before=_next_before(rows, limit))
 
 
+@raises(DepositNotFound)
 @payments_admin.get("/deposits/{deposit_id}", summary="A deposit with its audit trail", response_model=DepositOut)
 def admin_get_deposit(deposit_id: uuid.UUID, session: DbSession, _staff: Staff) -> DepositOut:
     return _deposit_out(session, deposits.get(session, deposit_id), with_audit=True)
@@ -411,6 +459,7 @@ def list_reports(session: DbSession, _staff: Staff, connector: str | None = None
     return ReportsOut(data=[_report_out(r) for r in reconcile.listing(session, connector=connector, limit=limit)])
 
 
+@raises(ReportNotFound)
 @payments_admin.get(
     "/reconciliation-reports/{report_id}", summary="One reconciliation report", response_model=ReportOut
 )
@@ -421,6 +470,7 @@ def get_report(report_id: uuid.UUID, session: DbSession, _staff: Staff) -> Repor
     return _report_out(report)
 
 
+@raises(*CONNECTOR, *PROVIDER)
 @payments_admin.post(
     "/reconciliation-reports",
     status_code=201,

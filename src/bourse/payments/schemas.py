@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bourse.assets.amounts import AmountText
+from bourse.inputs import Day
 from bourse.payments.models import DepositState, WithdrawalState
 
 
@@ -112,7 +113,7 @@ class WebhookAck(BaseModel):
 
 class ReconcileIn(_In):
     connector: ConnectorName
-    day: date
+    day: Day
 
 
 class ReportOut(BaseModel):

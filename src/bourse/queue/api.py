@@ -13,8 +13,10 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 
 from bourse.api.routing import DbSession, router
 from bourse.db import Database
+from bourse.errors import raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
+from bourse.inputs import Offset
 from bourse.logging import get_logger
 from bourse.queue import operations
 from bourse.queue.driver import Driver, make_driver
@@ -62,11 +64,12 @@ def list_failed(
     session: DbSession,
     _operator: Operator,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[FailedJobOut]:
     return [FailedJobOut(**row.as_dict()) for row in operations.list_failed(session, limit=limit, offset=offset)]
 
 
+@raises(operations.FailedJobNotFound)
 @admin_jobs.post("/failed/{ident}/retry", summary="Put a failed job (id or uuid), or `all`, back on its queue")
 def retry_failed(ident: str, session: DbSession, operator: Operator) -> RequeuedOut:
     ids = operations.retry(session, ident)
@@ -74,6 +77,7 @@ def retry_failed(ident: str, session: DbSession, operator: Operator) -> Requeued
     return RequeuedOut(requeued=ids)
 
 
+@raises(operations.FailedJobNotFound)
 @admin_jobs.delete("/failed/{ident}", status_code=204, summary="Forget one failed job (id or uuid)")
 def forget_failed(ident: str, session: DbSession, operator: Operator) -> Response:
     operations.forget(session, ident)

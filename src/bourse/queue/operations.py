@@ -7,6 +7,7 @@ removes the failed record in the same transaction.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -16,9 +17,12 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from bourse.errors import BourseError
+from bourse.inputs import INT64_MAX
 from bourse.queue.driver import Driver
 from bourse.queue.heartbeat import PROCESS_STALE_SECONDS
 from bourse.queue.models import FailedJob, QueueJob, QueueProcess
+
+_ID = re.compile(r"[0-9]{1,19}")
 
 
 class FailedJobNotFound(BourseError):
@@ -70,8 +74,9 @@ def list_failed(session: Session, *, limit: int = 100, offset: int = 0) -> list[
 
 
 def _find(session: Session, ident: str) -> FailedJob:
-    query = select(FailedJob).where(FailedJob.id == int(ident)) if ident.isdigit() else None
-    row = session.scalars(query).first() if query is not None else None
+    """The failed job ``ident`` names: its id (a BIGINT, in ASCII digits) or its uuid."""
+    by_id = _ID.fullmatch(ident) is not None and int(ident) <= INT64_MAX
+    row = session.scalars(select(FailedJob).where(FailedJob.id == int(ident))).first() if by_id else None
     if row is None:
         row = session.scalars(select(FailedJob).where(FailedJob.uuid == ident)).first()
     if row is None:

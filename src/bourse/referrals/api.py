@@ -13,10 +13,23 @@ from typing import Annotated
 from fastapi import Depends, Query, Request, Response
 
 from bourse.api.routing import DbSession, router
+from bourse.errors import raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
+from bourse.inputs import Offset
 from bourse.referrals import service
-from bourse.referrals.errors import PlanNotFound
+from bourse.referrals.errors import (
+    IbNotFound,
+    InvalidReferralCode,
+    NotAnIb,
+    PlanExceedsFee,
+    PlanInvalid,
+    PlanNotFound,
+    PlanTooDeep,
+    ReferralCodeNotFound,
+    ReferralCodeTaken,
+    TooManyReferralCodes,
+)
 from bourse.referrals.models import PlanKind
 from bourse.referrals.schemas import (
     DownlineMemberOut,
@@ -64,12 +77,8 @@ def _plan_out(plan: service.Plan) -> PlanOut:
 # -- Referral codes -------------------------------------------------------------------
 
 
-@ib.post(
-    "/referral-codes",
-    status_code=201,
-    summary="Create a referral code (IB)",
-    responses={409: {"description": "referral_code_taken or too_many_referral_codes"}},
-)
+@raises(InvalidReferralCode, ReferralCodeTaken, TooManyReferralCodes)
+@ib.post("/referral-codes", status_code=201, summary="Create a referral code (IB)")
 def create_referral_code(session: DbSession, principal: Ib, body: ReferralCodeIn | None = None) -> ReferralCodeOut:
     row = service.create_code(session, principal.user_id, body.code if body is not None else None)
     return ReferralCodeOut(code=row.code, active=row.active, created_at=row.created_at, referred_users=0)
@@ -87,6 +96,7 @@ def list_referral_codes(session: DbSession, principal: Ib) -> ReferralCodesOut:
     )
 
 
+@raises(ReferralCodeNotFound)
 @ib.delete("/referral-codes/{code}", status_code=204, summary="Deactivate one of my referral codes (IB)")
 def deactivate_referral_code(code: str, session: DbSession, principal: Ib) -> Response:
     service.deactivate_code(session, principal.user_id, code)
@@ -101,7 +111,7 @@ def list_referrals(
     session: DbSession,
     principal: Ib,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ReferredUsersOut:
     return ReferredUsersOut(
         referrals=[
@@ -133,11 +143,8 @@ def referral_tree(request: Request, session: DbSession, principal: Ib) -> Downli
 # -- Commission plans (admin) ---------------------------------------------------------
 
 
-@ib_admin.put(
-    "/{ib_user_id}/plan",
-    summary="Replace an IB's commission plan (admin)",
-    responses={422: {"description": "plan_invalid, plan_too_deep, plan_exceeds_fee or not_an_ib"}},
-)
+@raises(PlanInvalid, PlanTooDeep, PlanExceedsFee, IbNotFound, NotAnIb)
+@ib_admin.put("/{ib_user_id}/plan", summary="Replace an IB's commission plan (admin)")
 def put_plan(ib_user_id: uuid.UUID, body: PlanIn, request: Request, session: DbSession, admin: Admin) -> PlanOut:
     if isinstance(body, PercentOfFeePlanIn):
         plan = service.set_plan(
@@ -160,6 +167,7 @@ def put_plan(ib_user_id: uuid.UUID, body: PlanIn, request: Request, session: DbS
     return _plan_out(plan)
 
 
+@raises(PlanNotFound)
 @ib_admin.get("/{ib_user_id}/plan", summary="An IB's current commission plan (admin)")
 def get_plan(ib_user_id: uuid.UUID, session: DbSession, _: Admin) -> PlanOut:
     plan = service.current_plan(session, ib_user_id)

@@ -11,10 +11,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from bourse.assets.amounts import AmountText
 from bourse.identity.models import Role
+from bourse.inputs import StrictJsonInt
 from bourse.referrals.models import PlanKind
 
 
@@ -70,7 +71,7 @@ class DownlineOut(BaseModel):
 
 class PercentOfFeePlanIn(_In):
     kind: Literal["percent_of_fee"]
-    levels: list[StrictInt] = Field(
+    levels: list[StrictJsonInt] = Field(
         max_length=64,
         description="Basis points of the client's fee per level, level 1 first; at most 10000 in all",
         examples=[[3000, 1000]],

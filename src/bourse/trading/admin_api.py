@@ -14,9 +14,13 @@ from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from bourse.api.routing import DbSession, router
+from bourse.commissions.errors import TradeNotFound
+from bourse.errors import raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
+from bourse.inputs import Id
 from bourse.trading import busts
+from bourse.trading.errors import UnknownInstrument
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 
 trading_admin = router(prefix="/api/v1/admin", tags=["trading admin"])
@@ -58,15 +62,12 @@ class OperatorBookOut(BaseModel):
     data: list[BookOrderOut] = Field(description="Bids best first, then asks best first; oldest first per price")
 
 
+@raises(TradeNotFound, busts.TradeAlreadyBusted, busts.BustInsufficientFunds, busts.InvalidBustReason)
 @trading_admin.post(
     "/trades/{trade_id}/bust",
     summary="Bust a trade: reverse its funds and claw back its commissions (operator, admin)",
-    responses={
-        404: {"description": "trade_not_found"},
-        409: {"description": "trade_already_busted, bust_insufficient_funds"},
-    },
 )
-def bust_trade(trade_id: int, body: BustIn, session: DbSession, operator: Staff) -> BustOut:
+def bust_trade(trade_id: Id, body: BustIn, session: DbSession, operator: Staff) -> BustOut:
     done = busts.bust_trade(session, trade_id, reason=body.reason, operator_id=operator.user_id)
     trade = done.trade
     if trade.busted_at is None or trade.bust_reason is None:
@@ -83,10 +84,9 @@ def bust_trade(trade_id: int, body: BustIn, session: DbSession, operator: Staff)
     )
 
 
+@raises(UnknownInstrument)
 @trading_admin.get(
-    "/instruments/{symbol}/orders",
-    summary="Every resting order of an instrument, in priority order (operator, admin)",
-    responses={404: {"description": "unknown_instrument"}},
+    "/instruments/{symbol}/orders", summary="Every resting order of an instrument, in priority order (operator, admin)"
 )
 def operator_book(symbol: str, session: DbSession, _: Staff) -> OperatorBookOut:
     orders = busts.operator_book(session, symbol)

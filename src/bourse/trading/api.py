@@ -12,9 +12,21 @@ from typing import Annotated
 from fastapi import Depends
 
 from bourse.api.routing import DbSession, router
+from bourse.assets.amounts import AmountError
+from bourse.assets.service import AssetInactive, UnknownAsset
+from bourse.errors import family, raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
 from bourse.trading import instruments as service
+from bourse.trading.errors import (
+    InstrumentExists,
+    InstrumentImmutableField,
+    InvalidInstrument,
+    InvalidPriceBand,
+    InvalidQuantityLimits,
+    ReasonRequired,
+    UnknownInstrument,
+)
 from bourse.trading.models import Instrument
 from bourse.trading.schemas import InstrumentIn, InstrumentOut, InstrumentPatch, StatusChangeIn, StatusChangeOut
 
@@ -54,13 +66,13 @@ def list_instruments(session: DbSession) -> list[InstrumentOut]:
     return [instrument_out(instrument) for instrument in service.list_instruments(session)]
 
 
-@instruments.get(
-    "/instruments/{symbol}", summary="An instrument (public)", responses={404: {"description": "unknown_instrument"}}
-)
+@raises(UnknownInstrument)
+@instruments.get("/instruments/{symbol}", summary="An instrument (public)")
 def get_instrument(symbol: str, session: DbSession) -> InstrumentOut:
     return instrument_out(service.get_instrument(session, symbol))
 
 
+@raises(*family(InvalidInstrument), UnknownAsset, AssetInactive, *family(AmountError), InstrumentExists)
 @instruments_admin.post("/instruments", status_code=201, summary="List a new instrument (admin)")
 def create_instrument(body: InstrumentIn, session: DbSession, _: Admin) -> InstrumentOut:
     return instrument_out(
@@ -79,10 +91,9 @@ def create_instrument(body: InstrumentIn, session: DbSession, _: Admin) -> Instr
     )
 
 
+@raises(UnknownInstrument, InstrumentImmutableField, *family(AmountError), InvalidQuantityLimits, InvalidPriceBand)
 @instruments_admin.patch(
-    "/instruments/{symbol}",
-    summary="Change an instrument's tick, lot, quantity limits or price band (admin)",
-    responses={409: {"description": "instrument_immutable_field"}},
+    "/instruments/{symbol}", summary="Change an instrument's tick, lot, quantity limits or price band (admin)"
 )
 def update_instrument(symbol: str, body: InstrumentPatch, session: DbSession, _: Admin) -> InstrumentOut:
     return instrument_out(
@@ -101,6 +112,7 @@ def update_instrument(symbol: str, body: InstrumentPatch, session: DbSession, _:
     )
 
 
+@raises(UnknownInstrument, ReasonRequired)
 @instruments_admin.post("/instruments/{symbol}/halt", summary="Halt trading on an instrument (operator, admin)")
 def halt_instrument(symbol: str, body: StatusChangeIn, session: DbSession, operator: Staff) -> StatusChangeOut:
     actor = _actor(operator)
@@ -108,6 +120,7 @@ def halt_instrument(symbol: str, body: StatusChangeIn, session: DbSession, opera
     return StatusChangeOut(instrument=instrument_out(instrument), reason=body.reason.strip(), actor=actor)
 
 
+@raises(UnknownInstrument, ReasonRequired)
 @instruments_admin.post("/instruments/{symbol}/resume", summary="Resume trading on an instrument (operator, admin)")
 def resume_instrument(symbol: str, body: StatusChangeIn, session: DbSession, operator: Staff) -> StatusChangeOut:
     actor = _actor(operator)

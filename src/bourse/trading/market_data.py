@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import format_amount
-from bourse.errors import BourseError
+from bourse.errors import BourseError, TemporarilyUnavailable, raises
+from bourse.inputs import Timestamp
+from bourse.trading.errors import UnknownInstrument
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 from bourse.trading.models import Instrument, Order, OrderStatus, Trade
 
@@ -122,8 +124,7 @@ def book_snapshot(session: Session, symbol: str, depth: int = DEFAULT_DEPTH) -> 
     raise BookBusy(f"The book of {symbol} changed during {_SNAPSHOT_ATTEMPTS} reads; try again")
 
 
-class BookBusy(BourseError):
-    status_code = 503
+class BookBusy(TemporarilyUnavailable):
     code = "book_busy"
 
 
@@ -212,17 +213,18 @@ def candle_wire(instrument: Instrument, candle: Candle) -> dict[str, Any]:
 # -- Endpoints (public) ---------------------------------------------------------------------
 
 market_data = router(prefix="/api/v1", tags=["market data"])
-_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "unknown_instrument"}}
 
 
-@market_data.get("/instruments/{symbol}/book", summary="Order book snapshot (public)", responses=_UNKNOWN)
+@raises(UnknownInstrument, BookBusy)
+@market_data.get("/instruments/{symbol}/book", summary="Order book snapshot (public)")
 def get_book(
     symbol: str, session: DbSession, depth: Annotated[int, Query(ge=1, le=MAX_DEPTH)] = DEFAULT_DEPTH
 ) -> dict[str, Any]:
     return book_snapshot(session, symbol, depth).wire()
 
 
-@market_data.get("/instruments/{symbol}/trades", summary="Recent trades, newest first (public)", responses=_UNKNOWN)
+@raises(UnknownInstrument)
+@market_data.get("/instruments/{symbol}/trades", summary="Recent trades, newest first (public)")
 def get_trades(
     symbol: str, session: DbSession, limit: Annotated[int, Query(ge=1, le=MAX_TRADES)] = 100
 ) -> dict[str, Any]:
@@ -233,20 +235,15 @@ def get_trades(
     }
 
 
-@market_data.get(
-    "/instruments/{symbol}/candles",
-    summary="OHLCV candles, oldest first (public)",
-    responses={**_UNKNOWN, 422: {"description": "invalid_interval"}},
-)
+@raises(UnknownInstrument, InvalidInterval)
+@market_data.get("/instruments/{symbol}/candles", summary="OHLCV candles, oldest first (public)")
 def get_candles(
     symbol: str,
     session: DbSession,
     interval: str = "1m",
     limit: Annotated[int, Query(ge=1, le=MAX_CANDLES)] = 100,
-    end: datetime | None = None,
+    end: Timestamp | None = None,
 ) -> dict[str, Any]:
-    if end is not None and end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)
     instrument = get_instrument(session, symbol)
     rows = candles(session, symbol, interval, limit, end)
     return {"instrument": symbol, "interval": interval, "data": [candle_wire(instrument, row) for row in rows]}

@@ -14,12 +14,23 @@ from sqlalchemy.orm import Session
 
 from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
-from bourse.assets.amounts import format_amount
+from bourse.assets.amounts import AmountError, format_amount
+from bourse.errors import family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal
+from bourse.inputs import Id
 from bourse.ledger import service as ledger
+from bourse.ledger.errors import InsufficientFunds
 from bourse.settings import Settings
 from bourse.trading import service
+from bourse.trading.errors import (
+    InvalidOrder,
+    MarketHalted,
+    OrderNotFound,
+    OrderNotOpen,
+    OrderRuleError,
+    UnknownInstrument,
+)
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 from bourse.trading.models import Instrument, Order, Trade
 from bourse.trading.schemas import OrderIn, OrderOut, OrdersOut, TradeOut, TradesOut
@@ -76,6 +87,7 @@ def _order_out(session: Session, order: Order, principal: Principal, fills: list
     )
 
 
+@raises(UnknownInstrument, MarketHalted, InvalidOrder, *family(OrderRuleError), *family(AmountError), InsufficientFunds)
 @orders.post("/orders", status_code=201, summary="Place an order", response_model=OrderOut)
 def place_order(
     body: OrderIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
@@ -95,7 +107,7 @@ def place_order(
             quote_budget_text=body.quote_budget,
             client_order_id=body.client_order_id,
             stp=body.stp,
-            context=_context(request, principal, f"order:{principal.user_id}:{idempotent.key}"),
+            context=_context(request, principal, idempotent.ledger_key("order")),
             fees=service.fees_from_settings(settings),
         )
         return _order_out(session, order, principal, trades)
@@ -114,19 +126,22 @@ def list_orders(
     return OrdersOut(data=[_order_out(session, order, principal) for order in rows])
 
 
+@raises(OrderNotFound)
 @orders.get("/orders/{order_id}", summary="One of my orders, with its fills", response_model=OrderOut)
-def get_order(order_id: int, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
+def get_order(order_id: Id, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
     order = service.get_order(session, order_id, user_id=principal.user_id)
     return _order_out(session, order, principal, service.trades_of_order(session, order.id))
 
 
+@raises(OrderNotFound, OrderNotOpen)
 @orders.delete("/orders/{order_id}", summary="Cancel one of my orders", response_model=OrderOut)
-def cancel_order(order_id: int, request: Request, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
+def cancel_order(order_id: Id, request: Request, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
     context = _context(request, principal, f"cancel:{order_id}")
     order = service.cancel_order(session, user_id=principal.user_id, order_id=order_id, context=context)
     return _order_out(session, order, principal)
 
 
+@raises(UnknownInstrument)
 @orders.delete("/orders", summary="Cancel all my open orders (on one instrument)", response_model=OrdersOut)
 def cancel_all(
     request: Request, session: DbSession, principal: CurrentPrincipal, instrument: str | None = None

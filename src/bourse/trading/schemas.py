@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from bourse.assets.amounts import AmountText
+from bourse.inputs import StrictJsonInt
 from bourse.trading.models import InstrumentStatus
 
 
@@ -35,12 +36,12 @@ class InstrumentIn(_In):
     symbol: str = Field(description="BASE-QUOTE, e.g. BTC-USD", examples=["BTC-EUR"])
     base_asset: str
     quote_asset: str
-    price_scale: StrictInt = Field(description="Decimals of a price, 0 to 8. It can never change later.")
+    price_scale: StrictJsonInt = Field(description="Decimals of a price, 0 to 8. It can never change later.")
     tick_size: AmountText = Field(description="The price increment in quote units, at price_scale")
     lot_size: AmountText = Field(description="The quantity increment in base units")
     min_quantity: AmountText
     max_quantity: AmountText
-    price_band_bps: StrictInt = Field(description="1 to 10000 basis points")
+    price_band_bps: StrictJsonInt = Field(description="1 to 10000 basis points")
 
 
 class InstrumentPatch(_In):
@@ -50,8 +51,8 @@ class InstrumentPatch(_In):
     lot_size: AmountText | None = None
     min_quantity: AmountText | None = None
     max_quantity: AmountText | None = None
-    price_band_bps: StrictInt | None = None
-    price_scale: StrictInt | None = None
+    price_band_bps: StrictJsonInt | None = None
+    price_scale: StrictJsonInt | None = None
     base_asset: str | None = None
     quote_asset: str | None = None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from bourse.errors import BourseError
+from bourse.errors import BourseError, TemporarilyUnavailable
 
 
 class Capability(StrEnum):
@@ -115,6 +115,9 @@ class Transaction:
 
 # --- Errors ----------------------------------------------------------------------------
 
+# How long a client is told to wait after a provider's transient failure.
+PSP_RETRY_AFTER_SECONDS = 5
+
 
 class ConnectorError(BourseError):
     status_code = 502
@@ -141,11 +144,14 @@ class MalformedEvent(ConnectorError):
     code = "malformed_event"
 
 
-class PspUnavailable(ConnectorError):
-    """A transient failure (timeout, 5xx, connection refused): retrying is safe."""
+class PspUnavailable(ConnectorError, TemporarilyUnavailable):
+    """A transient failure (timeout, 5xx, connection refused): retrying is safe (``Retry-After``)."""
 
     status_code = 503
     code = "psp_unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = PSP_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail, retry_after=retry_after)
 
 
 class PspRefused(ConnectorError):
