@@ -116,6 +116,17 @@ def router(**kwargs: Any) -> APIRouter:
     return APIRouter(route_class=TransactionalRoute, **kwargs)
 
 
+def _rollback_and_close(session: Session) -> None:
+    # An explicit rollback before the close, not the close alone: close() returns the
+    # connection without firing the session's rollback events, and code that holds
+    # something until the transaction ends (an instrument's writer turn) listens there.
+    # After a commit the rollback is a no-op.
+    try:
+        session.rollback()
+    finally:
+        session.close()
+
+
 async def _end(request: Request) -> None:
     """Close the request's session (rolling back anything uncommitted) and give its
     lease back, whatever happened.
@@ -133,7 +144,7 @@ async def _end(request: Request) -> None:
     async def cleanup() -> None:
         try:
             if session is not None:
-                await run_in_threadpool(session.close)
+                await run_in_threadpool(_rollback_and_close, session)
         finally:
             if leased:
                 leases.release()

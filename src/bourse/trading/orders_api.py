@@ -24,6 +24,7 @@ from bourse.ledger.errors import InsufficientFunds
 from bourse.settings import Settings
 from bourse.trading import service
 from bourse.trading.errors import (
+    InstrumentBusy,
     InvalidOrder,
     MarketHalted,
     OrderNotFound,
@@ -87,7 +88,15 @@ def _order_out(session: Session, order: Order, principal: Principal, fills: list
     )
 
 
-@raises(UnknownInstrument, MarketHalted, InvalidOrder, *family(OrderRuleError), *family(AmountError), InsufficientFunds)
+@raises(
+    UnknownInstrument,
+    MarketHalted,
+    InvalidOrder,
+    *family(OrderRuleError),
+    *family(AmountError),
+    InsufficientFunds,
+    InstrumentBusy,
+)
 @orders.post("/orders", status_code=201, summary="Place an order", response_model=OrderOut)
 def place_order(
     body: OrderIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
@@ -133,7 +142,7 @@ def get_order(order_id: Id, session: DbSession, principal: CurrentPrincipal) -> 
     return _order_out(session, order, principal, service.trades_of_order(session, order.id))
 
 
-@raises(OrderNotFound, OrderNotOpen)
+@raises(OrderNotFound, OrderNotOpen, InstrumentBusy)
 @orders.delete("/orders/{order_id}", summary="Cancel one of my orders", response_model=OrderOut)
 def cancel_order(order_id: Id, request: Request, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
     context = _context(request, principal, f"cancel:{order_id}")
@@ -141,7 +150,7 @@ def cancel_order(order_id: Id, request: Request, session: DbSession, principal: 
     return _order_out(session, order, principal)
 
 
-@raises(UnknownInstrument)
+@raises(UnknownInstrument, InstrumentBusy)
 @orders.delete("/orders", summary="Cancel all my open orders (on one instrument)", response_model=OrdersOut)
 def cancel_all(
     request: Request, session: DbSession, principal: CurrentPrincipal, instrument: str | None = None
