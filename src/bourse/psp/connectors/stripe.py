@@ -87,7 +87,8 @@ class StripeConnector(Connector):
         api_base: str | None = None,
         name: str = "stripe",
     ) -> None:
-        """``api_base`` points the SDK at another host (a local stub in tests); production leaves it None."""
+        """``api_base`` points the SDK at another host (``BOURSE_STRIPE_API_BASE``: stripe-mock, a proxy,
+        a local stub in tests); None is Stripe's own API."""
         if not api_key.strip():
             raise ValueError("the Stripe API key is empty")
         if not webhook_secret.strip():
