@@ -1202,3 +1202,50 @@ def test_production_requires_an_https_stripe_api_base(monkeypatch: pytest.Monkey
     assert excinfo.value.problems == ["BOURSE_STRIPE_API_BASE: must be an https:// URL in production"]
     set_production(monkeypatch, BOURSE_STRIPE_API_BASE="https://stripe-proxy.internal")
     assert load_settings().stripe_api_base == "https://stripe-proxy.internal"
+
+
+# --- JSON settings, from the environment and from files ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["BOURSE_TRADING_FEE_TIERS", "BOURSE_WITHDRAWAL_DAILY_LIMITS", "BOURSE_WITHDRAWAL_REVIEW_ABOVE"]
+)
+@pytest.mark.parametrize("raw", ["00", "{not json", "", "[" * 5000])
+def test_bad_json_in_the_environment_names_the_setting(monkeypatch: pytest.MonkeyPatch, key: str, raw: str) -> None:
+    monkeypatch.setenv(key, raw)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == [f"{key}: is not valid JSON"]
+
+
+def test_json_settings_can_come_from_a_secrets_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write(tmp_path / "bourse.env", 'BOURSE_WITHDRAWAL_DAILY_LIMITS={"USD": "10"}\n')
+    write(tmp_path / "BOURSE_TRADING_FEE_TIERS", '{"vip": {"maker_bps": 0, "taker_bps": 5}}')
+    use_dirs(monkeypatch, tmp_path)
+    monkeypatch.setenv("BOURSE_TRADING_DEFAULT_FEE_TIER", "vip")
+    settings = load_settings()
+    assert settings.withdrawal_daily_limits == {"USD": "10"}
+    assert settings.trading_fee_tiers == {"vip": {"maker_bps": 0, "taker_bps": 5}}
+    write(tmp_path / "bourse.env", "BOURSE_WITHDRAWAL_DAILY_LIMITS={oops\n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == ["BOURSE_WITHDRAWAL_DAILY_LIMITS: is not valid JSON"]
+
+
+def test_a_secrets_dir_that_cannot_be_read_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_dirs(monkeypatch, Path("x" * 5000))
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith("BOURSE_SECRETS_DIRS: xxx")
+    assert problem.endswith("cannot be read (File name too long)")
+
+
+@pytest.mark.parametrize("key", ["BOURSE_PSP_SIM_URL", "BOURSE_PUBLIC_URL"])
+@pytest.mark.parametrize("raw", ["http://127.0.0.1:99999", "http://[::1", "https://host:port"])
+def test_an_url_with_a_bad_port_is_refused(monkeypatch: pytest.MonkeyPatch, key: str, raw: str) -> None:
+    monkeypatch.setenv(key, raw)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith(f"{key}: ")

@@ -18,6 +18,7 @@ no error message built here ever contains a value.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -244,6 +245,17 @@ def _read_per_key_file(entry: Path, known: frozenset[str]) -> FileValue | None:
     return FileValue(content, str(entry))
 
 
+def _list_dir(directory: Path) -> list[Path] | str:
+    """The directory's entries, sorted, or the problem with it."""
+    try:
+        # is_dir() raises for some paths (a name too long) instead of answering False.
+        if not directory.is_dir():
+            return f"{SECRETS_DIRS_ENV}: {directory} is not a directory"
+        return sorted(directory.iterdir())
+    except OSError as exc:
+        return f"{SECRETS_DIRS_ENV}: {directory} cannot be read ({exc.strerror})"
+
+
 def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, FileValue]:
     """Collect setting values from secrets directories, earliest directory first.
 
@@ -253,12 +265,13 @@ def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, File
     found: dict[str, FileValue] = {}
     problems: list[str] = []
     for directory in dirs:
-        if not directory.is_dir():
-            problems.append(f"{SECRETS_DIRS_ENV}: {directory} is not a directory")
+        entries = _list_dir(directory)
+        if isinstance(entries, str):
+            problems.append(entries)
             continue
         per_key: dict[str, FileValue] = {}
         key_value: dict[str, FileValue] = {}
-        for entry in sorted(directory.iterdir()):
+        for entry in entries:
             # Kubernetes Secret volumes keep their real files behind "..data" links.
             if entry.name.startswith(".") or not entry.is_file():
                 continue
@@ -387,7 +400,7 @@ def check_api_base(value: str) -> str:
     """An absolute http(s) base URL with a host: no credentials, query or fragment."""
     try:
         parts = urlsplit(value)
-        port = parts.port
+        parts.port  # noqa: B018 - parsed only to refuse a bad port
     except ValueError:
         raise ValueError("must be an http:// or https:// URL") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname or re.search(r"\s", value):
@@ -396,7 +409,6 @@ def check_api_base(value: str) -> str:
         raise ValueError("must not carry credentials (the API key is a setting of its own)")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError("must not have a query or a fragment")
-    del port  # parsed only to refuse an invalid one
     return value.rstrip("/")
 
 
@@ -484,15 +496,15 @@ class Settings(BaseSettings):
     # No withdrawal within this many minutes of a credited deposit (0: off).
     withdrawal_cooling_off_minutes: int = Field(default=0, ge=0, le=30 * 24 * 60)
     # Per user, per asset, per UTC day; an asset not listed has no daily limit.
-    withdrawal_daily_limits: dict[str, str] = Field(
+    withdrawal_daily_limits: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "50000", "EUR": "50000", "BTC": "5", "ETH": "100"}
     )
     # Above the first amount a withdrawal waits for an operator's approval, above the
     # second for two different operators'. An asset not listed always needs one.
-    withdrawal_review_above: dict[str, str] = Field(
+    withdrawal_review_above: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "1000", "EUR": "1000", "BTC": "0.05", "ETH": "1"}
     )
-    withdrawal_two_approvals_above: dict[str, str] = Field(
+    withdrawal_two_approvals_above: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "10000", "EUR": "10000", "BTC": "0.5", "ETH": "10"}
     )
     # Introducing brokers: how many levels of IBs above a client earn commission on
@@ -502,7 +514,7 @@ class Settings(BaseSettings):
     # Trading fees in basis points of the notional, per tier: a maker (resting order)
     # and a taker (incoming order) rate. An order takes the default tier's rates when
     # it is accepted and keeps them. Each rate is 0 to 1000 (10%).
-    trading_fee_tiers: dict[str, dict[str, int]] = Field(
+    trading_fee_tiers: Annotated[dict[str, dict[str, int]], NoDecode] = Field(
         default_factory=lambda: {"standard": {"maker_bps": 10, "taker_bps": 20}}
     )
     trading_default_fee_tier: str = "standard"
@@ -559,6 +571,25 @@ class Settings(BaseSettings):
             return tuple(_split_dirs(value))
         return value
 
+    @field_validator(
+        "withdrawal_daily_limits",
+        "withdrawal_review_above",
+        "withdrawal_two_approvals_above",
+        "trading_fee_tiers",
+        mode="before",
+    )
+    @classmethod
+    def _decode_json(cls, value: object) -> object:
+        # Decoded here rather than by the environment source, so that a value from a
+        # secrets file is read the same way, and bad JSON is a problem naming the
+        # setting, not a traceback.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except (ValueError, RecursionError):
+                raise ValueError("is not valid JSON") from None
+        return value
+
     @field_validator("psp_connectors", mode="before")
     @classmethod
     def _split_connectors(cls, value: object) -> object:
@@ -602,6 +633,10 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            urlsplit(value).port  # noqa: B018 - parsed only to refuse a bad port or IPv6 address
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL with a valid host and port") from None
         return value.rstrip("/")
 
     @field_validator("stripe_api_base")
