@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 from bourse.settings import (
     KNOWN_DEFAULT_SECRETS,
     MIN_JWT_SECRET_LENGTH,
+    NON_SETTING_VARIABLES,
     FileValue,
     Settings,
     SettingsError,
@@ -25,6 +26,8 @@ from bourse.settings import (
     parse_key_value_file,
     read_secrets_dirs,
 )
+from tests.conftest import TEST_ENV_KEEP
+from tests.support.processes import clean_env, run_bourse
 
 KNOWN = frozenset(env_name(name) for name in Settings.model_fields)
 JWT = "jwt-Q7vX2mP9kL4nR8tW1yZ5aB3cD6eF0gH"  # 35 characters, not a known default
@@ -252,7 +255,7 @@ def test_unknown_bourse_key_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path / "bourse.env", "BOURSE_JWT_SECRETS=typo-value-Kk3\n")
     with pytest.raises(SettingsError) as excinfo:
         parse_key_value_file(path, KNOWN)
-    assert excinfo.value.problems == [f"{path}:1: unknown setting BOURSE_JWT_SECRETS"]
+    assert excinfo.value.problems == [f"{path}:1: unknown setting BOURSE_JWT_SECRETS (did you mean BOURSE_JWT_SECRET?)"]
     assert "typo-value-Kk3" not in full_text(excinfo.value)
 
 
@@ -370,7 +373,9 @@ def test_unknown_per_key_file_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "BOURSE_JWT_SECRETT", "typo-value-Rr5")
     with pytest.raises(SettingsError) as excinfo:
         read_secrets_dirs([tmp_path], KNOWN)
-    assert excinfo.value.problems == [f"{tmp_path / 'BOURSE_JWT_SECRETT'}: unknown setting BOURSE_JWT_SECRETT"]
+    assert excinfo.value.problems == [
+        f"{tmp_path / 'BOURSE_JWT_SECRETT'}: unknown setting BOURSE_JWT_SECRETT (did you mean BOURSE_JWT_SECRET?)"
+    ]
     assert "typo-value-Rr5" not in full_text(excinfo.value)
 
 
@@ -985,3 +990,262 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     documented = set(re.findall(r"^\| `(BOURSE_[A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
     assert {env_name(name) for name in Settings.model_fields} - documented == set()
+
+
+# --- Unknown BOURSE_ names in the environment (docs/decisions/0015) -------------------------
+
+
+def test_an_unknown_bourse_variable_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOURSE_JWT_SECRETT", "typo-value-Qq7")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == [
+        "environment: unknown setting BOURSE_JWT_SECRETT (did you mean BOURSE_JWT_SECRET?)"
+    ]
+    assert "typo-value-Qq7" not in full_text(excinfo.value)
+
+
+def test_every_unknown_variable_is_named_with_a_hint_only_where_one_is_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOURSE_ZZZ_QQQ", "1")
+    monkeypatch.setenv("BOURSE_LOG_LEVL", "debug")
+    monkeypatch.setenv("BOURSE_DATABASE_UR", "sqlite:///x.db")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == [
+        "environment: unknown setting BOURSE_DATABASE_UR (did you mean BOURSE_DATABASE_URL?)",
+        "environment: unknown setting BOURSE_LOG_LEVL (did you mean BOURSE_LOG_LEVEL?)",
+        "environment: unknown setting BOURSE_ZZZ_QQQ",
+    ]
+
+
+def test_environment_names_are_matched_case_insensitively_like_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("bourse_log_level", "debug")
+    assert load_settings().log_level == "debug"
+    monkeypatch.setenv("Bourse_Log_Levl", "debug")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == ["environment: unknown setting Bourse_Log_Levl (did you mean BOURSE_LOG_LEVEL?)"]
+
+
+def test_the_test_suites_own_variables_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the suite keeps in the environment of every test must never stop a Settings().
+    assert set(NON_SETTING_VARIABLES) >= TEST_ENV_KEEP
+    for name in NON_SETTING_VARIABLES:
+        monkeypatch.setenv(name, "1")
+    assert load_settings().port == 8000
+
+
+def test_the_allow_list_is_documented() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    [record] = (root / "docs" / "decisions").glob("0015-*.md")
+    for name in NON_SETTING_VARIABLES:
+        assert f"`{name}`" in readme
+        assert f"`{name}`" in record.read_text()
+    assert not set(NON_SETTING_VARIABLES) & KNOWN
+
+
+KUBERNETES_SERVICE_LINKS = {
+    # What the kubelet injects for a Service "bourse-api" with a port named "http" on 8000.
+    "BOURSE_API_SERVICE_HOST": "10.96.14.2",
+    "BOURSE_API_SERVICE_PORT": "8000",
+    "BOURSE_API_SERVICE_PORT_HTTP": "8000",
+    "BOURSE_API_PORT": "tcp://10.96.14.2:8000",
+    "BOURSE_API_PORT_8000_TCP": "tcp://10.96.14.2:8000",
+    "BOURSE_API_PORT_8000_TCP_PROTO": "tcp",
+    "BOURSE_API_PORT_8000_TCP_PORT": "8000",
+    "BOURSE_API_PORT_8000_TCP_ADDR": "10.96.14.2",
+    # An IPv6 cluster, and a Service named "bourse-redis".
+    "BOURSE_REDIS_SERVICE_HOST": "fd00:10:96::a",
+    "BOURSE_REDIS_PORT": "tcp://[fd00:10:96::a]:6379",
+}
+
+
+def test_kubernetes_service_links_are_not_mistaken_for_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in KUBERNETES_SERVICE_LINKS.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().port == 8000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOURSE_API_PORT", "8000"),  # a service link's name, but a plain number: somebody's setting
+        ("BOURSE_API_SERVICE_HOST", "api.internal"),
+        ("BOURSE_METRIC_PORT", "9100"),
+        ("BOURSE_API_PORT_8000_TCP_PROTO", "http"),
+    ],
+)
+def test_a_service_link_name_with_another_value_is_still_unknown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith(f"environment: unknown setting {name}")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOURSE_JWT_SECRETT", "typo-value-Qq7"),
+        ("BOURSE_ZZZ_QQQ", "1"),
+        ("BOURSE_REQUIRE_SERVICES", "1"),
+        ("BOURSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ("BOURSE_API_SERVICE_HOST", "10.96.14.2"),
+        ("BOURSE_API_PORT", "8000"),
+        ("BOURSE_LOG_LEVEL", "debug"),
+    ],
+)
+@pytest.mark.parametrize("layout", ["key-value file", "per-key file"])
+def test_the_environment_and_secrets_files_judge_a_name_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str, layout: str
+) -> None:
+    """A name is a setting, a known non-setting (ignored) or a refused unknown, wherever it is set."""
+
+    def outcome() -> tuple[str, str]:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            [problem] = exc.problems
+            return "refused", problem.partition(": ")[2] + (
+                " (value shown)" if len(value) > 4 and value in full_text(exc) else ""
+            )
+        return "loaded", settings.log_level
+
+    monkeypatch.setenv(name, value)
+    from_env = outcome()
+    monkeypatch.delenv(name)
+    path = write(tmp_path / name, value) if layout == "per-key file" else write(tmp_path / "a.env", f"{name}={value}\n")
+    use_dirs(monkeypatch, tmp_path)
+    from_file = outcome()
+    assert from_env == from_file
+    if from_env[0] == "refused":
+        assert from_env[1].startswith(f"unknown setting {name}")
+        assert "(value shown)" not in from_env[1]
+        assert path.exists()
+
+
+def test_unknown_names_in_the_environment_and_in_files_are_reported_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "vault.env", "BOURSE_PSP_SECRETS=typo-value-Ff4\n")
+    use_dirs(monkeypatch, tmp_path)
+    monkeypatch.setenv("BOURSE_JWT_SECRETT", "typo-value-Qq7")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == [
+        "environment: unknown setting BOURSE_JWT_SECRETT (did you mean BOURSE_JWT_SECRET?)",
+        f"{path}:1: unknown setting BOURSE_PSP_SECRETS (did you mean BOURSE_PSP_SECRET?)",
+    ]
+
+
+def test_config_show_exits_2_naming_an_unknown_variable(tmp_path: Path) -> None:
+    env = clean_env(BOURSE_JWT_SECRETT="typo-value-Qq7", BOURSE_REQUIRE_SERVICES="1")
+    result = run_bourse("config", "show", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown setting BOURSE_JWT_SECRETT (did you mean BOURSE_JWT_SECRET?)" in result.stderr
+    assert "BOURSE_REQUIRE_SERVICES" not in result.stderr
+    assert "typo-value-Qq7" not in result.stderr
+    assert result.stdout == ""
+
+
+# --- BOURSE_STRIPE_API_BASE -----------------------------------------------------------------------
+
+
+def test_the_stripe_api_base_defaults_to_stripe() -> None:
+    assert load_settings().stripe_api_base == "https://api.stripe.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://127.0.0.1:12111", "http://127.0.0.1:12111"),
+        ("http://stripe-mock:12111/", "http://stripe-mock:12111"),
+        ("https://stripe-proxy.internal/eu", "https://stripe-proxy.internal/eu"),
+    ],
+)
+def test_the_stripe_api_base_can_point_elsewhere(monkeypatch: pytest.MonkeyPatch, raw: str, expected: str) -> None:
+    monkeypatch.setenv("BOURSE_STRIPE_API_BASE", raw)
+    assert load_settings().stripe_api_base == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "api.stripe.com",
+        "ftp://api.stripe.com",
+        "https://",
+        "https:///v1",
+        "https://api.stripe.com?x=1",
+        "https://api.stripe.com/#frag",
+        "https://user:pw-Kk3@api.stripe.com",
+        "https://api .stripe.com",
+        "https://api.stripe.com:99999",
+    ],
+)
+def test_a_bad_stripe_api_base_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("BOURSE_STRIPE_API_BASE", raw)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith("BOURSE_STRIPE_API_BASE: ")
+    assert "pw-Kk3" not in full_text(excinfo.value)
+
+
+def test_production_requires_an_https_stripe_api_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_production(monkeypatch, BOURSE_STRIPE_API_BASE="http://stripe-mock:12111")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == ["BOURSE_STRIPE_API_BASE: must be an https:// URL in production"]
+    set_production(monkeypatch, BOURSE_STRIPE_API_BASE="https://stripe-proxy.internal")
+    assert load_settings().stripe_api_base == "https://stripe-proxy.internal"
+
+
+# --- JSON settings, from the environment and from files ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["BOURSE_TRADING_FEE_TIERS", "BOURSE_WITHDRAWAL_DAILY_LIMITS", "BOURSE_WITHDRAWAL_REVIEW_ABOVE"]
+)
+@pytest.mark.parametrize("raw", ["00", "{not json", "", "[" * 5000])
+def test_bad_json_in_the_environment_names_the_setting(monkeypatch: pytest.MonkeyPatch, key: str, raw: str) -> None:
+    monkeypatch.setenv(key, raw)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == [f"{key}: is not valid JSON"]
+
+
+def test_json_settings_can_come_from_a_secrets_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write(tmp_path / "bourse.env", 'BOURSE_WITHDRAWAL_DAILY_LIMITS={"USD": "10"}\n')
+    write(tmp_path / "BOURSE_TRADING_FEE_TIERS", '{"vip": {"maker_bps": 0, "taker_bps": 5}}')
+    use_dirs(monkeypatch, tmp_path)
+    monkeypatch.setenv("BOURSE_TRADING_DEFAULT_FEE_TIER", "vip")
+    settings = load_settings()
+    assert settings.withdrawal_daily_limits == {"USD": "10"}
+    assert settings.trading_fee_tiers == {"vip": {"maker_bps": 0, "taker_bps": 5}}
+    write(tmp_path / "bourse.env", "BOURSE_WITHDRAWAL_DAILY_LIMITS={oops\n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert excinfo.value.problems == ["BOURSE_WITHDRAWAL_DAILY_LIMITS: is not valid JSON"]
+
+
+def test_a_secrets_dir_that_cannot_be_read_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_dirs(monkeypatch, Path("x" * 5000))
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith("BOURSE_SECRETS_DIRS: xxx")
+    assert problem.endswith("cannot be read (File name too long)")
+
+
+@pytest.mark.parametrize("key", ["BOURSE_PSP_SIM_URL", "BOURSE_PUBLIC_URL"])
+@pytest.mark.parametrize("raw", ["http://127.0.0.1:99999", "http://[::1", "https://host:port"])
+def test_an_url_with_a_bad_port_is_refused(monkeypatch: pytest.MonkeyPatch, key: str, raw: str) -> None:
+    monkeypatch.setenv(key, raw)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = excinfo.value.problems
+    assert problem.startswith(f"{key}: ")

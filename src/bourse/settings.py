@@ -17,8 +17,11 @@ no error message built here ever contains a value.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -71,6 +74,70 @@ MAX_FEE_BPS = 1_000  # 10%: a trading fee above this is a typo, not a price list
 MASK = "********"
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# ``BOURSE_`` names that are not settings but legitimately appear where settings are
+# read, each with who sets it. Any other unknown ``BOURSE_`` name stops start-up,
+# from the environment as from a secrets file (docs/decisions/0015).
+NON_SETTING_VARIABLES: Mapping[str, str] = {
+    "BOURSE_REQUIRE_SERVICES": "the test suite: unreachable PostgreSQL or Redis fails instead of skipping (CI)",
+    "BOURSE_TEST_POSTGRES_URL": "the test suite: the PostgreSQL server its databases are created on",
+    "BOURSE_TEST_REDIS_URL": "the test suite: the Redis server it uses",
+}
+
+# Kubernetes' service links: for every Service in the namespace the kubelet sets
+# <NAME>_SERVICE_HOST, <NAME>_PORT=tcp://ip:port and the like, so a Service named
+# "bourse-api" puts BOURSE_API_* variables into every pod. Such a name is recognised
+# by its suffix together with the shape of its value, so that a typo whose value is
+# an ordinary setting value (BOURSE_API_PORT=8000) is still refused.
+_IP = r"[0-9A-Fa-f.:]+"
+_PROTO = r"(?:TCP|UDP|SCTP)"
+_SERVICE_LINKS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = tuple(
+    (re.compile(name), re.compile(value))
+    for name, value in (
+        (r"_SERVICE_HOST$", rf"^{_IP}$"),
+        (r"_SERVICE_PORT(?:_[A-Z0-9_]+)?$", r"^[0-9]{1,5}$"),
+        (rf"_PORT(?:_[0-9]{{1,5}}_{_PROTO})?$", rf"^(?:tcp|udp|sctp)://(?:{_IP}|\[{_IP}\]):[0-9]{{1,5}}$"),
+        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_PROTO$", r"^(?:tcp|udp|sctp)$"),
+        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_PORT$", r"^[0-9]{1,5}$"),
+        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_ADDR$", rf"^{_IP}$"),
+    )
+)
+
+
+def is_kubernetes_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is a variable the kubelet injects for a Service."""
+    upper = name.upper()
+    return any(suffix.search(upper) and shape.match(value) for suffix, shape in _SERVICE_LINKS)
+
+
+def unknown_name_problem(name: str, value: str, known: frozenset[str]) -> str | None:
+    """Why ``name`` (a ``BOURSE_`` name that is not a setting) is refused, or None to ignore it.
+
+    The same judgement for the environment and for secrets files. The message names
+    the setting probably meant when one is close, and never contains the value.
+    """
+    upper = name.upper()
+    if upper in NON_SETTING_VARIABLES or is_kubernetes_service_link(name, value):
+        return None
+    suffixes = {key.removeprefix(ENV_PREFIX): key for key in known}
+    close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.75)
+    hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+    return f"unknown setting {name}{hint}"
+
+
+def unknown_environment_problems(environ: Mapping[str, str], known: frozenset[str]) -> list[str]:
+    """Every ``BOURSE_`` variable in ``environ`` that is neither a setting nor allowed.
+
+    Names are matched ignoring case, as the settings themselves are.
+    """
+    problems: list[str] = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known:
+            continue
+        problem = unknown_name_problem(name, environ[name], known)
+        if problem is not None:
+            problems.append(f"environment: {problem}")
+    return problems
 
 
 class SettingsError(Exception):
@@ -128,13 +195,16 @@ def parse_key_value_file(path: Path, known: frozenset[str]) -> dict[str, FileVal
             continue
         if not key.startswith(ENV_PREFIX):
             continue
+        value = _unquote(raw_value.strip())
         if key not in known:
-            problems.append(f"{path}:{number}: unknown setting {key}")
+            problem = unknown_name_problem(key, value, known)
+            if problem is not None:
+                problems.append(f"{path}:{number}: {problem}")
             continue
         if key in values:
             problems.append(f"{path}:{number}: {key} is set twice (first at {values[key].origin})")
             continue
-        values[key] = FileValue(_unquote(raw_value.strip()), f"{path}:{number}")
+        values[key] = FileValue(value, f"{path}:{number}")
     if problems:
         raise SettingsError(problems)
     return values
@@ -159,6 +229,33 @@ def _holds_bourse_settings(path: Path) -> bool:
     return _BOURSE_ASSIGNMENT.search(text) is not None
 
 
+def _read_per_key_file(entry: Path, known: frozenset[str]) -> FileValue | None:
+    """A per-key file's value; None for an allowed name that is not a setting."""
+    try:
+        content: str | None = entry.read_text(encoding="utf-8").strip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        content = None
+    if entry.name not in known:
+        problem = unknown_name_problem(entry.name, content or "", known)
+        if problem is not None:
+            raise SettingsError([f"{entry}: {problem}"])
+        return None
+    if content is None:
+        raise SettingsError([f"{entry}: cannot be read as UTF-8 text"])
+    return FileValue(content, str(entry))
+
+
+def _list_dir(directory: Path) -> list[Path] | str:
+    """The directory's entries, sorted, or the problem with it."""
+    try:
+        # is_dir() raises for some paths (a name too long) instead of answering False.
+        if not directory.is_dir():
+            return f"{SECRETS_DIRS_ENV}: {directory} is not a directory"
+        return sorted(directory.iterdir())
+    except OSError as exc:
+        return f"{SECRETS_DIRS_ENV}: {directory} cannot be read ({exc.strerror})"
+
+
 def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, FileValue]:
     """Collect setting values from secrets directories, earliest directory first.
 
@@ -168,25 +265,24 @@ def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, File
     found: dict[str, FileValue] = {}
     problems: list[str] = []
     for directory in dirs:
-        if not directory.is_dir():
-            problems.append(f"{SECRETS_DIRS_ENV}: {directory} is not a directory")
+        entries = _list_dir(directory)
+        if isinstance(entries, str):
+            problems.append(entries)
             continue
         per_key: dict[str, FileValue] = {}
         key_value: dict[str, FileValue] = {}
-        for entry in sorted(directory.iterdir()):
+        for entry in entries:
             # Kubernetes Secret volumes keep their real files behind "..data" links.
             if entry.name.startswith(".") or not entry.is_file():
                 continue
             if entry.name.startswith(ENV_PREFIX):
-                if entry.name not in known:
-                    problems.append(f"{entry}: unknown setting {entry.name}")
-                    continue
                 try:
-                    content = entry.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError):
-                    problems.append(f"{entry}: cannot be read as UTF-8 text")
+                    file_value = _read_per_key_file(entry, known)
+                except SettingsError as exc:
+                    problems.extend(exc.problems)
                     continue
-                per_key.setdefault(entry.name, FileValue(content.strip("\r\n"), str(entry)))
+                if file_value is not None:
+                    per_key.setdefault(entry.name, file_value)
                 continue
             if not _holds_bourse_settings(entry):
                 # Another consumer's file mounted alongside (a certificate, a keystore,
@@ -295,6 +391,25 @@ def mask_redis_url(raw: str) -> str:
 
 # The payment connectors Bourse ships (bourse.psp.registry builds them).
 PSP_CONNECTOR_NAMES = ("simulator", "stripe")
+# The Stripe SDK's own default (stripe.DEFAULT_API_BASE), spelled out so that the
+# settings module does not import the SDK.
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+
+
+def check_api_base(value: str) -> str:
+    """An absolute http(s) base URL with a host: no credentials, query or fragment."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsed only to refuse a bad port
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname or re.search(r"\s", value):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials (the API key is a setting of its own)")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("must not have a query or a fragment")
+    return value.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -374,6 +489,9 @@ class Settings(BaseSettings):
     psp_timeout_seconds: PositiveFloat = 10.0
     stripe_api_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
+    # Where the Stripe connector sends its API calls: Stripe itself, or stripe-mock or a
+    # proxy in front of Stripe. https:// is required in production.
+    stripe_api_base: str = DEFAULT_STRIPE_API_BASE
     # Where a payer's browser returns after a hosted checkout (the client app).
     public_url: str = "http://127.0.0.1:8000"
 
@@ -383,15 +501,15 @@ class Settings(BaseSettings):
     # No withdrawal within this many minutes of a credited deposit (0: off).
     withdrawal_cooling_off_minutes: int = Field(default=0, ge=0, le=30 * 24 * 60)
     # Per user, per asset, per UTC day; an asset not listed has no daily limit.
-    withdrawal_daily_limits: dict[str, str] = Field(
+    withdrawal_daily_limits: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "50000", "EUR": "50000", "BTC": "5", "ETH": "100"}
     )
     # Above the first amount a withdrawal waits for an operator's approval, above the
     # second for two different operators'. An asset not listed always needs one.
-    withdrawal_review_above: dict[str, str] = Field(
+    withdrawal_review_above: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "1000", "EUR": "1000", "BTC": "0.05", "ETH": "1"}
     )
-    withdrawal_two_approvals_above: dict[str, str] = Field(
+    withdrawal_two_approvals_above: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"USD": "10000", "EUR": "10000", "BTC": "0.5", "ETH": "10"}
     )
     # Introducing brokers: how many levels of IBs above a client earn commission on
@@ -401,7 +519,7 @@ class Settings(BaseSettings):
     # Trading fees in basis points of the notional, per tier: a maker (resting order)
     # and a taker (incoming order) rate. An order takes the default tier's rates when
     # it is accepted and keeps them. Each rate is 0 to 1000 (10%).
-    trading_fee_tiers: dict[str, dict[str, int]] = Field(
+    trading_fee_tiers: Annotated[dict[str, dict[str, int]], NoDecode] = Field(
         default_factory=lambda: {"standard": {"maker_bps": 10, "taker_bps": 20}}
     )
     trading_default_fee_tier: str = "standard"
@@ -445,13 +563,42 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files: env, secrets dirs, defaults
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced by SecretsDirsSource
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, SecretsDirsSource(settings_cls))
+        # An unknown BOURSE_ name is refused wherever it is set; every such problem,
+        # from the environment and from the files, is reported in one go.
+        known = frozenset(env_name(name) for name in settings_cls.model_fields)
+        problems = unknown_environment_problems(os.environ, known)
+        try:
+            files = SecretsDirsSource(settings_cls)
+        except SettingsError as exc:
+            raise SettingsError([*problems, *exc.problems]) from None
+        if problems:
+            raise SettingsError(problems)
+        return (init_settings, env_settings, files)
 
     @field_validator("secrets_dirs", mode="before")
     @classmethod
     def _split_secrets_dirs(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(_split_dirs(value))
+        return value
+
+    @field_validator(
+        "withdrawal_daily_limits",
+        "withdrawal_review_above",
+        "withdrawal_two_approvals_above",
+        "trading_fee_tiers",
+        mode="before",
+    )
+    @classmethod
+    def _decode_json(cls, value: object) -> object:
+        # Decoded here rather than by the environment source, so that a value from a
+        # secrets file is read the same way, and bad JSON is a problem naming the
+        # setting, not a traceback.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except (ValueError, RecursionError):
+                raise ValueError("is not valid JSON") from None
         return value
 
     @field_validator("psp_connectors", mode="before")
@@ -497,7 +644,16 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            urlsplit(value).port  # noqa: B018 - parsed only to refuse a bad port or IPv6 address
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL with a valid host and port") from None
         return value.rstrip("/")
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _check_stripe_api_base(cls, value: str) -> str:
+        return check_api_base(value)
 
     @field_validator("withdrawal_daily_limits", "withdrawal_review_above", "withdrawal_two_approvals_above")
     @classmethod
@@ -579,6 +735,8 @@ class Settings(BaseSettings):
                 )
         if self.database.get_backend_name() != "postgresql":
             problems.append("BOURSE_DATABASE_URL: production requires PostgreSQL")
+        if urlsplit(self.stripe_api_base).scheme != "https":
+            problems.append("BOURSE_STRIPE_API_BASE: must be an https:// URL in production")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -40,6 +40,8 @@ from bourse.psp.connectors.base import (
     Unsupported,
 )
 from bourse.psp.connectors.stripe import StripeConnector
+from bourse.psp.registry import connectors
+from bourse.settings import load_settings
 from tests.support.processes import free_port
 
 API_KEY = "sk_test_51BourseExampleKey"
@@ -730,3 +732,21 @@ def test_payouts_and_transactions_are_unsupported() -> None:
 def test_misconfiguration_fails_at_construction(arguments: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StripeConnector(**arguments)
+
+
+def test_bourse_stripe_api_base_points_the_active_connector_at_another_host(
+    stripe_stub: StripeStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stripe-mock or a proxy: the setting reaches the connector the registry builds."""
+    monkeypatch.setenv("BOURSE_PSP_CONNECTORS", "stripe")
+    monkeypatch.setenv("BOURSE_STRIPE_API_KEY", API_KEY)
+    monkeypatch.setenv("BOURSE_STRIPE_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("BOURSE_STRIPE_API_BASE", stripe_stub.base_url + "/")
+    stripe_stub.reply(200, session())
+    checkout = connectors(load_settings())["stripe"].create_deposit(
+        reference="dep_01JBOURSE", amount=12_345, currency="USD", idempotency_key="deposit-dep_01JBOURSE"
+    )
+    assert checkout.psp_reference == SESSION_ID
+    [request] = stripe_stub.requests
+    assert (request.method, request.path) == ("POST", "/v1/checkout/sessions")
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"

@@ -26,13 +26,12 @@ def payout(day: datetime | None) -> None:
 
     Running it again pays nothing new.
     """
-    from bourse.cli import load_cli_settings
+    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.commissions import service
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
 
     through = day.date() if day is not None else (datetime.now(UTC) - timedelta(days=1)).date()
-    settings = load_cli_settings()
-    database = Database.from_settings(settings)
+    database = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(database) as session:
             paid = service.pay_out_all(session, through, actor="cli:commissions-payout")

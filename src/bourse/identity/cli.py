@@ -49,16 +49,21 @@ def users() -> None:
 )
 def create(email: str, role: str) -> None:
     """Create a user. The password is prompted for, or read from stdin when piped."""
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.errors import BourseError
     from bourse.identity.models import Role
     from bourse.identity.passwords import hasher_for
     from bourse.identity.service import create_user
 
     settings = load_cli_settings()
-    password = _read_password()
-    db = Database.from_settings(settings)
+    # The database first: nobody should type a password twice only to learn it is down.
+    db = open_cli_database(settings)
+    try:
+        password = _read_password()
+    except BaseException:
+        db.dispose()
+        raise
     try:
         with unit_of_work(db) as session:
             user = create_user(session, email=email, password=password, role=Role(role), hasher=hasher_for(settings))
@@ -71,13 +76,12 @@ def create(email: str, role: str) -> None:
 
 
 def _set_status(email: str, status: str) -> None:
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.identity.models import UserStatus
     from bourse.identity.service import get_user_by_email, set_user_status
 
-    settings = load_cli_settings()
-    db = Database.from_settings(settings)
+    db = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(db) as session:
             user = get_user_by_email(session, email)

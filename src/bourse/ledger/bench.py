@@ -301,9 +301,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 @json_option
 def bench_ledger(seconds: float, concurrency: int, accounts: int, as_json: bool) -> None:
     """Random transfers through the service layer, on the configured database."""
-    from bourse.cli import load_cli_settings
+    from bourse.cli import check_cli_database, load_cli_settings
 
-    load_cli_settings()
+    check_cli_database(load_cli_settings(service=True))
     user_ids, _ = _prepare(accounts)
     result = _run(_service_worker, lambda _: (user_ids,), concurrency, seconds)
     _emit(
@@ -323,12 +323,12 @@ def bench_ledger_http(url: str, seconds: float, concurrency: int, accounts: int,
     The accounts are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import load_cli_settings
+    from bourse.cli import check_cli_database, load_cli_settings
 
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
-    load_cli_settings()
+    check_cli_database(load_cli_settings(service=True))
     user_ids, tokens = _prepare(accounts)
     result = _run(_http_worker, lambda _: (url, user_ids, tokens), concurrency, seconds)
     _emit(
@@ -352,7 +352,7 @@ def bench_pgbench(clients: int, seconds: float, scale: int, as_json: bool) -> No
 
     from bourse.cli import load_cli_settings
 
-    settings = load_cli_settings()
+    settings = load_cli_settings(service=True)
     url = settings.database
     if url.get_backend_name() != "postgresql":
         raise click.UsageError("pgbench needs BOURSE_DATABASE_URL to point at PostgreSQL")

@@ -22,12 +22,11 @@ def ledger() -> None:
 )
 def verify(as_json: bool, limit: int) -> None:
     """Check every entry, balance, hold and hash chain. Exit 1 on any discrepancy."""
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.ledger.verify import verify_ledger
 
-    settings = load_cli_settings()
-    database = Database.from_settings(settings)
+    database = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(database) as session:
             report = verify_ledger(session, limit=limit)
@@ -83,10 +82,10 @@ def assets() -> None:
 def list_assets() -> None:
     """List every asset with its scale."""
     from bourse.assets.service import list_assets as query
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
 
-    database = Database.from_settings(load_cli_settings())
+    database = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(database) as session:
             rows = [(a.code, a.scale, a.name, a.active) for a in query(session)]
@@ -98,11 +97,11 @@ def list_assets() -> None:
 
 def _change(action: str, **kwargs: object) -> None:
     from bourse.assets import service
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.errors import BourseError
 
-    database = Database.from_settings(load_cli_settings())
+    database = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(database) as session:
             if action == "create":

@@ -312,10 +312,11 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     count: int, rate: float | None, warmup: int, workers: int, concurrency: int, timeout: float, as_json: bool
 ) -> None:
     """Webhook-to-credit throughput and latency, end to end through the PSP simulator."""
-    from bourse.cli import load_cli_settings
+    from bourse.cli import check_cli_database, load_cli_settings
     from bourse.settings import Settings
 
-    settings = load_cli_settings()
+    settings = load_cli_settings(service=True)
+    check_cli_database(settings)
     env = dict(os.environ)
     env["BOURSE_PSP_CONNECTORS"] = "simulator"
     user_id, token = _bench_user(settings)

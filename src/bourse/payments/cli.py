@@ -45,8 +45,8 @@ def reconcile(connector_name: str, day: datetime | None, as_json: bool) -> None:
 
     Exits 1 when the report has any mismatch, 2 on bad input.
     """
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.errors import BourseError
     from bourse.payments import reconcile as recon
     from bourse.payments.common import connector_named
@@ -58,7 +58,7 @@ def reconcile(connector_name: str, day: datetime | None, as_json: bool) -> None:
         connector = connector_named(settings, connector_name, Capability.transactions)
     except BourseError as exc:
         raise click.BadParameter(f"{exc.code}: {exc.detail}", param_hint="--connector") from None
-    database = Database.from_settings(settings)
+    database = open_cli_database(settings)
     try:
         with unit_of_work(database) as session:
             report = recon.reconcile(session, connector, the_day, actor="cli:psp-reconcile")

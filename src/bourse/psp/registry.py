@@ -27,6 +27,7 @@ def _key(settings: Settings) -> tuple[object, ...]:
         settings.psp_timeout_seconds,
         stripe_key,
         stripe_hook,
+        settings.stripe_api_base,
         settings.public_url,
     )
 
@@ -51,6 +52,7 @@ def _build(settings: Settings, name: str) -> Connector:
             settings.stripe_webhook_secret.get_secret_value(),
             public_url=settings.public_url,
             timeout=settings.psp_timeout_seconds,
+            api_base=settings.stripe_api_base,
         )
     raise ValueError(f"unknown connector {name!r}")
 

@@ -44,7 +44,8 @@ def _parse(header: str) -> tuple[int, list[str]]:
         if not sep:
             raise SignatureError("malformed signature header")
         if key == "t":
-            if not value.isdigit() or len(value) > 12:  # noqa: PLR2004 - a Unix time in seconds
+            # ASCII digits only: "²".isdigit() is true too, and int() refuses it.
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:  # noqa: PLR2004 - a Unix time in seconds
                 raise SignatureError("malformed signature timestamp")
             timestamp = int(value)
         elif key == "v1":
@@ -75,7 +76,9 @@ def verify(
     # Compare against every candidate, without stopping early, in constant time.
     matched = False
     for candidate in signatures:
-        matched |= hmac.compare_digest(expected, candidate)
+        # As bytes: compare_digest refuses str with non-ASCII characters, which a
+        # header may carry (servers decode header bytes as Latin-1).
+        matched |= hmac.compare_digest(expected.encode("ascii"), candidate.encode("utf-8", "replace"))
     if not matched:
         raise SignatureError("signature does not match")
     current = time.time() if now is None else now

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 if TYPE_CHECKING:
+    from bourse.db import Database
     from bourse.settings import Settings
 
 EXIT_CONFIG = 2
@@ -20,10 +21,16 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
     sys.exit(code)
 
 
-def _settings() -> Settings:
+def _settings(*, service: bool = False) -> Settings:
     from bourse.cli import load_cli_settings
 
-    return load_cli_settings()
+    return load_cli_settings(service=service)
+
+
+def _database(settings: Settings, name: str) -> Database:
+    from bourse.cli import open_cli_database
+
+    return open_cli_database(settings, name=name)
 
 
 @click.command()
@@ -84,6 +91,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
     latency_file: Path | None,
 ) -> None:
     """Run queued jobs until SIGTERM (exit 0), or exit 12 when over --memory."""
+    from bourse.cli import check_cli_database
     from bourse.queue.registry import load_jobs
     from bourse.queue.worker import (
         DEFAULT_QUEUES,
@@ -94,7 +102,8 @@ def worker(  # noqa: PLR0917 - one parameter per click option
         run_worker,
     )
 
-    settings = _settings()
+    settings = _settings(service=True)
+    check_cli_database(settings)
     try:
         queues = parse_queues(queue_list)
         delays = parse_backoff(backoff)
@@ -127,15 +136,14 @@ def worker(  # noqa: PLR0917 - one parameter per click option
 @click.option("--import", "modules", multiple=True, help="Also import this module of tasks (repeatable).")
 def scheduler(modules: tuple[str, ...]) -> None:
     """Run scheduled tasks every minute until SIGTERM."""
-    from bourse.db import Database
     from bourse.queue import metrics
     from bourse.queue.driver import make_driver
     from bourse.queue.heartbeat import ProcessHeartbeat
     from bourse.queue.registry import load_jobs, load_tasks
     from bourse.queue.scheduler import Scheduler, SchedulerProcess
 
-    settings = _settings()
-    db = Database.from_settings(settings, name="scheduler")
+    settings = _settings(service=True)
+    db = _database(settings, "scheduler")
     load_jobs()
     tasks = load_tasks(modules)
     driver = make_driver(settings, db)
@@ -158,12 +166,11 @@ def schedule() -> None:
 @click.option("--import", "modules", multiple=True, help="Also import this module of tasks (repeatable).")
 def schedule_run(modules: tuple[str, ...]) -> None:
     """Run the tasks due this minute once, then exit (for a Kubernetes CronJob)."""
-    from bourse.db import Database
     from bourse.queue.registry import load_jobs, load_tasks
     from bourse.queue.scheduler import Scheduler
 
-    settings = _settings()
-    db = Database.from_settings(settings, name="scheduler")
+    settings = _settings(service=True)
+    db = _database(settings, "scheduler")
     load_jobs()
     try:
         outcomes = Scheduler(db, dict(load_tasks(modules))).tick()
@@ -201,10 +208,10 @@ def jobs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
 def jobs_failed(limit: int, as_json: bool) -> None:
     """List failed jobs, newest first."""
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
     from bourse.queue.operations import list_failed
 
-    db = Database.from_settings(_settings(), name="cli")
+    db = _database(_settings(), "cli")
     with unit_of_work(db) as session:
         rows = list_failed(session, limit=limit)
     db.dispose()
@@ -219,10 +226,10 @@ def jobs_failed(limit: int, as_json: bool) -> None:
 @click.argument("ident")
 def jobs_retry(ident: str) -> None:
     """Put a failed job (id or uuid), or `all`, back on its queue."""
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
     from bourse.queue.operations import FailedJobNotFound, retry
 
-    db = Database.from_settings(_settings(), name="cli")
+    db = _database(_settings(), "cli")
     try:
         with unit_of_work(db) as session:
             ids = retry(session, ident)
@@ -237,10 +244,10 @@ def jobs_retry(ident: str) -> None:
 @click.argument("ident")
 def jobs_forget(ident: str) -> None:
     """Delete one failed job (id or uuid)."""
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
     from bourse.queue.operations import FailedJobNotFound, forget
 
-    db = Database.from_settings(_settings(), name="cli")
+    db = _database(_settings(), "cli")
     try:
         with unit_of_work(db) as session:
             forget(session, ident)
@@ -254,10 +261,10 @@ def jobs_forget(ident: str) -> None:
 @jobs.command("flush")
 def jobs_flush() -> None:
     """Delete every failed job."""
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
     from bourse.queue.operations import flush
 
-    db = Database.from_settings(_settings(), name="cli")
+    db = _database(_settings(), "cli")
     with unit_of_work(db) as session:
         count = flush(session)
     db.dispose()
@@ -268,13 +275,13 @@ def jobs_flush() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def jobs_stats(as_json: bool) -> None:
     """Depth and oldest job age per queue, failed jobs, live and busy workers."""
-    from bourse.db import Database, unit_of_work
+    from bourse.db import unit_of_work
     from bourse.queue.driver import make_driver
     from bourse.queue.operations import stats
     from bourse.queue.worker import DEFAULT_QUEUES
 
     settings = _settings()
-    db = Database.from_settings(settings, name="cli")
+    db = _database(settings, "cli")
     driver = make_driver(settings, db)
     try:
         with unit_of_work(db) as session:

@@ -58,11 +58,11 @@ def _line(row: dict[str, Any]) -> str:
 
 def _run(work: Callable[[Session], Instrument | list[Instrument]]) -> list[dict[str, Any]]:
     """Run ``work`` in one transaction; print a refusal's code and exit 2 on a BourseError."""
-    from bourse.cli import load_cli_settings
-    from bourse.db import Database, unit_of_work
+    from bourse.cli import load_cli_settings, open_cli_database
+    from bourse.db import unit_of_work
     from bourse.errors import BourseError
 
-    database = Database.from_settings(load_cli_settings())
+    database = open_cli_database(load_cli_settings())
     try:
         with unit_of_work(database) as session:
             result = work(session)

@@ -393,7 +393,7 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
     The traders are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import load_cli_settings  # noqa: PLC0415 - `bourse` imports this module at start-up
+    from bourse.cli import check_cli_database, load_cli_settings  # noqa: PLC0415 - `bourse` imports this module at start-up
     from bourse.errors import BourseError  # noqa: PLC0415 - `bourse` imports this module at start-up
 
     parts = urlsplit(url)
@@ -401,7 +401,8 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
     if traders < concurrency:
         raise click.BadParameter("at least one trader per client", param_hint="--traders")
-    settings = load_cli_settings()
+    settings = load_cli_settings(service=True)
+    check_cli_database(settings)
     try:
         prepared = prepare_traders(settings, traders, symbol)
     except BourseError as exc:

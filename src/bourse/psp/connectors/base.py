@@ -13,6 +13,8 @@ calls it.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,6 +166,67 @@ class PspRefused(ConnectorError):
 class Unsupported(ConnectorError):
     status_code = 422
     code = "connector_unsupported"
+
+
+# --- Reading events ----------------------------------------------------------------------
+
+#: The largest amount the inbox (and the ledger) can hold: a signed 64-bit count of minor units.
+MAX_EVENT_AMOUNT = 2**63 - 1
+_CURRENCY = re.compile(r"[A-Za-z0-9]{1,12}")
+
+
+def read_event_json(body: bytes, provider: str) -> Any:
+    """The JSON value of a webhook body, which providers send as UTF-8.
+
+    Other encodings (``json.loads`` would also accept UTF-16 and UTF-32, and the
+    inbox would then store text full of NULs) and JSON nested deeper than the
+    parser can recurse are :class:`MalformedEvent`, like any other unreadable body.
+    """
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise MalformedEvent(f"The {provider} event is not UTF-8 JSON") from None
+
+
+def _clean(value: str | None) -> bool:
+    """Text PostgreSQL and SQLite can store: no NUL, no lone surrogate (from a ``\\ud800`` escape)."""
+    if value is None:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _clean_json(value: Any) -> bool:
+    """Every string in a JSON value (keys included) is clean; it is stored, then shown again."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, Mapping):
+        return all(_clean(str(key)) and _clean_json(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return all(_clean_json(item) for item in value)
+    return True
+
+
+def storable(event: PaymentEvent) -> PaymentEvent:
+    """``event`` if the inbox can store it as it is; otherwise :class:`MalformedEvent`.
+
+    A verified event still comes from outside: an amount beyond BIGINT, a NUL in an
+    id or a currency longer than an asset code would fail the inbox's INSERT (a 500
+    for the provider, retried for days) instead of being refused once.
+    """
+    for name in ("event_id", "provider_type", "reference", "psp_reference", "currency"):
+        if not _clean(getattr(event, name)):
+            raise MalformedEvent(f"The event's {name} is not storable text")
+    if event.currency is not None and not _CURRENCY.fullmatch(event.currency):
+        raise MalformedEvent("The event's currency is not an asset code")
+    if event.amount is not None and not 0 <= event.amount <= MAX_EVENT_AMOUNT:
+        raise MalformedEvent("The event's amount is out of range")
+    if not _clean_json(event.detail):
+        raise MalformedEvent("The event's detail is not storable text")
+    return event
 
 
 # --- The interface ---------------------------------------------------------------------

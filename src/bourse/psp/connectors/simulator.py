@@ -10,7 +10,6 @@ simulator's error code.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -34,6 +33,8 @@ from bourse.psp.connectors.base import (
     PspUnavailable,
     Transaction,
     TransactionKind,
+    read_event_json,
+    storable,
 )
 
 EVENT_KINDS = {
@@ -203,10 +204,7 @@ class SimulatorConnector(Connector):
             if exc.expired:
                 raise ExpiredSignature(str(exc)) from None
             raise InvalidSignature(str(exc)) from None
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise MalformedEvent("The event is not JSON") from None
+        event = read_event_json(body, "simulator")
         if not isinstance(event, dict):
             raise MalformedEvent("The event is not a JSON object")
         event_id, event_type = event.get("id"), event.get("type")
@@ -214,8 +212,8 @@ class SimulatorConnector(Connector):
             raise MalformedEvent("The event lacks an id or a type")
         kind = EVENT_KINDS.get(event_type)
         if kind is None:
-            return PaymentEvent(event_id=event_id, kind=EventKind.ignored, provider_type=event_type)
-        return self._payment_event(event_id, event_type, kind, event)
+            return storable(PaymentEvent(event_id=event_id, kind=EventKind.ignored, provider_type=event_type))
+        return storable(self._payment_event(event_id, event_type, kind, event))
 
     @staticmethod
     def _payment_event(event_id: str, event_type: str, kind: EventKind, event: dict[str, Any]) -> PaymentEvent:

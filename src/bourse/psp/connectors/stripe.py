@@ -20,7 +20,7 @@ one HTTP request.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +43,8 @@ from bourse.psp.connectors.base import (
     PaymentStatus,
     PspRefused,
     PspUnavailable,
+    read_event_json,
+    storable,
 )
 
 SIGNATURE_HEADER = "stripe-signature"
@@ -87,7 +89,8 @@ class StripeConnector(Connector):
         api_base: str | None = None,
         name: str = "stripe",
     ) -> None:
-        """``api_base`` points the SDK at another host (a local stub in tests); production leaves it None."""
+        """``api_base`` points the SDK at another host (``BOURSE_STRIPE_API_BASE``: stripe-mock, a proxy,
+        a local stub in tests); None is Stripe's own API."""
         if not api_key.strip():
             raise ValueError("the Stripe API key is empty")
         if not webhook_secret.strip():
@@ -188,6 +191,9 @@ class StripeConnector(Connector):
         refunded on the charge so far, not the amount of this one refund.
         """
         header = headers.get(SIGNATURE_HEADER)
+        if header is not None and not header.isascii():
+            # A real signature is ASCII; the SDK's compare_digest would raise TypeError on anything else.
+            raise InvalidSignature("Stripe signature rejected: the header is not ASCII")
         try:
             stripe.WebhookSignature.verify_header(body, header, self._webhook_secret, tolerance=None)
         except stripe.SignatureVerificationError as exc:
@@ -197,13 +203,13 @@ class StripeConnector(Connector):
             raise InvalidSignature("Stripe signature rejected: the body is not UTF-8") from exc
         timestamp = _signed_timestamp(header or "")
         current = time.time() if now is None else now
-        if abs(current - timestamp) > TOLERANCE_SECONDS:
-            raise ExpiredSignature(f"Stripe signature timestamp {timestamp} is more than {TOLERANCE_SECONDS}s away")
         try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise MalformedEvent("The Stripe event is not JSON") from exc
-        return _read_event(payload)
+            skew = abs(current - timestamp)
+        except OverflowError:  # a signed timestamp too large for a float is simply far away
+            skew = math.inf
+        if skew > TOLERANCE_SECONDS:
+            raise ExpiredSignature(f"Stripe signature timestamp {timestamp} is more than {TOLERANCE_SECONDS}s away")
+        return storable(_read_event(read_event_json(body, "Stripe")))
 
     # --- Status ----------------------------------------------------------------------
 

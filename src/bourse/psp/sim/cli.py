@@ -58,7 +58,7 @@ def psp_sim(host: str, port: int, webhook_url: str, public_url: str | None) -> N
 
     if not host:
         raise click.BadParameter("must not be empty", param_hint="'--host'")
-    settings = load_cli_settings()
+    settings = load_cli_settings(service=True)
     log = get_logger("bourse.psp.sim")
     public = (public_url or f"http://{host}:{port}").rstrip("/")
     config = SimConfig(
