@@ -253,23 +253,18 @@ echo "apt-lists: $lists"
         self.note(f"docker stop: drained (shutdown_draining, shutdown_stopping) and exited 0 in {took:.1f} s")
         for process, probe in (("worker", "--worker"), ("scheduler", "--scheduler")):
             self.container(process, *data, self.image, process)
-            self.wait_for(
-                f"{process} heartbeat",
-                lambda p=process, f=probe: (
-                    self.run(  # type: ignore[misc]
-                        "exec", f"{PREFIX}-{p}", "bourse", "healthcheck", f, check_rc=False
-                    ).returncode
-                    == 0
-                ),
-                timeout=60,
-                interval=0.5,
-            )
+            self.wait_for(f"{process} heartbeat", self.probe(process, probe), timeout=60, interval=0.5)
             self.out("stop", "--time", "30", f"{PREFIX}-{process}", timeout=60)
             code = self.inspect(f"{PREFIX}-{process}")["State"]["ExitCode"]
             check(code == 0, f"{process} exited {code} after docker stop")
             self.note(
                 f"{process} on --read-only: `bourse healthcheck {probe}` passes (heartbeat in /tmp); stop exits 0"
             )
+
+    def probe(self, process: str, flag: str) -> Callable[[], bool]:
+        """Whether `bourse healthcheck FLAG` passes inside the process's container."""
+        argv = ["exec", f"{PREFIX}-{process}", "bourse", "healthcheck", flag]
+        return lambda: self.run(*argv, check_rc=False).returncode == 0
 
     def bytecode(self) -> None:
         port = self.args.port + 1
@@ -432,7 +427,8 @@ sys.exit(1 if problems else 0)
         self.run("image", "rm", "--force", tag, check_rc=False)
         output = completed.stdout + completed.stderr
         check(completed.returncode == 0, f"the rebuild failed:\n{output[-4000:]}")
-        steps = build_steps(output)
+        # FROM lines only resolve the base image; every other step either ran or was CACHED.
+        steps = [step for step in build_steps(output) if "] FROM " not in step["name"]]
         for step in steps:
             self.note(f"{'CACHED ' if step['cached'] else 'ran    '} {step['name'][:110]}")
         ran = [s["name"] for s in steps if not s["cached"]]
@@ -448,7 +444,7 @@ sys.exit(1 if problems else 0)
 
 
 def build_steps(output: str) -> list[dict[str, Any]]:
-    """BuildKit's plain progress: each ``#N [stage i/n] INSTRUCTION`` and whether it was CACHED."""
+    """BuildKit's plain progress: each ``#N [stage i/n] INSTRUCTION`` and whether it was CACHED, in step order."""
     names: dict[str, str] = {}
     cached: set[str] = set()
     for line in output.splitlines():
@@ -458,7 +454,17 @@ def build_steps(output: str) -> list[dict[str, Any]]:
         done = re.match(r"#(\d+) CACHED$", line)
         if done:
             cached.add(done.group(1))
-    return [{"name": name, "cached": number in cached} for number, name in names.items()]
+    steps = [{"name": name, "cached": number in cached} for number, name in names.items()]
+    return sorted(steps, key=lambda step: step_order(str(step["name"])))
+
+
+def step_order(name: str) -> tuple[int, int]:
+    """Stages in the Dockerfile's order, then steps in theirs."""
+    match = re.match(r"\[([\w-]+) +(\d+)/\d+\]", name)
+    if match is None:
+        return (99, 0)
+    order = {"deps": 0, "app": 1, "web": 2, "runtime": 3}
+    return (order.get(match.group(1), 50), int(match.group(2)))
 
 
 def main(argv: list[str] | None = None) -> int:

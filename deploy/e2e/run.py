@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -535,20 +536,35 @@ class E2E:
         bad = [s for s in samples if s.status not in {200, 503}]
         late = [s for s in samples if s.status == 503 and not down_at <= s.at <= ready_at]
         if bad or late:
-            lines = self.stack.logs("api").splitlines()
-            evidence = []
-            for s in (bad + late)[:10]:
-                logged = [line for line in lines if s.request_id and f'"{s.request_id}"' in line]
-                evidence.append(
-                    f"{s.path} -> {s.status} {s.error} (request {s.request_id}):\n      " + "\n      ".join(logged[-3:])
-                )
             raise CheckFailed(
-                f"{len(bad)} answers other than 200/503 and {len(late)} 503s outside the downtime:\n    "
-                + "\n    ".join(evidence)
+                f"{len(bad)} answers other than 200/503 and {len(late)} 503s outside the downtime"
+                f" ({len(samples)} requests, the database down for {ready_at - down_at:.1f} s);"
+                f" the api's log lines for them:\n" + self.evidence(bad + late)
             )
         self.note(
             f"the api container never restarted (started {api_after.started_at}, restarts {api_after.restart_count})"
         )
+
+    def evidence(self, samples: list[Sample]) -> str:
+        """Each distinct failure once: request, status, and the error its log line names."""
+        errors = {
+            e.get("request_id"): e for e in log_events(self.stack.logs("api"), "unhandled_error") if e.get("request_id")
+        }
+        lines, seen = [], set()
+        for s in samples:
+            logged = errors.get(s.request_id, {})
+            exception = str(logged.get("exception", "")).strip().splitlines()
+            cause = exception[-1] if exception else "no unhandled_error line"
+            cause = re.sub(r"\(Background on this error at: [^)]*\)", "", cause).strip()
+            key = (s.path, s.status, re.sub(r"\d+\.\d+\.\d+\.\d+", "<ip>", cause))
+            if key in seen:
+                continue
+            seen.add(key)
+            count = sum(1 for o in samples if (o.path, o.status) == (s.path, s.status))
+            lines.append(
+                f"    GET {s.path} -> {s.status} {s.error} (e.g. X-Request-ID {s.request_id}, {count}x): {cause}"
+            )
+        return "\n".join(lines)
 
     def readyz(self) -> int | None:
         try:
