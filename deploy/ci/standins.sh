@@ -97,10 +97,15 @@ recipe_python() {
     'CMD ["python3"]')
 }
 
-# node:20-bookworm-slim and the like: Node from the newest Debian suite that ships that major.
+# node:20-bookworm-slim and the like (for the web UI's stage): Node 20 and npm from
+# trixie, the first Debian suite with Node 20. npm comes through apt inside the
+# root filesystem: debootstrap's own resolver cannot install its dependencies.
 recipe_node() {
-  local dir=$1 ref=$2
-  bootstrap trixie "nodejs,npm,ca-certificates" "$dir"
+  local dir=$1
+  bootstrap trixie "nodejs,ca-certificates" "$dir"
+  chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive /bin/sh -c \
+    'apt-get update -qq && apt-get install -y -qq --no-install-recommends npm > /dev/null && apt-get clean'
+  rm -rf "$dir"/var/lib/apt/lists/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/var/log/apt/*
   IMPORT_CHANGES=('ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' 'CMD ["node"]')
 }
 
