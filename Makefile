@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml uv.lock
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install Bourse with its locked dependencies
@@ -45,19 +45,19 @@ test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip if u
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff
-	@$(BIN)/ruff check src tests migrations
+	@$(BIN)/ruff check src tests migrations deploy
 
 .PHONY: format
 format: $(STAMP) ## Format the code with ruff
-	@$(BIN)/ruff format src tests migrations
-	@$(BIN)/ruff check --fix src tests migrations
+	@$(BIN)/ruff format src tests migrations deploy
+	@$(BIN)/ruff check --fix src tests migrations deploy
 
 .PHONY: format-check
 format-check: $(STAMP) ## Check formatting without changing files
-	@$(BIN)/ruff format --check src tests migrations
+	@$(BIN)/ruff format --check src tests migrations deploy
 
 .PHONY: typecheck
-typecheck: $(STAMP) ## Type-check src/bourse with mypy --strict
+typecheck: $(STAMP) ## Type-check src/bourse and deploy with mypy --strict
 	@$(BIN)/mypy
 
 .PHONY: alembic-check
@@ -126,6 +126,43 @@ bench-orders: $(STAMP) ## Recreate BENCH_DB, then `bench orders-http` on BTC-USD
 bench-matching: $(STAMP) ## The in-memory order book on one core: `bench matching` with 200,000 orders
 	@$(BIN)/bourse bench matching --orders 200000 --json
 
+# --- Docker: the image and the compose stack (README, "Run with Docker") ---------------
+DOCKER ?= docker
+# Compose v2 (`docker compose`) when the engine has it, else docker-compose 1.29.
+COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo docker-compose)
+IMAGE ?= bourse:local
+# Extra `docker build` flags, e.g. CI's --network host and CA bundle build arguments.
+DOCKER_BUILD_FLAGS ?=
+COMPOSE_PROJECT ?= bourse
+COMPOSE_FILES = -f compose.yaml $(if $(DEV),-f compose.dev.yaml)
+IMAGE_VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' src/bourse/__init__.py)
+IMAGE_REVISION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_SOURCE = $(shell git config --get remote.origin.url 2>/dev/null || echo "file://$(CURDIR)")
+
+.PHONY: image
+image: ## Build the container image (IMAGE, default bourse:local) from the Dockerfile
+	@DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) \
+	  --build-arg VERSION=$(IMAGE_VERSION) --build-arg REVISION=$(IMAGE_REVISION) --build-arg SOURCE=$(IMAGE_SOURCE) \
+	  --tag $(IMAGE) .
+
+.PHONY: compose-secrets
+compose-secrets: ## Generate strong random secrets for the compose stack into .secrets/ (git-ignored); existing ones are kept
+	@bash deploy/compose-secrets.sh .secrets
+
+.PHONY: compose-up
+compose-up: $(STAMP) compose-secrets image ## Start the stack with Docker (DEV=1 adds compose.dev.yaml) and wait until healthy: http://127.0.0.1:8080
+	@APP_IMAGE=$(IMAGE) $(COMPOSE) -p $(COMPOSE_PROJECT) $(COMPOSE_FILES) up --detach --no-build
+	@APP_IMAGE=$(IMAGE) $(BIN)/python -m deploy.stack wait --compose "$(COMPOSE)" --project $(COMPOSE_PROJECT) $(COMPOSE_FILES)
+	@echo "Bourse is running at http://127.0.0.1:$${HTTP_PORT:-8080}  (API docs: http://127.0.0.1:$${HTTP_PORT:-8080}/api/docs)"
+
+.PHONY: compose-down
+compose-down: ## Stop and remove the stack (VOLUMES=1 also deletes its PostgreSQL and Redis data)
+	@APP_IMAGE=$(IMAGE) $(COMPOSE) -p $(COMPOSE_PROJECT) $(COMPOSE_FILES) down $(if $(VOLUMES),--volumes)
+
+.PHONY: compose-e2e
+compose-e2e: $(STAMP) image ## Start a fresh stack, drive it through nginx end to end and through its fault checks, then remove it
+	@$(BIN)/python -m deploy.e2e --compose "$(COMPOSE)" --image $(IMAGE)
+
 # --- Kubernetes (deploy/k8s, docs/deploy.md) -----------------------------------------
 OVERLAY ?= production-sealed
 K8S_TOOLS := var/k8s-tools
@@ -144,11 +181,11 @@ deploy-check: $(K8S_TOOLS)/.installed-stamp ## Render every overlay; kubernetes-
 	@bash deploy/k8s/check.sh $(K8S_TOOLS)
 
 .PHONY: deploy-image
-deploy-image: ## Pin every overlay to the image DIGEST=sha256:... (IMAGE=registry/name to change the name)
+deploy-image: ## Pin every overlay to the image DIGEST=sha256:... (IMAGE_NAME=registry/name to change the name)
 	@[[ "$(DIGEST)" =~ ^sha256:[0-9a-f]{64}$$ ]] || { echo "DIGEST must be sha256: and 64 hex digits, got '$(DIGEST)'" >&2; exit 2; }
 	@for k in $(K8S_OVERLAYS); do \
 	  sed -i -E "s|^(    digest: )sha256:[0-9a-f]{64}$$|\1$(DIGEST)|" $$k; \
-	  if [ -n "$(IMAGE)" ]; then sed -i -E "s|^(    newName: ).*$$|\1$(IMAGE)|" $$k; fi; \
+	  if [ -n "$(IMAGE_NAME)" ]; then sed -i -E "s|^(    newName: ).*$$|\1$(IMAGE_NAME)|" $$k; fi; \
 	  grep -q "digest: $(DIGEST)" $$k || { echo "$$k: no digest line to set" >&2; exit 1; }; \
 	done; echo "every overlay now runs $(DIGEST)"
 

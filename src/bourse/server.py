@@ -96,6 +96,9 @@ def run_server(app: FastAPI, settings: Settings, *, host: str, port: int, sock: 
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # Always our own list: uvicorn would otherwise read FORWARDED_ALLOW_IPS.
+        proxy_headers=True,
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
         lifespan="on",
     )
     server = DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds)

@@ -18,6 +18,7 @@ no error message built here ever contains a value.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -528,6 +529,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     max_body_bytes: PositiveInt = 1024 * 1024
+    # The proxies whose X-Forwarded-For the server believes (addresses or networks):
+    # loopback by default, the layout of an nginx sidecar; empty believes nobody.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
     # Overload (docs/decisions/0012-overload.md): API requests served at once beyond
     # which new ones get 503 overloaded, and how long the worker threads may go
     # without making progress before /livez fails.
@@ -616,6 +620,28 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown connector(s) {', '.join(unknown)}; known: {', '.join(PSP_CONNECTOR_NAMES)}")
         if len(set(value)) != len(value):
             raise ValueError("a connector is listed twice")
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_forwarded_allow_ips(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",")) if value.strip() else ()
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item == "*":
+                raise ValueError("'*' would let every client choose its own address; list the proxies")
+            try:
+                if "/" in item:
+                    ipaddress.ip_network(item)
+                else:
+                    ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (such as 10.0.0.0/8)") from None
         return value
 
     @field_validator("trading_fee_tiers")
