@@ -11,6 +11,7 @@ with a fast 503, recovers at once, and stops on SIGTERM within its budget.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.support.load import LoadResult, run_hammer
-from tests.support.processes import clean_env, free_port, run_bourse, stop, wait_for_status
+from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
 
 THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
 CONNECTIONS = 10 * THREADS
@@ -137,6 +138,26 @@ def _metric(base: str, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+FIGURES = ROOT / "var" / "bench"
+
+
+def _figures(name: str, **values: object) -> None:
+    """Keep the run's figures where CI prints them (var/bench/overload-<name>.json)."""
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / f"overload-{name}.json").write_text(json.dumps(values, indent=1) + "\n")
+
+
+def _summary(result: LoadResult, start: float = 0.0, end: float | None = None) -> dict[str, object]:
+    return {
+        "completed_per_second": round(result.rate(200, start, end), 1),
+        "statuses": {str(code): count for code, count in sorted(result.statuses.items())},
+        "timeouts": result.timeouts,
+        "p99_200_seconds": round(result.quantile(200, 0.99), 3),
+        "p99_503_seconds": round(result.quantile(503, 0.99), 3),
+        "completed_each_second": result.per_second(200),
+    }
+
+
 def _report(label: str, result: LoadResult) -> str:
     return (
         f"{label}: {dict(result.statuses)} timeouts={result.timeouts} errors={dict(result.errors)} "
@@ -175,7 +196,15 @@ def test_overload_sheds_the_excess_keeps_serving_and_recovers_at_once(server: Se
             break
         assert time.monotonic() < deadline, (response.status_code, _connections(deployment))
         time.sleep(0.2)
-    print(f"recovered {time.monotonic() - stopped:.2f}s after the load stopped")  # noqa: T201
+    recovered = time.monotonic() - stopped
+    print(f"recovered {recovered:.2f}s after the load stopped")  # noqa: T201
+    _figures(
+        "honouring-retry-after",
+        connections=CONNECTIONS,
+        unloaded=_summary(unloaded),
+        overload=_summary(overload),
+        recovered_seconds=round(recovered, 2),
+    )
     assert _metric(server.base, "bourse_db_leases_in_use") == 0
     assert _metric(server.base, "bourse_db_lease_waiting") == 0
     assert httpx.get(f"{server.base}/livez", timeout=5).status_code == 200
@@ -213,5 +242,14 @@ def test_clients_that_ignore_retry_after_do_not_starve_the_server_and_sigterm_st
 
     # SIGTERM under overload: drained, stopped and exited 0 within its budget.
     print(f"exited {exited_after[0]:.2f}s after SIGTERM with code {exit_code[0]}")  # noqa: T201
+    _figures(
+        "ignoring-retry-after",
+        connections=CONNECTIONS,
+        unloaded=_summary(unloaded),
+        overload_before_sigterm=_summary(overload, 1, sigterm_at),
+        sigterm_exit_code=exit_code[0],
+        exited_seconds_after_sigterm=round(exited_after[0], 2),
+        budget_seconds=budget,
+    )
     assert exit_code == [0]
     assert exited_after[0] <= budget, f"exited {exited_after[0]:.1f}s after SIGTERM; budget {budget}s"
