@@ -10,10 +10,6 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from bourse.settings import (
-    KNOWN_DEFAULT_SECRETS,
-    MIN_JWT_SECRET_LENGTH,
-    NON_SETTING_VARIABLES,
-    FileValue,
     Settings,
     SettingsError,
     describe,
@@ -22,10 +18,12 @@ from bourse.settings import (
     load_settings,
     mask_database_url,
     mask_redis_url,
-    normalise_database_url,
-    parse_key_value_file,
-    read_secrets_dirs,
 )
+from bourse.settings.keyvalue import FileValue, parse_key_value_file
+from bourse.settings.model import KNOWN_DEFAULT_SECRETS, MIN_JWT_SECRET_LENGTH
+from bourse.settings.names import NON_SETTING_VARIABLES
+from bourse.settings.secrets_dirs import read_secrets_dirs
+from bourse.settings.urls import normalise_database_url
 from tests.conftest import TEST_ENV_KEEP
 from tests.support.processes import clean_env, run_bourse
 

@@ -19,16 +19,10 @@ from urllib.parse import urlsplit
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bourse.settings import (
-    Settings,
-    SettingsError,
-    describe,
-    env_name,
-    load_settings,
-    parse_key_value_file,
-    read_secrets_dirs,
-    unknown_name_problem,
-)
+from bourse.settings import Settings, SettingsError, describe, env_name, load_settings
+from bourse.settings.keyvalue import parse_key_value_file
+from bourse.settings.names import unknown_name_problem
+from bourse.settings.secrets_dirs import read_secrets_dirs
 from tests.conftest import TEST_ENV_KEEP
 from tests.support.fuzz import FUZZ
 

@@ -1,15 +1,4 @@
-"""Typed, validated configuration.
-
-Every setting is read with the prefix ``BOURSE_``. Values come from, in order of
-precedence (the first that has a value wins):
-
-1. keyword arguments given to :class:`Settings` (tests, the CLI);
-2. environment variables;
-3. the directories named by ``BOURSE_SECRETS_DIRS`` (comma-separated, earlier
-   directories win). Inside a directory, a file named exactly like a setting
-   (``BOURSE_JWT_SECRET``, the Kubernetes Secret volume layout) wins over a
-   ``KEY=VALUE`` line in any other file (the Vault agent template layout);
-4. the defaults below.
+"""The settings model: every setting, its default, and the checks run at start-up.
 
 Secrets are :class:`pydantic.SecretStr`: their ``repr`` and ``str`` are masked and
 no error message built here ever contains a value.
@@ -17,13 +6,10 @@ no error message built here ever contains a value.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -43,16 +29,15 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
+
+from bourse.settings.errors import SettingsError
+from bourse.settings.names import ENV_PREFIX, env_name, unknown_environment_problems
+from bourse.settings.secrets_dirs import SecretsDirsSource, split_dirs
+from bourse.settings.urls import check_api_base, mask_database_url, mask_redis_url, normalise_database_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from pydantic.fields import FieldInfo
-
-ENV_PREFIX = "BOURSE_"
-SECRETS_DIRS_ENV = "BOURSE_SECRETS_DIRS"
 
 # Values shipped as development defaults or commonly pasted from examples. Any of
 # them in production means somebody forgot to configure a real secret.
@@ -72,261 +57,12 @@ KNOWN_DEFAULT_SECRETS = frozenset(
 )
 MIN_JWT_SECRET_LENGTH = 32
 MAX_FEE_BPS = 1_000  # 10%: a trading fee above this is a typo, not a price list
-MASK = "********"
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# ``BOURSE_`` names that are not settings but legitimately appear where settings are
-# read, each with who sets it. Any other unknown ``BOURSE_`` name stops start-up,
-# from the environment as from a secrets file (docs/decisions/0015).
-NON_SETTING_VARIABLES: Mapping[str, str] = {
-    "BOURSE_REQUIRE_SERVICES": "the test suite: unreachable PostgreSQL or Redis fails instead of skipping (CI)",
-    "BOURSE_TEST_POSTGRES_URL": "the test suite: the PostgreSQL server its databases are created on",
-    "BOURSE_TEST_REDIS_URL": "the test suite: the Redis server it uses",
-}
-
-# Kubernetes' service links: for every Service in the namespace the kubelet sets
-# <NAME>_SERVICE_HOST, <NAME>_PORT=tcp://ip:port and the like, so a Service named
-# "bourse-api" puts BOURSE_API_* variables into every pod. Such a name is recognised
-# by its suffix together with the shape of its value, so that a typo whose value is
-# an ordinary setting value (BOURSE_API_PORT=8000) is still refused.
-_IP = r"[0-9A-Fa-f.:]+"
-_PROTO = r"(?:TCP|UDP|SCTP)"
-_SERVICE_LINKS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = tuple(
-    (re.compile(name), re.compile(value))
-    for name, value in (
-        (r"_SERVICE_HOST$", rf"^{_IP}$"),
-        (r"_SERVICE_PORT(?:_[A-Z0-9_]+)?$", r"^[0-9]{1,5}$"),
-        (rf"_PORT(?:_[0-9]{{1,5}}_{_PROTO})?$", rf"^(?:tcp|udp|sctp)://(?:{_IP}|\[{_IP}\]):[0-9]{{1,5}}$"),
-        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_PROTO$", r"^(?:tcp|udp|sctp)$"),
-        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_PORT$", r"^[0-9]{1,5}$"),
-        (rf"_PORT_[0-9]{{1,5}}_{_PROTO}_ADDR$", rf"^{_IP}$"),
-    )
-)
-
-
-def is_kubernetes_service_link(name: str, value: str) -> bool:
-    """Whether ``name=value`` is a variable the kubelet injects for a Service."""
-    upper = name.upper()
-    return any(suffix.search(upper) and shape.match(value) for suffix, shape in _SERVICE_LINKS)
-
-
-def unknown_name_problem(name: str, value: str, known: frozenset[str]) -> str | None:
-    """Why ``name`` (a ``BOURSE_`` name that is not a setting) is refused, or None to ignore it.
-
-    The same judgement for the environment and for secrets files. The message names
-    the setting probably meant when one is close, and never contains the value.
-    """
-    upper = name.upper()
-    if upper in NON_SETTING_VARIABLES or is_kubernetes_service_link(name, value):
-        return None
-    suffixes = {key.removeprefix(ENV_PREFIX): key for key in known}
-    close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.75)
-    hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
-    return f"unknown setting {name}{hint}"
-
-
-def unknown_environment_problems(environ: Mapping[str, str], known: frozenset[str]) -> list[str]:
-    """Every ``BOURSE_`` variable in ``environ`` that is neither a setting nor allowed.
-
-    Names are matched ignoring case, as the settings themselves are.
-    """
-    problems: list[str] = []
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known:
-            continue
-        problem = unknown_name_problem(name, environ[name], known)
-        if problem is not None:
-            problems.append(f"environment: {problem}")
-    return problems
-
-
-class SettingsError(Exception):
-    """Configuration is missing or invalid. The message never contains a value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class FileValue:
-    value: str
-    origin: str  # "path" or "path:line"
-
-
-def env_name(field: str) -> str:
-    return f"{ENV_PREFIX}{field.upper()}"
-
-
-def _unquote(raw: str) -> str:
-    if len(raw) >= len('""') and raw[0] == raw[-1] and raw[0] in {'"', "'"}:
-        return raw[1:-1]
-    return raw
-
-
-def parse_key_value_file(path: Path, known: frozenset[str]) -> dict[str, FileValue]:
-    """Parse a Vault-agent style file of ``KEY=VALUE`` lines.
-
-    Blank lines and ``#`` comments are skipped and ``export`` prefixes are allowed.
-    Keys that do not start with ``BOURSE_`` belong to somebody else and are ignored;
-    an unknown ``BOURSE_`` key is an error, since it is almost always a typo.
-    Errors name the file and line, never the value.
-    """
-    values: dict[str, FileValue] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingsError([f"{path}: not valid UTF-8 text"]) from exc
-    except OSError as exc:
-        raise SettingsError([f"{path}: cannot be read ({exc.strerror})"]) from exc
-    problems: list[str] = []
-    # Only "\n" ends a line: str.splitlines() would also split on form feeds, U+2028
-    # and the like, which can legitimately occur inside a secret.
-    for number, line in enumerate(text.split("\n"), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith("export "):
-            stripped = stripped[len("export ") :].lstrip()
-        key, sep, raw_value = stripped.partition("=")
-        key = key.strip()
-        if not sep or not _KEY_RE.match(key):
-            problems.append(f"{path}:{number}: malformed line, expected KEY=VALUE")
-            continue
-        if not key.startswith(ENV_PREFIX):
-            continue
-        value = _unquote(raw_value.strip())
-        if key not in known:
-            problem = unknown_name_problem(key, value, known)
-            if problem is not None:
-                problems.append(f"{path}:{number}: {problem}")
-            continue
-        if key in values:
-            problems.append(f"{path}:{number}: {key} is set twice (first at {values[key].origin})")
-            continue
-        values[key] = FileValue(value, f"{path}:{number}")
-    if problems:
-        raise SettingsError(problems)
-    return values
-
-
-_BOURSE_ASSIGNMENT = re.compile(rf"^[ \t]*(?:export[ \t]+)?{ENV_PREFIX}", re.MULTILINE)
-
-
-def _holds_bourse_settings(path: Path) -> bool:
-    """Whether a non-``BOURSE_*``-named file is a KEY=VALUE file meant for Bourse.
-
-    A file counts as ours once any line starts with a ``BOURSE_`` key; from then
-    on every malformed line in it is an error. Files that cannot be read at all
-    are reported by the parser; undecodable (binary) files are not ours.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return False
-    except OSError:
-        return True
-    return _BOURSE_ASSIGNMENT.search(text) is not None
-
-
-def _read_per_key_file(entry: Path, known: frozenset[str]) -> FileValue | None:
-    """A per-key file's value; None for an allowed name that is not a setting."""
-    try:
-        content: str | None = entry.read_text(encoding="utf-8").strip("\r\n")
-    except (OSError, UnicodeDecodeError):
-        content = None
-    if entry.name not in known:
-        problem = unknown_name_problem(entry.name, content or "", known)
-        if problem is not None:
-            raise SettingsError([f"{entry}: {problem}"])
-        return None
-    if content is None:
-        raise SettingsError([f"{entry}: cannot be read as UTF-8 text"])
-    return FileValue(content, str(entry))
-
-
-def _list_dir(directory: Path) -> list[Path] | str:
-    """The directory's entries, sorted, or the problem with it."""
-    try:
-        # is_dir() raises for some paths (a name too long) instead of answering False.
-        if not directory.is_dir():
-            return f"{SECRETS_DIRS_ENV}: {directory} is not a directory"
-        return sorted(directory.iterdir())
-    except OSError as exc:
-        return f"{SECRETS_DIRS_ENV}: {directory} cannot be read ({exc.strerror})"
-
-
-def read_secrets_dirs(dirs: list[Path], known: frozenset[str]) -> dict[str, FileValue]:
-    """Collect setting values from secrets directories, earliest directory first.
-
-    An earlier directory wins over a later one whatever the layout; inside one
-    directory a per-key file wins over a ``KEY=VALUE`` line.
-    """
-    found: dict[str, FileValue] = {}
-    problems: list[str] = []
-    for directory in dirs:
-        entries = _list_dir(directory)
-        if isinstance(entries, str):
-            problems.append(entries)
-            continue
-        per_key: dict[str, FileValue] = {}
-        key_value: dict[str, FileValue] = {}
-        for entry in entries:
-            # Kubernetes Secret volumes keep their real files behind "..data" links.
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            if entry.name.startswith(ENV_PREFIX):
-                try:
-                    file_value = _read_per_key_file(entry, known)
-                except SettingsError as exc:
-                    problems.extend(exc.problems)
-                    continue
-                if file_value is not None:
-                    per_key.setdefault(entry.name, file_value)
-                continue
-            if not _holds_bourse_settings(entry):
-                # Another consumer's file mounted alongside (a certificate, a keystore,
-                # the database template's DB_* lines): not ours to read or judge.
-                continue
-            try:
-                parsed = parse_key_value_file(entry, known)
-            except SettingsError as exc:
-                problems.extend(exc.problems)
-                continue
-            for key, file_value in parsed.items():
-                key_value.setdefault(key, file_value)
-        for key, file_value in {**key_value, **per_key}.items():
-            found.setdefault(key, file_value)
-    if problems:
-        raise SettingsError(problems)
-    return found
-
-
-def _split_dirs(raw: str) -> list[Path]:
-    return [Path(part.strip()) for part in raw.split(",") if part.strip()]
-
-
-class SecretsDirsSource(PydanticBaseSettingsSource):
-    """Settings source over the directories named by ``BOURSE_SECRETS_DIRS``."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        known = frozenset(env_name(name) for name in settings_cls.model_fields)
-        dirs = _split_dirs(os.environ.get(SECRETS_DIRS_ENV, ""))
-        self.values = read_secrets_dirs(dirs, known)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002 - base signature
-        found = self.values.get(env_name(field_name))
-        return (found.value if found else None), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return {
-            name: self.values[env_name(name)].value
-            for name in self.settings_cls.model_fields
-            if env_name(name) in self.values
-        }
-
+# The payment connectors Bourse ships (bourse.psp.registry builds them).
+PSP_CONNECTOR_NAMES = ("simulator", "stripe")
+# The Stripe SDK's own default (stripe.DEFAULT_API_BASE), spelled out so that the
+# settings module does not import the SDK.
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 
 _KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 
@@ -345,72 +81,6 @@ def parse_previous_jwt_keys(raw: str) -> dict[str, str]:
             raise ValueError(f"the key id {kid!r} appears twice")
         keys[kid] = secret
     return keys
-
-
-def normalise_database_url(raw: str) -> URL:
-    """Parse a database URL and pin the driver Bourse uses for each backend."""
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
-        # Not chained: the parser's own messages (e.g. for a bad port) quote the URL.
-        raise ValueError("is not a valid database URL") from None
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return url.set(drivername="sqlite+pysqlite")
-    if backend == "postgresql":
-        return url.set(drivername="postgresql+psycopg")
-    raise ValueError("must be a sqlite:// or postgresql:// URL")
-
-
-def mask_database_url(raw: str) -> str:
-    """The database URL for display: its password, in userinfo or query, masked."""
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
-        return MASK
-    if "password" in url.query:
-        url = url.update_query_dict({"password": MASK})
-    return url.render_as_string(hide_password=True)
-
-
-def mask_redis_url(raw: str) -> str:
-    """The Redis URL for display: its password, in userinfo or query, masked."""
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        return MASK
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostinfo}" if at and ":" in userinfo else parts.netloc
-    query = re.sub(r"(^|&)(password=)[^&]*", rf"\1\2{MASK}", parts.query, flags=re.IGNORECASE)
-    # Rebuilt by hand: urlunsplit() would turn "unix:///path" into "unix:/path".
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
-
-
-# The payment connectors Bourse ships (bourse.psp.registry builds them).
-PSP_CONNECTOR_NAMES = ("simulator", "stripe")
-# The Stripe SDK's own default (stripe.DEFAULT_API_BASE), spelled out so that the
-# settings module does not import the SDK.
-DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
-
-
-def check_api_base(value: str) -> str:
-    """An absolute http(s) base URL with a host: no credentials, query or fragment."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - parsed only to refuse a bad port
-    except ValueError:
-        raise ValueError("must be an http:// or https:// URL") from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname or re.search(r"\s", value):
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if "@" in parts.netloc:
-        raise ValueError("must not carry credentials (the API key is a setting of its own)")
-    if parts.query or parts.fragment or value.endswith(("?", "#")):
-        raise ValueError("must not have a query or a fragment")
-    return value.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -583,7 +253,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_secrets_dirs(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(_split_dirs(value))
+            return tuple(split_dirs(value))
         return value
 
     @field_validator(
@@ -817,52 +487,3 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_format_validation_error(exc)) from None
-
-
-def is_secret_field(name: str) -> bool:
-    annotation = Settings.model_fields[name].annotation
-    return annotation is SecretStr or annotation == SecretStr | None
-
-
-@dataclass(frozen=True)
-class SettingRow:
-    name: str
-    value: str
-    source: str
-    secret: bool
-
-
-def _display(value: object, *, secret: bool) -> str:
-    if value is None:
-        return ""
-    if secret:
-        return MASK
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def describe(settings: Settings) -> list[SettingRow]:
-    """Effective settings, secrets masked, each with where its value came from."""
-    file_values = SecretsDirsSource(Settings).values
-    # Environment variable names are matched case-insensitively, as Settings does.
-    environ = {key.upper() for key in os.environ}
-    rows: list[SettingRow] = []
-    for name in Settings.model_fields:
-        key = env_name(name)
-        secret = is_secret_field(name)
-        value: object = getattr(settings, name)
-        if name == "database_url":
-            value = mask_database_url(settings.database_url)
-        elif name == "redis_url" and settings.redis_url:
-            value = mask_redis_url(settings.redis_url)
-        if key in environ:
-            source = "env"
-        elif key in file_values:
-            source = f"file {file_values[key].origin}"
-        elif name in settings.model_fields_set:
-            source = "argument"
-        else:
-            source = "default"
-        rows.append(SettingRow(key, _display(value, secret=secret), source, secret))
-    return rows
