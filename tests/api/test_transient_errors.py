@@ -402,9 +402,9 @@ def test_retrying_with_the_same_idempotency_key_after_a_503_moves_money_once(
     fund(database, sender.id, "USD", 10_000)
     before = balance(database, sender.id, "USD")
     with unit_of_work(database) as session:
-        from bourse.ledger import service as ledger  # noqa: PLC0415 - only this test needs it
+        from bourse.ledger.accounts import user_account  # noqa: PLC0415 - only this test needs it
 
-        source = ledger.user_account(session, sender.id, "USD", AccountKind.available)
+        source = user_account(session, sender.id, "USD", AccountKind.available)
     key = str(uuid.uuid4())
     transfer = {"to_user_id": str(recipient.id), "asset": "USD", "amount": "12.34"}
     headers = {**bearer(settings, sender), "Idempotency-Key": key}

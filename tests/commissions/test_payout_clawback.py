@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from bourse.commissions import service
 from bourse.commissions.models import CommissionPayout
 from bourse.db import Database, unit_of_work
-from bourse.ledger import service as ledger
+from bourse.ledger.adjustments import adjust
+from bourse.ledger.posting import Context
 from bourse.settings import Settings
 from tests.commissions.support import (
     Hierarchy,
@@ -138,14 +139,14 @@ def test_a_short_wallet_books_the_shortfall_as_a_receivable(database: Database, 
     pay_all(database)
     # The sub-IB spent all but 1.00 of the 3.11 paid out.
     with unit_of_work(database) as session:
-        ledger.adjust(
+        adjust(
             session,
             user_id=h.sub.id,
             asset=h.quote,
             amount=211,
             credit=False,
             reason="spent",
-            context=ledger.Context(actor="system", idempotency_key=f"test:{uuid.uuid4()}"),
+            context=Context(actor="system", idempotency_key=f"test:{uuid.uuid4()}"),
         )
     with unit_of_work(database) as session:
         done = service.claw_back(session, trade_id, "trade busted")

@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role
-from bourse.ledger import service
+from bourse.ledger.accounts import user_account
+from bourse.ledger.holds import place_hold
+from bourse.ledger.posting import Context
 from bourse.settings import Settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.ledger import balance, fund
@@ -199,15 +201,15 @@ def test_other_users_objects_are_404(
     fund(database, alice.id, "USD", 1_000)
     transfer = send(client, settings, alice, {"to_user_id": str(bob.id), "asset": "USD", "amount": "1.00"}).json()
     with unit_of_work(database) as session:
-        hold = service.place_hold(
+        hold = place_hold(
             session,
             user_id=alice.id,
             asset="USD",
             amount=100,
             reference="order:x",
-            context=service.Context(actor="test", idempotency_key=f"h:{uuid.uuid4()}"),
+            context=Context(actor="test", idempotency_key=f"h:{uuid.uuid4()}"),
         )
-        account_id = service.user_account(session, alice.id, "USD")
+        account_id = user_account(session, alice.id, "USD")
     mallory = make_user(database)
     paths = {
         f"/api/v1/accounts/{account_id}/postings": "account_not_found",

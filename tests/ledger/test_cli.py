@@ -13,8 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from bourse.db import Database, unit_of_work
-from bourse.ledger import service
+from bourse.ledger.accounts import user_account
+from bourse.ledger.holds import place_hold
 from bourse.ledger.models import Posting
+from bourse.ledger.posting import Context
+from bourse.ledger.transfers import transfer
 from tests.conftest import make_settings
 from tests.support.auth import register_user
 from tests.support.ledger import fund
@@ -30,17 +33,17 @@ def _books(url: str) -> tuple[uuid.UUID, uuid.UUID]:
         bob, _ = register_user(database)
         fund(database, alice, "USD", 10_000)
         with unit_of_work(database) as session:
-            context = service.Context(actor="test", idempotency_key=f"t:{uuid.uuid4()}")
-            entry = service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=1_234, context=context)
-            service.place_hold(
+            context = Context(actor="test", idempotency_key=f"t:{uuid.uuid4()}")
+            entry = transfer(session, from_user=alice, to_user=bob, asset="USD", amount=1_234, context=context)
+            place_hold(
                 session,
                 user_id=alice,
                 asset="USD",
                 amount=500,
                 reference=None,
-                context=service.Context(actor="test", idempotency_key=f"h:{uuid.uuid4()}"),
+                context=Context(actor="test", idempotency_key=f"h:{uuid.uuid4()}"),
             )
-            account = service.user_account(session, alice, "USD")
+            account = user_account(session, alice, "USD")
             posting_id = session.scalar(
                 select(Posting.id).where(Posting.entry_id == entry.entry_id, Posting.account_id == account)
             )

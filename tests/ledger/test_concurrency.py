@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bourse.db import Database, unit_of_work
 from bourse.errors import BourseError
-from bourse.ledger import service
+from bourse.ledger.accounts import user_account
+from bourse.ledger.holds import capture_hold, place_hold, release_hold
 from bourse.ledger.models import AccountKind
-from bourse.ledger.service import Context
+from bourse.ledger.posting import Context
+from bourse.ledger.transfers import transfer as ledger_transfer
 from tests.support.auth import register_user
 from tests.support.ledger import balance, fund, verify
 
@@ -49,7 +51,7 @@ def test_funds_race_exactly_fifty_of_a_hundred_succeed(database: Database) -> No
 
     def transfer(_: int) -> None:
         with unit_of_work(database) as session:
-            service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=1, context=ctx())
+            ledger_transfer(session, from_user=alice, to_user=bob, asset="USD", amount=1, context=ctx())
 
     outcomes = race(100, transfer)
     assert outcomes == Counter({"ok": 50, "insufficient_funds": 50})
@@ -64,19 +66,17 @@ def test_capture_against_release_exactly_one_wins(database: Database) -> None:
     bob, _ = register_user(database)
     fund(database, alice, "BTC", 10 * 100)
     with unit_of_work(database) as session:
-        destination = service.user_account(session, bob, "BTC")
+        destination = user_account(session, bob, "BTC")
     for _ in range(10):
         with unit_of_work(database) as session:
-            hold_id = service.place_hold(
-                session, user_id=alice, asset="BTC", amount=100, reference=None, context=ctx()
-            ).id
+            hold_id = place_hold(session, user_id=alice, asset="BTC", amount=100, reference=None, context=ctx()).id
 
         def settle(i: int, hold_id: uuid.UUID = hold_id) -> None:
             with unit_of_work(database) as session:
                 if i == 0:
-                    service.capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx())
+                    capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx())
                 else:
-                    service.release_hold(session, hold_id=hold_id, context=ctx())
+                    release_hold(session, hold_id=hold_id, context=ctx())
 
         outcomes = race(2, settle)
         assert outcomes["ok"] == 1, outcomes
@@ -94,12 +94,12 @@ def test_concurrent_partial_captures_never_exceed_the_hold(database: Database) -
     bob, _ = register_user(database)
     fund(database, alice, "ETH", 50)
     with unit_of_work(database) as session:
-        hold_id = service.place_hold(session, user_id=alice, asset="ETH", amount=50, reference=None, context=ctx()).id
-        destination = service.user_account(session, bob, "ETH")
+        hold_id = place_hold(session, user_id=alice, asset="ETH", amount=50, reference=None, context=ctx()).id
+        destination = user_account(session, bob, "ETH")
 
     def capture(_: int) -> None:
         with unit_of_work(database) as session:
-            service.capture_hold(session, hold_id=hold_id, amount=10, destination=destination, context=ctx())
+            capture_hold(session, hold_id=hold_id, amount=10, destination=destination, context=ctx())
 
     outcomes = race(12, capture)
     assert outcomes["ok"] == 5
@@ -120,7 +120,7 @@ def test_opposite_transfers_do_not_deadlock(database: Database) -> None:
     def transfer(i: int) -> None:
         source, target = (alice, bob) if i % 2 else (bob, alice)
         with unit_of_work(database) as session:
-            service.transfer(session, from_user=source, to_user=target, asset="USD", amount=7, context=ctx())
+            ledger_transfer(session, from_user=source, to_user=target, asset="USD", amount=7, context=ctx())
 
     outcomes = race(40, transfer)
     assert outcomes == Counter({"ok": 40})

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DatabaseError
 
 from bourse.db import Database, unit_of_work
-from bourse.ledger import service
+from bourse.ledger.accounts import system_account, user_account
 from bourse.ledger.errors import (
     AssetMismatch,
     CaptureExceedsHold,
@@ -21,8 +21,11 @@ from bourse.ledger.errors import (
     HoldReleased,
     InsufficientFunds,
 )
+from bourse.ledger.holds import capture_hold, place_hold, release_hold
 from bourse.ledger.models import AccountKind, HoldState, JournalEntry, Posting
-from bourse.ledger.service import Context, Leg
+from bourse.ledger.posting import Context, Leg, post_entry
+from bourse.ledger.reversals import reverse_entry
+from bourse.ledger.transfers import transfer
 from tests.support.auth import register_user
 from tests.support.ledger import balance, fund, verify
 
@@ -55,7 +58,7 @@ def test_transfer_moves_money_and_records_a_balanced_entry(
 ) -> None:
     fund(database, alice, "USD", 10_000)
     with unit_of_work(database) as session:
-        posted = service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=2_550, context=ctx())
+        posted = transfer(session, from_user=alice, to_user=bob, asset="USD", amount=2_550, context=ctx())
     assert not posted.replayed
     assert balance(database, alice, "USD") == 7_450
     assert balance(database, bob, "USD") == 2_550
@@ -72,12 +75,12 @@ def test_insufficient_funds_writes_nothing(database: Database, alice: uuid.UUID,
     fund(database, alice, "USD", 100)
     before = _counts(database)
     with pytest.raises(InsufficientFunds), unit_of_work(database) as session:
-        service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=101, context=ctx())
+        transfer(session, from_user=alice, to_user=bob, asset="USD", amount=101, context=ctx())
     assert _counts(database) == before
     assert balance(database, alice, "USD") == 100
     # Without any account in that asset at all, it is the same refusal.
     with pytest.raises(InsufficientFunds), unit_of_work(database) as session:
-        service.transfer(session, from_user=alice, to_user=bob, asset="BTC", amount=1, context=ctx())
+        transfer(session, from_user=alice, to_user=bob, asset="BTC", amount=1, context=ctx())
 
 
 def test_the_same_key_posts_once(database: Database, alice: uuid.UUID, bob: uuid.UUID) -> None:
@@ -86,23 +89,21 @@ def test_the_same_key_posts_once(database: Database, alice: uuid.UUID, bob: uuid
     results = []
     for _ in range(3):
         with unit_of_work(database) as session:
-            results.append(
-                service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=300, context=ctx(key))
-            )
+            results.append(transfer(session, from_user=alice, to_user=bob, asset="USD", amount=300, context=ctx(key)))
     assert [r.replayed for r in results] == [False, True, True]
     assert len({r.entry_id for r in results}) == 1
     assert balance(database, alice, "USD") == 700
     # The same key for a different movement is refused, not silently replayed.
     with pytest.raises(EntryKeyConflict), unit_of_work(database) as session:
-        service.transfer(session, from_user=alice, to_user=bob, asset="USD", amount=301, context=ctx(key))
+        transfer(session, from_user=alice, to_user=bob, asset="USD", amount=301, context=ctx(key))
 
 
 def test_unbalanced_and_malformed_entries_are_programming_errors(database: Database, alice: uuid.UUID) -> None:
     fund(database, alice, "USD", 1_000)
     with unit_of_work(database) as session:
-        usd = service.user_account(session, alice, "USD")
-        house = service.system_account(session, AccountKind.house, "USD")
-        btc_house = service.system_account(session, AccountKind.house, "BTC")
+        usd = user_account(session, alice, "USD")
+        house = system_account(session, AccountKind.house, "USD")
+        btc_house = system_account(session, AccountKind.house, "BTC")
     bad = [
         [Leg(usd, -10), Leg(house, 9)],  # does not sum to zero
         [Leg(usd, -10), Leg(btc_house, 10)],  # sums to zero, but across two assets
@@ -112,17 +113,17 @@ def test_unbalanced_and_malformed_entries_are_programming_errors(database: Datab
     ]
     for legs in bad:
         with pytest.raises(ValueError), unit_of_work(database) as session:  # noqa: PT011 - each case has its own message
-            service.post_entry(session, kind="test", legs=legs, idempotency_key=f"bad:{uuid.uuid4()}", actor="test")
+            post_entry(session, kind="test", legs=legs, idempotency_key=f"bad:{uuid.uuid4()}", actor="test")
     assert verify(database).ok
 
 
 def test_system_accounts_may_go_negative_user_accounts_never(database: Database, alice: uuid.UUID) -> None:
     fund(database, alice, "EUR", 500)  # the house goes to -500
     with unit_of_work(database) as session:
-        house = service.system_account(session, AccountKind.house, "EUR")
-        usd = service.user_account(session, alice, "EUR")
+        house = system_account(session, AccountKind.house, "EUR")
+        usd = user_account(session, alice, "EUR")
         with pytest.raises(InsufficientFunds):
-            service.post_entry(
+            post_entry(
                 session,
                 kind="test",
                 legs=[Leg(usd, -501), Leg(house, 501)],
@@ -135,27 +136,27 @@ def test_system_accounts_may_go_negative_user_accounts_never(database: Database,
 def test_hold_capture_release_lifecycle(database: Database, alice: uuid.UUID, bob: uuid.UUID) -> None:
     fund(database, alice, "BTC", 1_000)
     with unit_of_work(database) as session:
-        hold = service.place_hold(session, user_id=alice, asset="BTC", amount=600, reference="order:1", context=ctx())
+        hold = place_hold(session, user_id=alice, asset="BTC", amount=600, reference="order:1", context=ctx())
         hold_id = hold.id
-        destination = service.user_account(session, bob, "BTC")
+        destination = user_account(session, bob, "BTC")
     assert balance(database, alice, "BTC") == 400
     assert balance(database, alice, "BTC", AccountKind.held) == 600
     # Holds count against the available balance: 401 is more than is free.
     with pytest.raises(InsufficientFunds), unit_of_work(database) as session:
-        service.place_hold(session, user_id=alice, asset="BTC", amount=401, reference=None, context=ctx())
+        place_hold(session, user_id=alice, asset="BTC", amount=401, reference=None, context=ctx())
 
     with unit_of_work(database) as session:
-        hold = service.capture_hold(session, hold_id=hold_id, amount=250, destination=destination, context=ctx())
+        hold = capture_hold(session, hold_id=hold_id, amount=250, destination=destination, context=ctx())
         assert (hold.state, hold.captured, hold.remaining) == (HoldState.open, 250, 350)
     with pytest.raises(CaptureExceedsHold), unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=351, destination=destination, context=ctx())
+        capture_hold(session, hold_id=hold_id, amount=351, destination=destination, context=ctx())
     with unit_of_work(database) as session:
-        hold = service.release_hold(session, hold_id=hold_id, context=ctx())
+        hold = release_hold(session, hold_id=hold_id, context=ctx())
         assert (hold.state, hold.released, hold.remaining) == (HoldState.released, 350, 0)
     with pytest.raises(HoldReleased), unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=1, destination=destination, context=ctx())
+        capture_hold(session, hold_id=hold_id, amount=1, destination=destination, context=ctx())
     with pytest.raises(HoldReleased), unit_of_work(database) as session:
-        service.release_hold(session, hold_id=hold_id, context=ctx())
+        release_hold(session, hold_id=hold_id, context=ctx())
     assert balance(database, alice, "BTC") == 750
     assert balance(database, alice, "BTC", AccountKind.held) == 0
     assert balance(database, bob, "BTC") == 250
@@ -165,43 +166,41 @@ def test_hold_capture_release_lifecycle(database: Database, alice: uuid.UUID, bo
 def test_capturing_twice_is_refused(database: Database, alice: uuid.UUID, bob: uuid.UUID) -> None:
     fund(database, alice, "USD", 100)
     with unit_of_work(database) as session:
-        hold_id = service.place_hold(session, user_id=alice, asset="USD", amount=100, reference=None, context=ctx()).id
-        destination = service.user_account(session, bob, "USD")
-        eur = service.user_account(session, bob, "EUR")
+        hold_id = place_hold(session, user_id=alice, asset="USD", amount=100, reference=None, context=ctx()).id
+        destination = user_account(session, bob, "USD")
+        eur = user_account(session, bob, "EUR")
     with pytest.raises(AssetMismatch), unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=100, destination=eur, context=ctx())
+        capture_hold(session, hold_id=hold_id, amount=100, destination=eur, context=ctx())
     key = f"capture:{uuid.uuid4()}"
     with unit_of_work(database) as session:
         assert (
-            service.capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx(key)).state
+            capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx(key)).state
             is HoldState.captured
         )
     # A retry with the same key is a replay, not a second capture ...
     with unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx(key))
+        capture_hold(session, hold_id=hold_id, amount=100, destination=destination, context=ctx(key))
     # ... unless the key is reused for a different capture.
     with pytest.raises(EntryKeyConflict), unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=99, destination=destination, context=ctx(key))
+        capture_hold(session, hold_id=hold_id, amount=99, destination=destination, context=ctx(key))
     # A second capture under a new key is refused with its own code.
     with pytest.raises(HoldAlreadyCaptured), unit_of_work(database) as session:
-        service.capture_hold(session, hold_id=hold_id, amount=1, destination=destination, context=ctx())
+        capture_hold(session, hold_id=hold_id, amount=1, destination=destination, context=ctx())
     with pytest.raises(HoldAlreadyCaptured), unit_of_work(database) as session:
-        service.release_hold(session, hold_id=hold_id, context=ctx())
+        release_hold(session, hold_id=hold_id, context=ctx())
     assert balance(database, bob, "USD") == 100
     # Another user's hold does not exist for them.
     with pytest.raises(HoldNotFound), unit_of_work(database) as session:
-        service.release_hold(session, hold_id=hold_id, context=ctx(), user_id=bob)
+        release_hold(session, hold_id=hold_id, context=ctx(), user_id=bob)
     assert verify(database).ok
 
 
 def test_reversal_mirrors_the_entry_once(database: Database, alice: uuid.UUID, bob: uuid.UUID) -> None:
     fund(database, alice, "USD", 1_000)
     with unit_of_work(database) as session:
-        original = service.transfer(
-            session, from_user=alice, to_user=bob, asset="USD", amount=400, context=ctx()
-        ).entry_id
+        original = transfer(session, from_user=alice, to_user=bob, asset="USD", amount=400, context=ctx()).entry_id
     with unit_of_work(database) as session:
-        reversal = service.reverse_entry(session, entry_id=original, reason="sent in error", context=ctx())
+        reversal = reverse_entry(session, entry_id=original, reason="sent in error", context=ctx())
     assert balance(database, alice, "USD") == 1_000
     assert balance(database, bob, "USD") == 0
     with unit_of_work(database) as session:
@@ -210,22 +209,20 @@ def test_reversal_mirrors_the_entry_once(database: Database, alice: uuid.UUID, b
         assert entry.reverses_id == original
         assert entry.meta["reason"] == "sent in error"
     with pytest.raises(EntryAlreadyReversed), unit_of_work(database) as session:
-        service.reverse_entry(session, entry_id=original, reason="again", context=ctx())
+        reverse_entry(session, entry_id=original, reason="again", context=ctx())
     with pytest.raises(EntryNotReversible), unit_of_work(database) as session:
-        service.reverse_entry(session, entry_id=reversal.entry_id, reason="undo the undo", context=ctx())
+        reverse_entry(session, entry_id=reversal.entry_id, reason="undo the undo", context=ctx())
     assert verify(database).ok
 
 
 def test_a_reversal_that_would_overdraw_is_refused(database: Database, alice: uuid.UUID, bob: uuid.UUID) -> None:
     fund(database, alice, "USD", 1_000)
     with unit_of_work(database) as session:
-        original = service.transfer(
-            session, from_user=alice, to_user=bob, asset="USD", amount=400, context=ctx()
-        ).entry_id
+        original = transfer(session, from_user=alice, to_user=bob, asset="USD", amount=400, context=ctx()).entry_id
         carol = register_user(session)[0]
-        service.transfer(session, from_user=bob, to_user=carol, asset="USD", amount=400, context=ctx())
+        transfer(session, from_user=bob, to_user=carol, asset="USD", amount=400, context=ctx())
     with pytest.raises(InsufficientFunds), unit_of_work(database) as session:
-        service.reverse_entry(session, entry_id=original, reason="too late", context=ctx())
+        reverse_entry(session, entry_id=original, reason="too late", context=ctx())
 
 
 @pytest.mark.parametrize(
@@ -246,6 +243,6 @@ def test_the_journal_is_append_only(database: Database, alice: uuid.UUID, statem
 
 def test_concurrent_first_use_creates_one_account(database: Database, alice: uuid.UUID) -> None:
     with unit_of_work(database) as session:
-        first = service.user_account(session, alice, "ETH")
+        first = user_account(session, alice, "ETH")
     with unit_of_work(database) as session:
-        assert service.user_account(session, alice, "ETH") == first
+        assert user_account(session, alice, "ETH") == first

@@ -32,8 +32,9 @@ from bourse.api.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity import service as identity
 from bourse.identity.models import Role
-from bourse.ledger import service as ledger
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry
+from bourse.ledger.posting import Context
+from bourse.ledger.transfers import transfer
 from bourse.payments import deposits, events
 from bourse.payments.common import Actor
 from bourse.payments.errors import EventNotReady
@@ -866,13 +867,13 @@ def test_a_chargeback_of_spent_money_is_a_debt_that_blocks_withdrawals_until_rep
     assert pay.deliver(deposit_event("deposit.succeeded", first, status="succeeded")) == "applied"
     # Alice spends 70 of the 100.
     with unit_of_work(pay.database) as session:
-        ledger.transfer(
+        transfer(
             session,
             from_user=alice.id,
             to_user=bob.id,
             asset="USD",
             amount=70_00,
-            context=ledger.Context(actor="test", idempotency_key=f"spend:{uuid.uuid4()}"),
+            context=Context(actor="test", idempotency_key=f"spend:{uuid.uuid4()}"),
         )
     clearing = pay.clearing()
     assert pay.deliver(deposit_event("deposit.disputed", first, status="disputed")) == "applied"

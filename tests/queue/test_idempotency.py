@@ -17,8 +17,9 @@ from sqlalchemy import select
 from bourse.db import Database, unit_of_work
 from bourse.idempotency.models import IdempotencyRecord
 from bourse.identity.models import RefreshToken, Role, User
-from bourse.ledger import service as ledger
+from bourse.ledger.holds import place_hold
 from bourse.ledger.models import AccountKind, Hold, HoldState, JournalEntry
+from bourse.ledger.posting import Context
 from bourse.payments.models import Deposit, DepositState, PaymentAudit, PspEvent, Withdrawal, WithdrawalState
 from bourse.queue.models import QueueProcess
 from bourse.queue.operations import PIPELINE_HEARTBEAT_ID
@@ -195,13 +196,13 @@ def test_payments_payout_event_runs_twice_like_once(database: Database) -> None:
     fund(database, user.id, "USD", 100_00)
     withdrawal_id = uuid.uuid4()
     with unit_of_work(database) as session:
-        hold = ledger.place_hold(
+        hold = place_hold(
             session,
             user_id=user.id,
             asset="USD",
             amount=60_00,
             reference=f"withdrawal:{withdrawal_id}",
-            context=ledger.Context(actor="test", idempotency_key=f"test-hold:{withdrawal_id}"),
+            context=Context(actor="test", idempotency_key=f"test-hold:{withdrawal_id}"),
         )
         session.add(
             Withdrawal(

@@ -7,22 +7,23 @@ import uuid
 from sqlalchemy import select
 
 from bourse.db import Database, unit_of_work
-from bourse.ledger import service
+from bourse.ledger.adjustments import adjust
 from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.posting import Context
 from bourse.ledger.verify import Report, verify_ledger
 
 
 def fund(database: Database, user_id: uuid.UUID, asset: str, amount: int) -> uuid.UUID:
     """Credit ``amount`` minor units to the user's available account, against the house."""
     with unit_of_work(database) as session:
-        posted = service.adjust(
+        posted = adjust(
             session,
             user_id=user_id,
             asset=asset,
             amount=amount,
             credit=True,
             reason="test funding",
-            context=service.Context(actor="system", idempotency_key=f"test-fund:{uuid.uuid4()}"),
+            context=Context(actor="system", idempotency_key=f"test-fund:{uuid.uuid4()}"),
         )
     return posted.entry_id
 

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from bourse.assets import service as assets
 from bourse.db import Database, unit_of_work
-from bourse.ledger import service as ledger
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState
+from bourse.ledger.posting import Context, user_actor
 from bourse.trading import instruments
 from bourse.trading import service as orders
 from bourse.trading.models import Order, Trade
@@ -57,7 +57,7 @@ def place(database: Database, user_id: uuid.UUID, symbol: str, **fields: Any) ->
         **fields,
     }
     with unit_of_work(database) as session:
-        context = ledger.Context(actor=ledger.user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
+        context = Context(actor=user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
         order, trades = orders.place_order(session, user_id=user_id, symbol=symbol, context=context, **terms)
         session.expunge_all()
     return order, trades
@@ -65,7 +65,7 @@ def place(database: Database, user_id: uuid.UUID, symbol: str, **fields: Any) ->
 
 def cancel(database: Database, user_id: uuid.UUID, order_id: int) -> Order:
     with unit_of_work(database) as session:
-        context = ledger.Context(actor=ledger.user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
+        context = Context(actor=user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
         order = orders.cancel_order(session, user_id=user_id, order_id=order_id, context=context)
         session.expunge_all()
     return order

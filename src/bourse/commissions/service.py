@@ -41,8 +41,9 @@ from bourse.assets.amounts import format_amount
 from bourse.assets.models import Asset
 from bourse.commissions.errors import PayoutNotFound, TradeNotFound
 from bourse.commissions.models import MAX_REASON, CommissionAccrual, CommissionPayout
-from bourse.ledger import service as ledger
+from bourse.ledger.accounts import system_account, user_account
 from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.posting import Leg, post_entry
 from bourse.logging import get_logger
 from bourse.referrals.models import PlanKind
 from bourse.referrals.service import Plan, plan_at, split_commission, upline
@@ -112,15 +113,15 @@ class Accrued:
 
 
 def _payable(session: Session, ib_user_id: uuid.UUID, asset: str) -> uuid.UUID:
-    return ledger.system_account(session, AccountKind.commissions_payable, asset, ref=str(ib_user_id))
+    return system_account(session, AccountKind.commissions_payable, asset, ref=str(ib_user_id))
 
 
 def _receivable(session: Session, ib_user_id: uuid.UUID, asset: str) -> uuid.UUID:
-    return ledger.system_account(session, AccountKind.chargeback_receivable, asset, ref=str(ib_user_id))
+    return system_account(session, AccountKind.chargeback_receivable, asset, ref=str(ib_user_id))
 
 
 def _fees(session: Session, asset: str) -> uuid.UUID:
-    return ledger.system_account(session, AccountKind.fees, asset)
+    return system_account(session, AccountKind.fees, asset)
 
 
 def _accrue_side(  # noqa: PLR0917 - one side of one trade
@@ -149,11 +150,9 @@ def _accrue_side(  # noqa: PLR0917 - one side of one trade
     if not any(granted):
         return Accrued(trade.id, side, 0, {})
     asset = instrument.quote_asset
-    legs = [ledger.Leg(_fees(session, asset), -sum(granted))]
-    legs += [
-        ledger.Leg(_payable(session, ib, asset), amount) for ib, amount in zip(chain, granted, strict=True) if amount
-    ]
-    posted = ledger.post_entry(
+    legs = [Leg(_fees(session, asset), -sum(granted))]
+    legs += [Leg(_payable(session, ib, asset), amount) for ib, amount in zip(chain, granted, strict=True) if amount]
+    posted = post_entry(
         session,
         kind="commission",
         legs=legs,
@@ -274,12 +273,12 @@ def pay_out(
         return None
     amount = sum(row.amount for row in accruals)
     payout_id = uuid.uuid4()
-    posted = ledger.post_entry(
+    posted = post_entry(
         session,
         kind="commission_payout",
         legs=[
-            ledger.Leg(_payable(session, ib_user_id, asset), -amount),
-            ledger.Leg(ledger.user_account(session, ib_user_id, asset), amount),
+            Leg(_payable(session, ib_user_id, asset), -amount),
+            Leg(user_account(session, ib_user_id, asset), amount),
         ],
         idempotency_key=f"commission-payout:{payout_id}",
         actor=actor,
@@ -366,25 +365,25 @@ def claw_back(session: Session, trade_id: int, reason: str, *, actor: str = "sys
     paid: dict[uuid.UUID, int] = defaultdict(int)
     for row in rows:
         (unpaid if row.payout_id is None else paid)[row.ib_user_id] += row.amount
-    legs: list[ledger.Leg] = []
+    legs: list[Leg] = []
     for ib, amount in sorted(unpaid.items()):
-        legs.append(ledger.Leg(_payable(session, ib, asset), -amount))
+        legs.append(Leg(_payable(session, ib, asset), -amount))
     from_wallet = to_receivable = 0
     for ib, amount in sorted(paid.items()):
-        wallet = ledger.user_account(session, ib, asset)
+        wallet = user_account(session, ib, asset)
         # Locked before it is read, so the split between wallet and receivable holds until commit.
         have = int(session.scalar(select(Account.balance).where(Account.id == wallet).with_for_update()) or 0)
         take = min(amount, max(have, 0))
         if take:
-            legs.append(ledger.Leg(wallet, -take))
+            legs.append(Leg(wallet, -take))
         if amount - take:
-            legs.append(ledger.Leg(_receivable(session, ib, asset), -(amount - take)))
+            legs.append(Leg(_receivable(session, ib, asset), -(amount - take)))
         from_wallet += take
         to_receivable += amount - take
     total = sum(row.amount for row in rows)
-    legs.append(ledger.Leg(_fees(session, asset), total))
+    legs.append(Leg(_fees(session, asset), total))
     short_reason = reason.strip()[:MAX_REASON] or "clawback"
-    posted = ledger.post_entry(
+    posted = post_entry(
         session,
         kind="commission_clawback",
         legs=legs,

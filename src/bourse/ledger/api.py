@@ -24,7 +24,8 @@ from bourse.errors import BourseError, family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
-from bourse.ledger import queries, service
+from bourse.ledger import queries
+from bourse.ledger.adjustments import adjust
 from bourse.ledger.errors import (
     AccountNotFound,
     EntryAlreadyReversed,
@@ -35,6 +36,8 @@ from bourse.ledger.errors import (
     UnknownUser,
 )
 from bourse.ledger.models import Hold
+from bourse.ledger.posting import Context, user_actor
+from bourse.ledger.reversals import reverse_entry
 from bourse.ledger.schemas import (
     AdjustmentIn,
     AdjustmentOut,
@@ -55,6 +58,7 @@ from bourse.ledger.schemas import (
     WalletOut,
     WalletsOut,
 )
+from bourse.ledger.transfers import transfer
 
 STAFF = (Role.operator, Role.admin)
 
@@ -74,9 +78,9 @@ def _viewer(principal: Principal) -> queries.Viewer:
     return queries.Viewer(user_id=principal.user_id, staff=principal.has_role(*STAFF))
 
 
-def _context(request: Request, actor: str, key: str) -> service.Context:
+def _context(request: Request, actor: str, key: str) -> Context:
     # The ledger key is scoped like the API key: per user and per operation.
-    return service.Context(actor=actor, idempotency_key=key, request_id=request_id_of(request))
+    return Context(actor=actor, idempotency_key=key, request_id=request_id_of(request))
 
 
 def _asset_out(asset: Asset) -> AssetOut:
@@ -225,13 +229,13 @@ def create_transfer(
         amount = parse_amount(body.amount, asset.scale)
         if body.to_user_id == principal.user_id:
             raise SelfTransfer("Transfers go to another user")
-        posted = service.transfer(
+        posted = transfer(
             session,
             from_user=principal.user_id,
             to_user=body.to_user_id,
             asset=asset.code,
             amount=amount,
-            context=_context(request, service.user_actor(principal.user_id), idempotent.ledger_key("transfer")),
+            context=_context(request, user_actor(principal.user_id), idempotent.ledger_key("transfer")),
         )
         return TransferOut(
             entry_id=posted.entry_id,
@@ -261,14 +265,14 @@ def create_adjustment(
         if session.get(User, body.user_id) is None:
             raise UnknownUser("There is no such user")
         reason = body.reason.strip()
-        posted = service.adjust(
+        posted = adjust(
             session,
             user_id=body.user_id,
             asset=asset.code,
             amount=amount,
             credit=body.direction is Direction.credit,
             reason=reason,
-            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("adjustment")),
+            context=_context(request, user_actor(operator.user_id), idempotent.ledger_key("adjustment")),
         )
         return AdjustmentOut(
             entry_id=posted.entry_id,
@@ -295,11 +299,11 @@ def reverse(  # noqa: PLR0917 - FastAPI passes dependencies by name
     entry_id: uuid.UUID, body: ReversalIn, request: Request, session: DbSession, operator: Staff, idempotent: Idempotent
 ) -> JSONResponse:
     def produce() -> ReversalOut:
-        posted = service.reverse_entry(
+        posted = reverse_entry(
             session,
             entry_id=entry_id,
             reason=body.reason.strip(),
-            context=_context(request, service.user_actor(operator.user_id), idempotent.ledger_key("reversal")),
+            context=_context(request, user_actor(operator.user_id), idempotent.ledger_key("reversal")),
         )
         return ReversalOut(entry_id=posted.entry_id, reverses_id=entry_id, created_at=posted.created_at)
 

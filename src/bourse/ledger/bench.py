@@ -4,7 +4,7 @@ All three run against the configured PostgreSQL (or SQLite) database and print
 one JSON object, so that ``make bench-ledger`` can put them side by side:
 
 - ``ledger``: random transfers among N funded accounts through the service
-  layer (``bourse.ledger.service.transfer`` in one ``unit_of_work`` each), from
+  layer (``bourse.ledger.transfers.transfer`` in one ``unit_of_work`` each), from
   C worker processes, each with its own connection;
 - ``ledger-http``: the same transfers through ``POST /api/v1/transfers`` of a
   running ``bourse serve``, with JWTs and Idempotency-Keys, from C client
@@ -79,7 +79,8 @@ def funded_bench_users(
     from bourse.db import Database, unit_of_work
     from bourse.identity.models import Role, User, UserStatus
     from bourse.identity.tokens import issue_access_token
-    from bourse.ledger import service
+    from bourse.ledger.adjustments import adjust
+    from bourse.ledger.posting import Context
     from bourse.sqltypes import utcnow
 
     database = Database.from_settings(settings)
@@ -106,14 +107,14 @@ def funded_bench_users(
             with unit_of_work(database) as session:
                 for user in users[start : start + 200]:
                     for asset, amount in funding.items():
-                        service.adjust(
+                        adjust(
                             session,
                             user_id=user.id,
                             asset=asset,
                             amount=amount,
                             credit=True,
                             reason="benchmark funding",
-                            context=service.Context(actor="bench", idempotency_key=f"bench-fund:{user.id}:{asset}"),
+                            context=Context(actor="bench", idempotency_key=f"bench-fund:{user.id}:{asset}"),
                         )
         if database.engine.dialect.name == "postgresql":
             # Fresh planner statistics for the tables the run just filled, as
@@ -148,7 +149,8 @@ def _service_worker(  # noqa: PLR0917 - multiprocessing passes arguments by posi
 
     from bourse.db import Database, unit_of_work
     from bourse.errors import BourseError
-    from bourse.ledger import service
+    from bourse.ledger.posting import Context
+    from bourse.ledger.transfers import transfer
     from bourse.settings import load_settings
 
     database = Database.from_settings(load_settings())
@@ -166,13 +168,13 @@ def _service_worker(  # noqa: PLR0917 - multiprocessing passes arguments by posi
         source, target = rng.sample(ids, 2)
         try:
             with unit_of_work(database) as session:
-                service.transfer(
+                transfer(
                     session,
                     from_user=source,
                     to_user=target,
                     asset=BENCH_ASSET,
                     amount=rng.randint(1, MAX_TRANSFER),
-                    context=service.Context(actor="bench", idempotency_key=f"bench:{uuid.uuid4()}"),
+                    context=Context(actor="bench", idempotency_key=f"bench:{uuid.uuid4()}"),
                 )
         except BourseError:
             refused += 1

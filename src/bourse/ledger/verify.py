@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bourse.ledger.models import GENESIS_HASH, USER_KINDS, Account, AccountKind, Hold, HoldState, JournalEntry, Posting
-from bourse.ledger.service import posting_hash
+from bourse.ledger.posting import posting_hash
 
 
 @dataclass(frozen=True, slots=True)

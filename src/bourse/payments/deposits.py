@@ -17,8 +17,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
-from bourse.ledger import service as ledger
+from bourse.ledger.accounts import system_account, user_account
 from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.posting import Leg, post_entry
 from bourse.payments.common import Actor, record
 from bourse.payments.errors import DepositNotFound
 from bourse.payments.models import Deposit, DepositState
@@ -131,12 +132,12 @@ def credit(
     """Credit the deposit's full amount; first repay any debt the user has in that asset."""
     clearing, available, receivable_id, owed = _credit_accounts(session, deposit)
     repay = min(owed, deposit.amount)
-    legs = [ledger.Leg(clearing, -deposit.amount)]
+    legs = [Leg(clearing, -deposit.amount)]
     if deposit.amount - repay > 0:
-        legs.append(ledger.Leg(available, deposit.amount - repay))
+        legs.append(Leg(available, deposit.amount - repay))
     if repay > 0 and receivable_id is not None:
-        legs.append(ledger.Leg(receivable_id, repay))
-    posted = ledger.post_entry(
+        legs.append(Leg(receivable_id, repay))
+    posted = post_entry(
         session,
         kind="deposit",
         legs=legs,
@@ -173,10 +174,10 @@ def _credit_accounts(session: Session, deposit: Deposit) -> tuple[uuid.UUID, uui
     found = {row.kind: row for row in rows}
     clearing = found[AccountKind.psp_clearing].id if AccountKind.psp_clearing in found else None
     if clearing is None:
-        clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
+        clearing = system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
     available = found[AccountKind.available].id if AccountKind.available in found else None
     if available is None:
-        available = ledger.user_account(session, deposit.user_id, deposit.asset)
+        available = user_account(session, deposit.user_id, deposit.asset)
     receivable = found.get(AccountKind.chargeback_receivable)
     if receivable is None or receivable.balance >= 0:
         return clearing, available, None, 0
@@ -214,20 +215,18 @@ def reverse(
     it is repaid. The available account is locked before its balance is read, so a
     concurrent spend cannot make the entry overdraw it.
     """
-    clearing = ledger.system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
-    available_id = ledger.user_account(session, deposit.user_id, deposit.asset)
+    clearing = system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
+    available_id = user_account(session, deposit.user_id, deposit.asset)
     balance = session.scalar(select(Account.balance).where(Account.id == available_id).with_for_update()) or 0
     from_wallet = min(balance, amount)
     shortfall = amount - from_wallet
-    legs = [ledger.Leg(clearing, amount)]
+    legs = [Leg(clearing, amount)]
     if from_wallet > 0:
-        legs.append(ledger.Leg(available_id, -from_wallet))
+        legs.append(Leg(available_id, -from_wallet))
     if shortfall > 0:
-        receivable = ledger.system_account(
-            session, AccountKind.chargeback_receivable, deposit.asset, ref=str(deposit.user_id)
-        )
-        legs.append(ledger.Leg(receivable, -shortfall))
-    ledger.post_entry(
+        receivable = system_account(session, AccountKind.chargeback_receivable, deposit.asset, ref=str(deposit.user_id))
+        legs.append(Leg(receivable, -shortfall))
+    post_entry(
         session,
         kind="chargeback" if chargeback else "deposit_refund",
         legs=legs,

@@ -19,9 +19,11 @@ from sqlalchemy.orm import Session
 from bourse.assets.amounts import parse_amount
 from bourse.assets.models import Asset
 from bourse.identity.service import verify_totp_if_enrolled
-from bourse.ledger import service as ledger
+from bourse.ledger.accounts import system_account
 from bourse.ledger.errors import InsufficientFunds
+from bourse.ledger.holds import capture_hold, place_hold, release_hold
 from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.posting import Context
 from bourse.payments.common import Actor, owes_money, record
 from bourse.payments.errors import (
     AlreadyApproved,
@@ -131,13 +133,13 @@ def create(
         raise InsufficientFunds(f"Not enough {asset.code} available")
     _check_limits(session, settings, user_id, asset, amount)
     withdrawal_id = uuid.uuid4()
-    hold = ledger.place_hold(
+    hold = place_hold(
         session,
         user_id=user_id,
         asset=asset.code,
         amount=amount,
         reference=f"withdrawal:{withdrawal_id}",
-        context=ledger.Context(actor=actor.name, idempotency_key=idempotency_key, request_id=actor.request_id),
+        context=Context(actor=actor.name, idempotency_key=idempotency_key, request_id=actor.request_id),
     )
     approvals = required_approvals(settings, asset, amount)
     withdrawal = Withdrawal(
@@ -257,10 +259,10 @@ def approve(
 
 
 def _release(session: Session, withdrawal: Withdrawal, actor: Actor, key: str) -> None:
-    ledger.release_hold(
+    release_hold(
         session,
         hold_id=withdrawal.hold_id,
-        context=ledger.Context(actor=actor.name, idempotency_key=key, request_id=actor.request_id),
+        context=Context(actor=actor.name, idempotency_key=key, request_id=actor.request_id),
     )
 
 
@@ -287,13 +289,13 @@ def cancel(session: Session, withdrawal_id: uuid.UUID, *, user_id: uuid.UUID, ac
 
 def mark_paid(session: Session, withdrawal: Withdrawal, *, settled_at: datetime | None, actor: Actor) -> None:
     """The provider paid: move the held funds to the connector's clearing account."""
-    clearing = ledger.system_account(session, AccountKind.psp_clearing, withdrawal.asset, ref=withdrawal.connector)
-    ledger.capture_hold(
+    clearing = system_account(session, AccountKind.psp_clearing, withdrawal.asset, ref=withdrawal.connector)
+    capture_hold(
         session,
         hold_id=withdrawal.hold_id,
         amount=withdrawal.amount,
         destination=clearing,
-        context=ledger.Context(
+        context=Context(
             actor=actor.name, idempotency_key=f"withdrawal:{withdrawal.id}:capture", request_id=actor.request_id
         ),
     )

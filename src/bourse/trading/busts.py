@@ -6,7 +6,7 @@ being settled on the same market:
 
 1. every account the next two steps post to is locked in one statement (the parties'
    and ``fees``), so a bust takes its account locks in the same order as an order does;
-2. the trade's journal entry is reversed with :func:`bourse.ledger.service.reverse_entry`
+2. the trade's journal entry is reversed with :func:`bourse.ledger.reversals.reverse_entry`
    (idempotency key ``bust:{trade_id}``): a new mirror entry, the original is never edited;
 3. the mirror credits the ``held`` accounts the fill captured from, but no hold reserves
    that money any more, so a second entry moves it on to the same users' ``available``
@@ -37,9 +37,11 @@ from sqlalchemy.orm import Session
 from bourse.commissions import service as commissions
 from bourse.commissions.errors import TradeNotFound
 from bourse.errors import BourseError, Conflict
-from bourse.ledger import service as ledger
+from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import Account, AccountKind, Posting
+from bourse.ledger.posting import Context, Leg, post_entry
+from bourse.ledger.reversals import reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
 from bourse.trading.instruments import get_instrument, lock_instrument
@@ -106,11 +108,11 @@ def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str)
         if user_id is None:
             raise RuntimeError(f"held account {held_id} has no user")
         amounts[held_id] -= amount
-        amounts[ledger.user_account(session, user_id, asset)] += amount
-    posted = ledger.post_entry(
+        amounts[user_account(session, user_id, asset)] += amount
+    posted = post_entry(
         session,
         kind="bust_release",
-        legs=[ledger.Leg(account_id, amount) for account_id, amount in amounts.items()],
+        legs=[Leg(account_id, amount) for account_id, amount in amounts.items()],
         idempotency_key=f"bust:{trade_id}:release",
         actor=actor,
         metadata={"trade_id": trade_id, "reversal": str(reversal_id)},
@@ -127,7 +129,7 @@ def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None
     else:
         buyer, seller = trade.maker_user_id, trade.taker_user_id
     available, held = AccountKind.available, AccountKind.held
-    ledger.lock_accounts(
+    lock_accounts(
         session,
         [
             (held, base, seller),
@@ -158,11 +160,11 @@ def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uui
     _lock_parties(session, instrument.base_asset, instrument.quote_asset, trade)
     actor = f"user:{operator_id}"
     try:
-        reversal = ledger.reverse_entry(
+        reversal = reverse_entry(
             session,
             entry_id=trade.entry_id,
             reason=f"bust: {why}"[:MAX_BUST_REASON],
-            context=ledger.Context(actor=actor, idempotency_key=f"bust:{trade_id}"),
+            context=Context(actor=actor, idempotency_key=f"bust:{trade_id}"),
         )
     except InsufficientFunds as refused:
         raise BustInsufficientFunds(

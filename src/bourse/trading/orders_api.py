@@ -19,8 +19,8 @@ from bourse.errors import family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal
 from bourse.inputs import Id
-from bourse.ledger import service as ledger
 from bourse.ledger.errors import InsufficientFunds
+from bourse.ledger.posting import Context, user_actor
 from bourse.settings import Settings
 from bourse.trading import service
 from bourse.trading.errors import (
@@ -39,10 +39,8 @@ from bourse.trading.schemas import OrderIn, OrderOut, OrdersOut, TradeOut, Trade
 orders = router(prefix="/api/v1", tags=["orders"])
 
 
-def _context(request: Request, principal: Principal, key: str) -> ledger.Context:
-    return ledger.Context(
-        actor=ledger.user_actor(principal.user_id), idempotency_key=key, request_id=request_id_of(request)
-    )
+def _context(request: Request, principal: Principal, key: str) -> Context:
+    return Context(actor=user_actor(principal.user_id), idempotency_key=key, request_id=request_id_of(request))
 
 
 def _trade_out(instrument: Instrument, trade: Trade, principal: Principal) -> TradeOut:

@@ -10,11 +10,11 @@ See docs/decisions/0011-matching-single-writer.md. One command is one transactio
 3. ask the book whom the order will trade with (:meth:`Book.counterparties`, which
    changes nothing) and lock every account the command will post to, the taker's,
    each counterparty's and ``fees``, in ONE statement in account id order
-   (:func:`bourse.ledger.service.lock_accounts`);
+   (:func:`bourse.ledger.accounts.lock_accounts`);
 4. place its hold (a buy limit holds its notional rounded up plus the largest fee it
    could pay on it; a sell holds its quantity; a market buy holds its quote budget);
 5. insert the order, run the book, and settle each fill with ONE journal entry
-   (:func:`bourse.ledger.service.capture_holds`): the seller's base to the buyer,
+   (:func:`bourse.ledger.holds.capture_holds`): the seller's base to the buyer,
    the buyer's quote to the seller less the seller's fee, both fees to ``fees``;
    then release what a finished order's hold still reserves.
 
@@ -50,8 +50,10 @@ from sqlalchemy.orm import Session
 from bourse.assets.amounts import parse_amount
 from bourse.assets.rounding import BPS, bps, portion
 from bourse.db import LOCK_WAIT_SECONDS
-from bourse.ledger import service as ledger
+from bourse.ledger.accounts import AccountKey, lock_accounts, system_account, user_account
+from bourse.ledger.holds import capture_holds, place_hold, release_hold
 from bourse.ledger.models import AccountKind, Hold, HoldState
+from bourse.ledger.posting import Context
 from bourse.logging import get_logger
 from bourse.queue.producer import enqueue
 from bourse.settings import Settings
@@ -319,7 +321,7 @@ def place_order(
     quote_budget_text: str | None = None,
     client_order_id: str | None = None,
     stp: str | None = None,
-    context: ledger.Context,
+    context: Context,
     fees: Fees = DEFAULT_FEES,
 ) -> tuple[Order, list[Trade]]:
     """Place an order: hold its funds, match it, settle its fills. Returns the order and its trades.
@@ -354,7 +356,7 @@ def _place_locked(  # noqa: PLR0917 - one command's state
     user_id: uuid.UUID,
     terms: _Terms,
     client_order_id: str | None,
-    context: ledger.Context,
+    context: Context,
     fees: Fees,
 ) -> tuple[Order, list[Trade]]:
     symbol = instrument.symbol
@@ -385,13 +387,13 @@ def _place_locked(  # noqa: PLR0917 - one command's state
         terms.stp,
     )
     _lock_accounts(session, instrument, user_id, *book.counterparties(command), buys=terms.side is Side.BUY)
-    hold = ledger.place_hold(
+    hold = place_hold(
         session,
         user_id=user_id,
         asset=asset,
         amount=amount,
         reference=f"order:{symbol}:{accepted_at}",
-        context=ledger.Context(
+        context=Context(
             actor=context.actor, idempotency_key=f"order:{symbol}:{accepted_at}:hold", request_id=context.request_id
         ),
     )
@@ -454,7 +456,7 @@ def _lock_accounts(
     """
     base, quote = instrument.base_asset, instrument.quote_asset
     available, held = AccountKind.available, AccountKind.held
-    keys: set[ledger.AccountKey] = set()
+    keys: set[AccountKey] = set()
 
     def party(user_id: uuid.UUID, *, buyer: bool, trades: bool) -> None:
         pays, gets = (quote, base) if buyer else (base, quote)
@@ -469,11 +471,11 @@ def _lock_accounts(
         party(taker, buyer=not buys, trades=False)
     if makers:
         keys.add((AccountKind.fees, quote, None))
-    ledger.lock_accounts(session, keys)
+    lock_accounts(session, keys)
 
 
 def _apply(
-    session: Session, instrument: Instrument, taker: Order, events: Sequence[object], context: ledger.Context
+    session: Session, instrument: Instrument, taker: Order, events: Sequence[object], context: Context
 ) -> list[Trade]:
     """Write what the book did: settle fills, mark orders, release finished holds."""
     touched: dict[int, Order] = {taker.id: taker}
@@ -506,7 +508,7 @@ def _order(session: Session, order_id: int) -> Order:
 
 
 def _settle(  # noqa: PLR0917 - one fill's state
-    session: Session, instrument: Instrument, maker: Order, taker: Order, fill: Fill, context: ledger.Context
+    session: Session, instrument: Instrument, maker: Order, taker: Order, fill: Fill, context: Context
 ) -> Trade:
     """Settle one fill in one journal entry, and record it."""
     price = fill.price * instrument.tick_size
@@ -520,16 +522,16 @@ def _settle(  # noqa: PLR0917 - one fill's state
         buyer, seller, buyer_fee, seller_fee = maker, taker, maker_fee, taker_fee
     base, quote_asset = instrument.base_asset, instrument.quote_asset
     captures = [
-        (seller.hold_id, quantity, ledger.user_account(session, buyer.user_id, base)),
-        (buyer.hold_id, quote - seller_fee, ledger.user_account(session, seller.user_id, quote_asset)),
-        (buyer.hold_id, seller_fee + buyer_fee, ledger.system_account(session, AccountKind.fees, quote_asset)),
+        (seller.hold_id, quantity, user_account(session, buyer.user_id, base)),
+        (buyer.hold_id, quote - seller_fee, user_account(session, seller.user_id, quote_asset)),
+        (buyer.hold_id, seller_fee + buyer_fee, system_account(session, AccountKind.fees, quote_asset)),
     ]
-    posted = ledger.capture_holds(
+    posted = capture_holds(
         session,
         captures=[capture for capture in captures if capture[1] > 0],
         legs=[],
         kind="trade",
-        context=ledger.Context(
+        context=Context(
             actor=context.actor,
             idempotency_key=f"trade:{instrument.symbol}:{fill.sequence}",
             request_id=context.request_id,
@@ -564,15 +566,15 @@ def _settle(  # noqa: PLR0917 - one fill's state
     return trade
 
 
-def _release(session: Session, order: Order, context: ledger.Context) -> None:
+def _release(session: Session, order: Order, context: Context) -> None:
     """Give back what a finished order's hold still reserves (unfilled part, price improvement, fee reserve)."""
     hold = session.get(Hold, order.hold_id)
     if hold is None or hold.state is not HoldState.open or hold.remaining == 0:
         return
-    ledger.release_hold(
+    release_hold(
         session,
         hold_id=order.hold_id,
-        context=ledger.Context(
+        context=Context(
             actor=context.actor, idempotency_key=f"order:{order.id}:release", request_id=context.request_id
         ),
     )
@@ -589,7 +591,7 @@ def get_order(session: Session, order_id: int, *, user_id: uuid.UUID | None = No
     return order
 
 
-def _cancel_locked(session: Session, instrument: Instrument, book: Book, order: Order, context: ledger.Context) -> None:
+def _cancel_locked(session: Session, instrument: Instrument, book: Book, order: Order, context: Context) -> None:
     events = book.cancel(order.id)
     if isinstance(events[0], CancelRejected):
         raise RuntimeError(f"order {order.id} is open in the database but not in the book")  # noqa: TRY004
@@ -599,7 +601,7 @@ def _cancel_locked(session: Session, instrument: Instrument, book: Book, order: 
     instrument.sequence = book.sequence
 
 
-def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context: ledger.Context) -> Order:
+def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context: Context) -> Order:
     """Cancel one of the user's resting orders and release its hold; 409 ``order_not_open`` if it is done."""
     order = get_order(session, order_id, user_id=user_id)
     instrument = _lock(session, order.instrument)
@@ -615,9 +617,7 @@ def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context
     return order
 
 
-def cancel_all(
-    session: Session, *, user_id: uuid.UUID, symbol: str | None = None, context: ledger.Context
-) -> list[Order]:
+def cancel_all(session: Session, *, user_id: uuid.UUID, symbol: str | None = None, context: Context) -> list[Order]:
     """Cancel every resting order of the user (on one instrument, or everywhere).
 
     Every instrument is locked first, in symbol order, so two cancel-alls never wait on
@@ -631,7 +631,7 @@ def cancel_all(
         query = query.where(Order.instrument == symbol)
     instruments = [_lock(session, each) for each in sorted(set(session.scalars(query)))]
     by_symbol = {instrument.symbol: instrument for instrument in instruments}
-    keys: set[ledger.AccountKey] = set()
+    keys: set[AccountKey] = set()
     sides = select(Order.instrument, Order.side).where(
         Order.user_id == user_id, Order.status.in_(OPEN_STATUSES), Order.instrument.in_(sorted(by_symbol))
     )
@@ -639,7 +639,7 @@ def cancel_all(
         # What the order's hold reserves: the quote asset for a buy, the base asset for a sell.
         asset = by_symbol[each].quote_asset if side == Side.BUY.value else by_symbol[each].base_asset
         keys.update({(AccountKind.available, asset, user_id), (AccountKind.held, asset, user_id)})
-    ledger.lock_accounts(session, keys)
+    lock_accounts(session, keys)
     cancelled: list[Order] = []
     for instrument in instruments:
         each = instrument.symbol
