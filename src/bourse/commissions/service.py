@@ -41,8 +41,8 @@ from bourse.assets.amounts import format_amount
 from bourse.assets.models import Asset
 from bourse.commissions.errors import PayoutNotFound, TradeNotFound
 from bourse.commissions.models import MAX_REASON, CommissionAccrual, CommissionPayout
-from bourse.ledger.accounts import system_account, user_account
-from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.accounts import AccountKey, lock_accounts, system_account, user_account
+from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Leg, post_entry
 from bourse.logging import get_logger
 from bourse.referrals.models import PlanKind
@@ -114,10 +114,6 @@ class Accrued:
 
 def _payable(session: Session, ib_user_id: uuid.UUID, asset: str) -> uuid.UUID:
     return system_account(session, AccountKind.commissions_payable, asset, ref=str(ib_user_id))
-
-
-def _receivable(session: Session, ib_user_id: uuid.UUID, asset: str) -> uuid.UUID:
-    return system_account(session, AccountKind.chargeback_receivable, asset, ref=str(ib_user_id))
 
 
 def _fees(session: Session, asset: str) -> uuid.UUID:
@@ -365,23 +361,29 @@ def claw_back(session: Session, trade_id: int, reason: str, *, actor: str = "sys
     paid: dict[uuid.UUID, int] = defaultdict(int)
     for row in rows:
         (unpaid if row.payout_id is None else paid)[row.ib_user_id] += row.amount
+    # Every account the entry may post to, locked in one statement in the ledger's order before
+    # any wallet is read, so the split between wallet and receivable holds until commit. A paid
+    # IB's receivable is opened (empty) if it does not exist yet.
+    fees: AccountKey = (AccountKind.fees, asset, None)
+    keys: list[AccountKey] = [(AccountKind.commissions_payable, asset, ib) for ib in unpaid]
+    for ib in paid:
+        keys += [(AccountKind.available, asset, ib), (AccountKind.chargeback_receivable, asset, ib)]
+    locked = lock_accounts(session, [*keys, fees])
     legs: list[Leg] = []
     for ib, amount in sorted(unpaid.items()):
-        legs.append(Leg(_payable(session, ib, asset), -amount))
+        legs.append(Leg(locked[AccountKind.commissions_payable, asset, ib].id, -amount))
     from_wallet = to_receivable = 0
     for ib, amount in sorted(paid.items()):
-        wallet = user_account(session, ib, asset)
-        # Locked before it is read, so the split between wallet and receivable holds until commit.
-        have = int(session.scalar(select(Account.balance).where(Account.id == wallet).with_for_update()) or 0)
-        take = min(amount, max(have, 0))
+        wallet = locked[AccountKind.available, asset, ib]
+        take = min(amount, max(wallet.balance, 0))
         if take:
-            legs.append(Leg(wallet, -take))
+            legs.append(Leg(wallet.id, -take))
         if amount - take:
-            legs.append(Leg(_receivable(session, ib, asset), -(amount - take)))
+            legs.append(Leg(locked[AccountKind.chargeback_receivable, asset, ib].id, -(amount - take)))
         from_wallet += take
         to_receivable += amount - take
     total = sum(row.amount for row in rows)
-    legs.append(Leg(_fees(session, asset), total))
+    legs.append(Leg(locked[fees].id, total))
     short_reason = reason.strip()[:MAX_REASON] or "clawback"
     posted = post_entry(
         session,

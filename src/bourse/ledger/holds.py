@@ -78,7 +78,7 @@ def place_hold(
     return hold
 
 
-def remaining(session: Session, hold_id: uuid.UUID) -> int:
+def still_reserved(session: Session, hold_id: uuid.UUID) -> int:
     """What the hold still reserves: 0 once it is captured in full or released, or if there is no such hold.
 
     Read without a lock: a hint for whether to release, which locks the hold.

@@ -39,9 +39,9 @@ from bourse.commissions.errors import TradeNotFound
 from bourse.errors import BourseError, Conflict
 from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
-from bourse.ledger.models import Account, AccountKind, Posting
+from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context, Leg, post_entry
-from bourse.ledger.reversals import reverse_entry
+from bourse.ledger.reversals import held_credits, reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
 from bourse.trading.instruments import get_instrument, lock_instrument
@@ -95,20 +95,13 @@ def _locked_trade(session: Session, trade_id: int) -> Trade:
 
 def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str) -> uuid.UUID | None:
     """Move what the reversal credited to ``held`` accounts on to the same users' ``available``."""
-    credited = session.execute(
-        select(Account.user_id, Account.asset, Account.id, Posting.amount)
-        .join(Account, Account.id == Posting.account_id)
-        .where(Posting.entry_id == reversal_id, Account.kind == AccountKind.held, Posting.amount > 0)
-        .order_by(Account.id)
-    ).all()
+    credited = held_credits(session, reversal_id)
     if not credited:
         return None
     amounts: dict[uuid.UUID, int] = defaultdict(int)
-    for user_id, asset, held_id, amount in credited:
-        if user_id is None:
-            raise RuntimeError(f"held account {held_id} has no user")
-        amounts[held_id] -= amount
-        amounts[user_account(session, user_id, asset)] += amount
+    for credit in credited:
+        amounts[credit.held_account_id] -= credit.amount
+        amounts[user_account(session, credit.user_id, credit.asset)] += credit.amount
     posted = post_entry(
         session,
         kind="bust_release",

@@ -51,8 +51,8 @@ from bourse.assets.amounts import parse_amount
 from bourse.assets.rounding import BPS, bps, portion
 from bourse.db import LOCK_WAIT_SECONDS
 from bourse.ledger.accounts import AccountKey, lock_accounts, system_account, user_account
-from bourse.ledger.holds import capture_holds, place_hold, release_hold
-from bourse.ledger.models import AccountKind, Hold, HoldState
+from bourse.ledger.holds import capture_holds, place_hold, release_hold, still_reserved
+from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context
 from bourse.logging import get_logger
 from bourse.queue.producer import enqueue
@@ -568,8 +568,7 @@ def _settle(  # noqa: PLR0917 - one fill's state
 
 def _release(session: Session, order: Order, context: Context) -> None:
     """Give back what a finished order's hold still reserves (unfilled part, price improvement, fee reserve)."""
-    hold = session.get(Hold, order.hold_id)
-    if hold is None or hold.state is not HoldState.open or hold.remaining == 0:
+    if still_reserved(session, order.hold_id) == 0:
         return
     release_hold(
         session,
