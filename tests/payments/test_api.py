@@ -35,8 +35,8 @@ from bourse.identity.models import Role
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry
 from bourse.ledger.posting import Context
 from bourse.ledger.transfers import transfer
-from bourse.payments import deposits, events
-from bourse.payments.common import Actor
+from bourse.payments import deposits, inbox
+from bourse.payments.audit import Actor
 from bourse.payments.errors import EventNotReady
 from bourse.payments.models import Deposit, DepositState, PaymentAudit, PspEvent, Withdrawal
 from bourse.psp import signing
@@ -222,7 +222,7 @@ class Payments:
 
     def process(self, row_id: int) -> str:
         with unit_of_work(self.database) as session:
-            return events.process(session, row_id)
+            return inbox.process(session, row_id)
 
     def receive(self, event: dict[str, Any], connector: str = "simulator") -> int:
         """Deliver ``event`` to the inbox; returns its stored row id."""

@@ -30,8 +30,9 @@ from bourse.identity.models import Role
 from bourse.inputs import Timestamp
 from bourse.ledger.errors import InsufficientFunds
 from bourse.logging import get_logger
-from bourse.payments import deposits, events, reconcile, withdrawals
-from bourse.payments.common import Actor, audit_trail, connector_named
+from bourse.payments import deposits, queries, reconcile, withdrawals
+from bourse.payments.audit import Actor, audit_trail
+from bourse.payments.connectors import connector_named
 from bourse.payments.errors import (
     AlreadyApproved,
     CoolingOff,
@@ -44,6 +45,7 @@ from bourse.payments.errors import (
     WithdrawalNotFound,
     WithdrawalsBlocked,
 )
+from bourse.payments.inbox import receive as receive_event
 from bourse.payments.models import Deposit, DepositState, ReconciliationReport, Withdrawal, WithdrawalState
 from bourse.payments.schemas import (
     ApprovalOut,
@@ -226,14 +228,14 @@ def list_deposits(
     before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> DepositsOut:
-    rows = deposits.listing(session, user_id=principal.user_id, states=state or (), before=before, limit=limit)
+    rows = queries.listing(session, Deposit, user_id=principal.user_id, states=state or (), before=before, limit=limit)
     return DepositsOut(data=[_deposit_out(session, d) for d in rows], next_before=_next_before(rows, limit))
 
 
 @raises(DepositNotFound)
 @payments.get("/deposits/{deposit_id}", summary="One of my deposits", response_model=DepositOut)
 def get_deposit(deposit_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> DepositOut:
-    return _deposit_out(session, deposits.get(session, deposit_id, user_id=principal.user_id))
+    return _deposit_out(session, queries.get(session, Deposit, deposit_id, user_id=principal.user_id))
 
 
 # --- Withdrawals -----------------------------------------------------------------------
@@ -290,14 +292,16 @@ def list_withdrawals(
     before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> WithdrawalsOut:
-    rows = withdrawals.listing(session, user_id=principal.user_id, states=state or (), before=before, limit=limit)
+    rows = queries.listing(
+        session, Withdrawal, user_id=principal.user_id, states=state or (), before=before, limit=limit
+    )
     return WithdrawalsOut(data=[_withdrawal_out(session, w) for w in rows], next_before=_next_before(rows, limit))
 
 
 @raises(WithdrawalNotFound)
 @payments.get("/withdrawals/{withdrawal_id}", summary="One of my withdrawals", response_model=WithdrawalOut)
 def get_withdrawal(withdrawal_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> WithdrawalOut:
-    return _withdrawal_out(session, withdrawals.get(session, withdrawal_id, user_id=principal.user_id))
+    return _withdrawal_out(session, queries.get(session, Withdrawal, withdrawal_id, user_id=principal.user_id))
 
 
 @raises(WithdrawalNotFound, InvalidState)
@@ -371,7 +375,7 @@ def receive_webhook(
                 suppressed_since_last=suppressed,
             )
         raise
-    received = events.receive(session, active.name, event, body)
+    received = receive_event(session, active.name, event, body)
     if received.duplicate:
         log.info("webhook_replayed", connector=connector, event_id=event.event_id)
     return WebhookAck(received=True, duplicate=received.duplicate)
@@ -389,7 +393,7 @@ def admin_list_withdrawals(
     before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> WithdrawalsOut:
-    rows = withdrawals.listing(session, user_id=user_id, states=state or (), before=before, limit=limit)
+    rows = queries.listing(session, Withdrawal, user_id=user_id, states=state or (), before=before, limit=limit)
     return WithdrawalsOut(data=[_withdrawal_out(session, w) for w in rows], next_before=_next_before(rows, limit))
 
 
@@ -398,7 +402,7 @@ def admin_list_withdrawals(
     "/withdrawals/{withdrawal_id}", summary="A withdrawal with its audit trail", response_model=WithdrawalOut
 )
 def admin_get_withdrawal(withdrawal_id: uuid.UUID, session: DbSession, _staff: Staff) -> WithdrawalOut:
-    return _withdrawal_out(session, withdrawals.get(session, withdrawal_id), with_audit=True)
+    return _withdrawal_out(session, queries.get(session, Withdrawal, withdrawal_id), with_audit=True)
 
 
 @raises(WithdrawalNotFound, SelfApproval, InvalidState, AlreadyApproved, WithdrawalsBlocked)
@@ -442,14 +446,14 @@ def admin_list_deposits(
     before: Timestamp | None = None,
     limit: Limit = 50,
 ) -> DepositsOut:
-    rows = deposits.listing(session, user_id=user_id, states=state or (), before=before, limit=limit)
+    rows = queries.listing(session, Deposit, user_id=user_id, states=state or (), before=before, limit=limit)
     return DepositsOut(data=[_deposit_out(session, d) for d in rows], next_before=_next_before(rows, limit))
 
 
 @raises(DepositNotFound)
 @payments_admin.get("/deposits/{deposit_id}", summary="A deposit with its audit trail", response_model=DepositOut)
 def admin_get_deposit(deposit_id: uuid.UUID, session: DbSession, _staff: Staff) -> DepositOut:
-    return _deposit_out(session, deposits.get(session, deposit_id), with_audit=True)
+    return _deposit_out(session, queries.get(session, Deposit, deposit_id), with_audit=True)
 
 
 @payments_admin.get(

@@ -49,7 +49,7 @@ def reconcile(connector_name: str, day: datetime | None, as_json: bool) -> None:
     from bourse.db import unit_of_work
     from bourse.errors import BourseError
     from bourse.payments import reconcile as recon
-    from bourse.payments.common import connector_named
+    from bourse.payments.connectors import connector_named
     from bourse.psp.connectors.base import Capability
 
     settings = load_cli_settings()

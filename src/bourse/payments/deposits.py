@@ -10,18 +10,16 @@ user already spent becomes a debt on their ``chargeback_receivable`` account.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
-from bourse.ledger.accounts import system_account, user_account
-from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.accounts import AccountKey, account_balances, lock_accounts, system_account, user_account
+from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Leg, post_entry
-from bourse.payments.common import Actor, record
-from bourse.payments.errors import DepositNotFound
+from bourse.payments.audit import Actor, record
 from bourse.payments.models import Deposit, DepositState
 from bourse.psp.connectors.base import Connector
 from bourse.sqltypes import utcnow
@@ -96,36 +94,6 @@ def create(
     return deposit
 
 
-def get(session: Session, deposit_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> Deposit:
-    deposit = session.get(Deposit, deposit_id)
-    if deposit is None or (user_id is not None and deposit.user_id != user_id):
-        raise DepositNotFound(f"There is no deposit {deposit_id}")
-    return deposit
-
-
-def listing(
-    session: Session,
-    *,
-    user_id: uuid.UUID | None = None,
-    states: Sequence[DepositState] = (),
-    before: datetime | None = None,
-    limit: int = 50,
-) -> list[Deposit]:
-    query = select(Deposit).order_by(Deposit.created_at.desc(), Deposit.id.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(Deposit.user_id == user_id)
-    if states:
-        query = query.where(Deposit.state.in_(states))
-    if before is not None:
-        query = query.where(Deposit.created_at < before)
-    return list(session.scalars(query))
-
-
-def locked(session: Session, deposit_id: uuid.UUID) -> Deposit | None:
-    query = select(Deposit).where(Deposit.id == deposit_id).with_for_update().execution_options(populate_existing=True)
-    return session.scalar(query)
-
-
 def credit(
     session: Session, deposit: Deposit, *, settled_at: datetime | None, actor: Actor, idempotency_key: str
 ) -> None:
@@ -152,50 +120,37 @@ def credit(
     _transition(session, deposit, DepositState.succeeded, actor, reason="debt repaid first" if repay else None)
 
 
+def _keys(deposit: Deposit) -> tuple[AccountKey, AccountKey, AccountKey]:
+    """The accounts a deposit's money moves between: the connector's clearing, the user's wallet and debt."""
+    return (
+        (AccountKind.psp_clearing, deposit.asset, deposit.connector),
+        (AccountKind.available, deposit.asset, deposit.user_id),
+        (AccountKind.chargeback_receivable, deposit.asset, deposit.user_id),
+    )
+
+
 def _credit_accounts(session: Session, deposit: Deposit) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID | None, int]:
     """The clearing and available accounts a credit moves between, and any debt to repay first.
 
     One round trip in the usual case (both accounts exist, no debt): this is the
     hot path of every deposit.
     """
-    user_ref = str(deposit.user_id)
-    rows = session.execute(
-        select(Account.id, Account.kind, Account.balance).where(
-            Account.asset == deposit.asset,
-            or_(
-                and_(Account.kind == AccountKind.psp_clearing, Account.ref == deposit.connector),
-                and_(
-                    Account.kind.in_([AccountKind.available, AccountKind.chargeback_receivable]),
-                    Account.ref == user_ref,
-                ),
-            ),
-        )
-    ).all()
-    found = {row.kind: row for row in rows}
-    clearing = found[AccountKind.psp_clearing].id if AccountKind.psp_clearing in found else None
+    keys = _keys(deposit)
+    clearing_key, available_key, receivable_key = keys
+    found = account_balances(session, keys)
+    receivable = found.get(receivable_key)
+    if receivable is not None and receivable.balance < 0:
+        # A debt: lock all three and read it again under the lock, so two credits never both repay it.
+        found = lock_accounts(session, keys)
+        receivable = found[receivable_key]
+        return found[clearing_key].id, found[available_key].id, receivable.id, max(0, -receivable.balance)
+    clearing = found[clearing_key].id if clearing_key in found else None
     if clearing is None:
         clearing = system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
-    available = found[AccountKind.available].id if AccountKind.available in found else None
+    available = found[available_key].id if available_key in found else None
     if available is None:
         available = user_account(session, deposit.user_id, deposit.asset)
-    receivable = found.get(AccountKind.chargeback_receivable)
-    if receivable is None or receivable.balance >= 0:
-        return clearing, available, None, 0
-    # A debt: read it again under lock, so two credits never both repay it.
-    receivable_id, owed = _receivable(session, deposit.user_id, deposit.asset)
-    return clearing, available, receivable_id, owed
-
-
-def _receivable(session: Session, user_id: uuid.UUID, asset: str) -> tuple[uuid.UUID | None, int]:
-    """The user's receivable account in ``asset`` (locked) and what they owe (>= 0)."""
-    row = session.execute(
-        select(Account.id, Account.balance)
-        .where(Account.kind == AccountKind.chargeback_receivable, Account.ref == str(user_id), Account.asset == asset)
-        .with_for_update()
-    ).first()
-    if row is None:
-        return None, 0
-    return row.id, max(0, -row.balance)
+    return clearing, available, None, 0
 
 
 def reverse(
@@ -212,20 +167,21 @@ def reverse(
 
     The user's available balance pays what it can; the shortfall is booked on the
     user's ``chargeback_receivable`` account, which blocks their withdrawals until
-    it is repaid. The available account is locked before its balance is read, so a
-    concurrent spend cannot make the entry overdraw it.
+    it is repaid.
     """
-    clearing = system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
-    available_id = user_account(session, deposit.user_id, deposit.asset)
-    balance = session.scalar(select(Account.balance).where(Account.id == available_id).with_for_update()) or 0
-    from_wallet = min(balance, amount)
+    # Every account the entry may post to is locked in one statement, the ledger's order,
+    # before the available balance is read, so a concurrent spend cannot make the entry
+    # overdraw it. The receivable is opened (empty) if it does not exist yet.
+    keys = _keys(deposit)
+    locked = lock_accounts(session, keys)
+    clearing, available, receivable = (locked[key] for key in keys)
+    from_wallet = min(available.balance, amount)
     shortfall = amount - from_wallet
-    legs = [Leg(clearing, amount)]
+    legs = [Leg(clearing.id, amount)]
     if from_wallet > 0:
-        legs.append(Leg(available_id, -from_wallet))
+        legs.append(Leg(available.id, -from_wallet))
     if shortfall > 0:
-        receivable = system_account(session, AccountKind.chargeback_receivable, deposit.asset, ref=str(deposit.user_id))
-        legs.append(Leg(receivable, -shortfall))
+        legs.append(Leg(receivable.id, -shortfall))
     post_entry(
         session,
         kind="chargeback" if chargeback else "deposit_refund",

@@ -14,8 +14,10 @@ from datetime import date, timedelta
 from prometheus_client import Gauge
 
 from bourse.logging import get_logger
-from bourse.payments import deposits, events, reconcile, withdrawals
-from bourse.payments.common import Actor, connector_named
+from bourse.payments import deposits, inbox, queries, reconcile, withdrawals
+from bourse.payments.audit import Actor
+from bourse.payments.connectors import connector_named
+from bourse.payments.models import Withdrawal
 from bourse.psp.connectors.base import Capability
 from bourse.queue.registry import JobContext, job
 
@@ -35,19 +37,19 @@ def _actor(ctx: JobContext, name: str) -> Actor:
     return Actor(f"job:{name}", ctx.request_id)
 
 
-@job(events.PROCESS_DEPOSIT_EVENT, queue="deposits", tries=16, timeout=30, backoff=_BACKOFF)
+@job(inbox.PROCESS_DEPOSIT_EVENT, queue="deposits", tries=16, timeout=30, backoff=_BACKOFF)
 def deposit_event(ctx: JobContext) -> None:
-    events.process(ctx.session, int(ctx.payload["event"]), request_id=ctx.request_id)
+    inbox.process(ctx.session, int(ctx.payload["event"]), request_id=ctx.request_id)
 
 
-@job(events.PROCESS_PAYOUT_EVENT, queue="withdrawals", tries=16, timeout=30, backoff=_BACKOFF)
+@job(inbox.PROCESS_PAYOUT_EVENT, queue="withdrawals", tries=16, timeout=30, backoff=_BACKOFF)
 def payout_event(ctx: JobContext) -> None:
-    events.process(ctx.session, int(ctx.payload["event"]), request_id=ctx.request_id)
+    inbox.process(ctx.session, int(ctx.payload["event"]), request_id=ctx.request_id)
 
 
 @job(withdrawals.PAYOUT_JOB, queue="withdrawals", tries=20, timeout=30, backoff=_BACKOFF)
 def payout(ctx: JobContext) -> None:
-    withdrawal = withdrawals.get(ctx.session, uuid.UUID(ctx.payload["withdrawal_id"]))
+    withdrawal = queries.get(ctx.session, Withdrawal, uuid.UUID(ctx.payload["withdrawal_id"]))
     connector = connector_named(ctx.settings_of(), withdrawal.connector, Capability.payouts)
     outcome = withdrawals.pay_out(
         ctx.session, withdrawal.id, connector=connector, actor=_actor(ctx, withdrawals.PAYOUT_JOB)
@@ -57,7 +59,7 @@ def payout(ctx: JobContext) -> None:
 
 @job("payments.check_payout", queue="withdrawals", tries=5, timeout=30, backoff=_BACKOFF)
 def check_payout(ctx: JobContext) -> None:
-    withdrawal = withdrawals.get(ctx.session, uuid.UUID(ctx.payload["withdrawal_id"]))
+    withdrawal = queries.get(ctx.session, Withdrawal, uuid.UUID(ctx.payload["withdrawal_id"]))
     connector = connector_named(ctx.settings_of(), withdrawal.connector, Capability.status)
     outcome = withdrawals.check_payout(
         ctx.session, withdrawal.id, connector=connector, actor=_actor(ctx, "payments.check_payout")

@@ -1,6 +1,6 @@
 """Withdrawals: checks, a hold at once, four-eyes approval, then a payout job.
 
-The request locks the user's available account before any check, so two
+The request locks the user's available and held accounts before any check, so two
 concurrent withdrawals of one user are serialised: the daily limit and the
 balance are read under the lock, and the hold is placed before it is released
 (at commit). A withdrawal never pays more than it held: success captures the
@@ -10,7 +10,6 @@ hold into the connector's ``psp_clearing`` account, anything else releases it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -19,19 +18,18 @@ from sqlalchemy.orm import Session
 from bourse.assets.amounts import parse_amount
 from bourse.assets.models import Asset
 from bourse.identity.service import verify_totp_if_enrolled
-from bourse.ledger.accounts import system_account
+from bourse.ledger.accounts import AccountKey, account_balances, lock_accounts, owes_money, system_account
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.holds import capture_hold, place_hold, release_hold
-from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context
-from bourse.payments.common import Actor, owes_money, record
+from bourse.payments.audit import Actor, record
 from bourse.payments.errors import (
     AlreadyApproved,
     CoolingOff,
     DailyLimitExceeded,
     InvalidState,
     SelfApproval,
-    WithdrawalNotFound,
     WithdrawalsBlocked,
 )
 from bourse.payments.models import (
@@ -41,6 +39,7 @@ from bourse.payments.models import (
     WithdrawalApproval,
     WithdrawalState,
 )
+from bourse.payments.queries import locked
 from bourse.psp.connectors.base import Connector, PaymentState, PspRefused
 from bourse.queue.producer import enqueue
 from bourse.settings import Settings
@@ -123,14 +122,12 @@ def create(
     idempotency_key: str,
 ) -> Withdrawal:
     verify_totp_if_enrolled(session, user_id, totp_code, settings=settings)
-    # The lock that serialises this user's withdrawals in this asset (see the module docstring).
-    locked = session.scalar(
-        select(Account.id)
-        .where(Account.kind == AccountKind.available, Account.ref == str(user_id), Account.asset == asset.code)
-        .with_for_update()
-    )
-    if locked is None:
+    # The lock that serialises this user's withdrawals in this asset (see the module docstring):
+    # the available account and the held one the hold moves funds to, in the ledger's order.
+    available: AccountKey = (AccountKind.available, asset.code, user_id)
+    if available not in account_balances(session, [available]):
         raise InsufficientFunds(f"Not enough {asset.code} available")
+    lock_accounts(session, [available, (AccountKind.held, asset.code, user_id)])
     _check_limits(session, settings, user_id, asset, amount)
     withdrawal_id = uuid.uuid4()
     hold = place_hold(
@@ -175,44 +172,6 @@ def schedule_payout(session: Session, withdrawal: Withdrawal) -> None:
     enqueue(session, PAYOUT_JOB, {"withdrawal_id": str(withdrawal.id)}, unique_key=f"payout:{withdrawal.id}")
 
 
-def get(session: Session, withdrawal_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> Withdrawal:
-    withdrawal = session.get(Withdrawal, withdrawal_id)
-    if withdrawal is None or (user_id is not None and withdrawal.user_id != user_id):
-        raise WithdrawalNotFound(f"There is no withdrawal {withdrawal_id}")
-    return withdrawal
-
-
-def locked(session: Session, withdrawal_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> Withdrawal:
-    query = (
-        select(Withdrawal)
-        .where(Withdrawal.id == withdrawal_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    withdrawal = session.scalar(query)
-    if withdrawal is None or (user_id is not None and withdrawal.user_id != user_id):
-        raise WithdrawalNotFound(f"There is no withdrawal {withdrawal_id}")
-    return withdrawal
-
-
-def listing(
-    session: Session,
-    *,
-    user_id: uuid.UUID | None = None,
-    states: Sequence[WithdrawalState] = (),
-    before: datetime | None = None,
-    limit: int = 50,
-) -> list[Withdrawal]:
-    query = select(Withdrawal).order_by(Withdrawal.created_at.desc(), Withdrawal.id.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(Withdrawal.user_id == user_id)
-    if states:
-        query = query.where(Withdrawal.state.in_(states))
-    if before is not None:
-        query = query.where(Withdrawal.created_at < before)
-    return list(session.scalars(query))
-
-
 def approvals_of(session: Session, withdrawal_id: uuid.UUID) -> list[WithdrawalApproval]:
     query = select(WithdrawalApproval).where(WithdrawalApproval.withdrawal_id == withdrawal_id)
     return list(session.scalars(query.order_by(WithdrawalApproval.id)))
@@ -226,7 +185,7 @@ def approve(
     The requester can never approve their own withdrawal, and one operator counts
     once, so a two-approval withdrawal needs two different people.
     """
-    withdrawal = locked(session, withdrawal_id)
+    withdrawal = locked(session, Withdrawal, withdrawal_id)
     if withdrawal.user_id == operator_id:
         raise SelfApproval("Nobody may approve their own withdrawal")
     if withdrawal.state is not WithdrawalState.pending_review:
@@ -267,7 +226,7 @@ def _release(session: Session, withdrawal: Withdrawal, actor: Actor, key: str) -
 
 
 def reject(session: Session, withdrawal_id: uuid.UUID, *, reason: str, actor: Actor) -> Withdrawal:
-    withdrawal = locked(session, withdrawal_id)
+    withdrawal = locked(session, Withdrawal, withdrawal_id)
     if withdrawal.state is not WithdrawalState.pending_review:
         raise InvalidState(f"The withdrawal is {withdrawal.state.value}, not pending review")
     _release(session, withdrawal, actor, f"withdrawal:{withdrawal.id}:release")
@@ -278,7 +237,7 @@ def reject(session: Session, withdrawal_id: uuid.UUID, *, reason: str, actor: Ac
 
 
 def cancel(session: Session, withdrawal_id: uuid.UUID, *, user_id: uuid.UUID, actor: Actor) -> Withdrawal:
-    withdrawal = locked(session, withdrawal_id, user_id=user_id)
+    withdrawal = locked(session, Withdrawal, withdrawal_id, user_id=user_id)
     if withdrawal.state is not WithdrawalState.pending_review:
         raise InvalidState(f"The withdrawal is {withdrawal.state.value}; only one pending review can be cancelled")
     _release(session, withdrawal, actor, f"withdrawal:{withdrawal.id}:release")
@@ -318,7 +277,7 @@ def pay_out(session: Session, withdrawal_id: uuid.UUID, *, connector: Connector,
     instead of making a second one. A transient failure raises and the queue
     retries; a refusal releases the hold.
     """
-    withdrawal = locked(session, withdrawal_id)
+    withdrawal = locked(session, Withdrawal, withdrawal_id)
     if withdrawal.state is not WithdrawalState.approved:
         return f"skipped: {withdrawal.state.value}"
     try:
@@ -347,7 +306,7 @@ def pay_out(session: Session, withdrawal_id: uuid.UUID, *, connector: Connector,
 
 def check_payout(session: Session, withdrawal_id: uuid.UUID, *, connector: Connector, actor: Actor) -> str:
     """Settle a payout whose webhook never came, from the provider's own status."""
-    withdrawal = locked(session, withdrawal_id)
+    withdrawal = locked(session, Withdrawal, withdrawal_id)
     if withdrawal.state is WithdrawalState.approved:
         schedule_payout(session, withdrawal)
         return "payout requeued"

@@ -20,15 +20,16 @@ from sqlalchemy.orm import Session
 
 from bourse.db import upsert
 from bourse.logging import get_logger
-from bourse.payments import deposits, withdrawals
-from bourse.payments.common import Actor, record
-from bourse.payments.errors import EventNotReady, WithdrawalNotFound
+from bourse.payments import deposits, queries, withdrawals
+from bourse.payments.audit import Actor, record
+from bourse.payments.errors import DepositNotFound, EventNotReady, WithdrawalNotFound
 from bourse.payments.models import Deposit, DepositState, PspEvent, Withdrawal, WithdrawalState
+from bourse.payments.queries import Payment
 from bourse.psp.connectors.base import EventKind, PaymentEvent
 from bourse.queue.producer import enqueue
 from bourse.sqltypes import utcnow
 
-log = get_logger("bourse.payments.events")
+log = get_logger(__name__)
 
 PROCESS_DEPOSIT_EVENT = "payments.deposit_event"
 PROCESS_PAYOUT_EVENT = "payments.payout_event"
@@ -94,35 +95,20 @@ def _uuid(text: str | None) -> uuid.UUID | None:
         return None
 
 
-def _find_deposit(session: Session, event: PspEvent) -> Deposit | None:
-    deposit_id = _uuid(event.reference)
-    if deposit_id is None and event.psp_reference:
-        deposit_id = session.scalar(
-            select(Deposit.id).where(Deposit.connector == event.connector, Deposit.psp_reference == event.psp_reference)
+def _find(session: Session, model: type[Payment], event: PspEvent) -> Payment | None:
+    """The deposit or withdrawal the event names (by our id, else the provider's), locked."""
+    payment_id = _uuid(event.reference)
+    if payment_id is None and event.psp_reference:
+        payment_id = session.scalar(
+            select(model.id).where(model.connector == event.connector, model.psp_reference == event.psp_reference)
         )
-    if deposit_id is None:
-        return None
-    deposit = deposits.locked(session, deposit_id)
-    if deposit is not None and deposit.connector != event.connector:
-        return None
-    return deposit
-
-
-def _find_withdrawal(session: Session, event: PspEvent) -> Withdrawal | None:
-    withdrawal_id = _uuid(event.reference)
-    if withdrawal_id is None and event.psp_reference:
-        withdrawal_id = session.scalar(
-            select(Withdrawal.id).where(
-                Withdrawal.connector == event.connector, Withdrawal.psp_reference == event.psp_reference
-            )
-        )
-    if withdrawal_id is None:
+    if payment_id is None:
         return None
     try:
-        withdrawal = withdrawals.locked(session, withdrawal_id)
-    except WithdrawalNotFound:
+        payment = queries.locked(session, model, payment_id)
+    except (DepositNotFound, WithdrawalNotFound):
         return None
-    return withdrawal if withdrawal.connector == event.connector else None
+    return payment if payment.connector == event.connector else None
 
 
 def process(session: Session, row_id: int, *, request_id: str | None = None) -> str:
@@ -146,7 +132,7 @@ def process(session: Session, row_id: int, *, request_id: str | None = None) -> 
 
 
 def _deposit_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
-    deposit = _find_deposit(session, event)
+    deposit = _find(session, Deposit, event)
     if deposit is None:
         log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
         return "unmatched", "no deposit has this reference"
@@ -232,7 +218,7 @@ def _deposit_reversed(
 
 
 def _payout_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
-    withdrawal = _find_withdrawal(session, event)
+    withdrawal = _find(session, Withdrawal, event)
     if withdrawal is None:
         log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
         return "unmatched", "no withdrawal has this reference"
