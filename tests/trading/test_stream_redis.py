@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
