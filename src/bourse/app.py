@@ -24,6 +24,7 @@ from bourse.api.jobs import jobs_router
 from bourse.api.middleware import RequestContextMiddleware
 from bourse.api.routing import router
 from bourse.commissions import api as commissions_api
+from bourse.commissions import service as commissions_service
 from bourse.db import Database, pool_capacity
 from bourse.identity.api import include_identity
 from bourse.identity.dependencies import require_roles
@@ -33,6 +34,7 @@ from bourse.payments import api as payments_api
 from bourse.psp.registry import close_all as close_connectors
 from bourse.redis_client import create_async_redis, create_redis
 from bourse.referrals import api as referrals_api
+from bourse.referrals import service as referrals_service
 from bourse.settings import Settings, load_settings
 from bourse.trading import admin_api as trading_admin_api
 from bourse.trading import api as trading_api
@@ -73,7 +75,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.include_router(_meta_router())
-    include_identity(app)
+    include_identity(app, referral_at_signup=referrals_service.referral_at_signup)
     app.include_router(ledger_api.ledger)
     app.include_router(ledger_api.admin)
     app.include_router(payments_api.payments)
@@ -85,7 +87,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(trading_api.instruments)
     app.include_router(trading_api.instruments_admin)
     app.include_router(orders_api.orders)
-    app.include_router(trading_admin_api.trading_admin)
+    app.include_router(trading_admin_api.trading_admin_router(claw_back=commissions_service.claw_back))
     app.include_router(market_data.market_data)
     app.include_router(stream.ws_router)
     app.include_router(jobs_router(require_roles(Role.operator, Role.admin)))
