@@ -38,7 +38,7 @@ from bourse.referrals import service as referrals_service
 from bourse.settings import Settings, load_settings
 from bourse.trading import admin_api as trading_admin_api
 from bourse.trading import api as trading_api
-from bourse.trading import market_data, orders_api, stream
+from bourse.trading import feed, market_data_api, orders_api, stream
 
 API_PREFIX = "/api/v1"
 # Worker threads beyond the connection leases, for work that holds none (health
@@ -46,12 +46,12 @@ API_PREFIX = "/api/v1"
 THREADS_BEYOND_LEASES = 20
 
 
-def _market_relay(settings: Settings, hub: stream.Hub, client: Redis | None) -> stream.RedisRelay | None:
+def _market_relay(settings: Settings, hub: feed.Hub, client: Redis | None) -> feed.RedisRelay | None:
     """With Redis, commits are published through it so that every replica's clients see them."""
     redis_url = settings.redis_url
     if redis_url is None or client is None:
         return None
-    return stream.RedisRelay(
+    return feed.RedisRelay(
         hub,
         client,
         lambda: create_async_redis(settings, redis_url),
@@ -88,7 +88,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(trading_api.instruments_admin)
     app.include_router(orders_api.orders)
     app.include_router(trading_admin_api.trading_admin_router(claw_back=commissions_service.claw_back))
-    app.include_router(market_data.market_data)
+    app.include_router(market_data_api.market_data)
     app.include_router(stream.ws_router)
     app.include_router(jobs_router(require_roles(Role.operator, Role.admin)))
 
@@ -153,7 +153,7 @@ def create_app(
     app.state.db_leases = leases
     app.state.progress = progress
     app.state.redis = redis_client
-    hub = stream.Hub()
+    hub = feed.Hub()
     app.state.market_hub = hub
     relay = _market_relay(settings, hub, redis_client)
     app.state.market_relay = relay

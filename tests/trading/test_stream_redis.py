@@ -25,7 +25,7 @@ from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
-from bourse.trading.stream import RedisRelay
+from bourse.trading.feed import RedisRelay
 from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund

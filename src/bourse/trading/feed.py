@@ -189,9 +189,8 @@ def capture(
     keys = {(order.side, order.price) for order in touched.values() if order.price is not None}
     bids, asks = market_data.levels(session, symbol, prices=keys)
     present = {("buy", level[0]): level for level in bids} | {("sell", level[0]): level for level in asks}
-    changed = tuple(
-        (side, present.get((side, price), (price, 0, 0))) for side, price in sorted(keys, key=lambda key: (key[0], key[1]))
-    )
+    ordered = sorted(keys, key=lambda key: (key[0], key[1]))
+    changed = tuple((side, present.get((side, price), (price, 0, 0))) for side, price in ordered)
     previous = None
     if trades:
         previous = session.scalar(
