@@ -45,9 +45,9 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -58,7 +58,10 @@ from bourse.assets.amounts import format_amount
 from bourse.logging import get_logger
 from bourse.trading import market_data
 from bourse.trading.instruments import format_price, format_quantity
-from bourse.trading.models import Instrument, Order, Trade
+from bourse.trading.models import Instrument, Order, OrderStatus, Trade
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = get_logger("bourse.trading.feed")
 
@@ -67,6 +70,7 @@ Message = tuple[Key, dict[str, Any]]
 DEFAULT_QUEUE_SIZE = 1000
 _OUTBOX = "bourse.market_data.outbox"
 _HOOKED = "bourse.market_data.hooked"
+_Copied = TypeVar("_Copied", bound="DataclassInstance")
 
 
 # -- What a command touched, copied inside its transaction --------------------------------------
@@ -93,7 +97,7 @@ class _OrderState:
     price: int | None
     quantity: int
     filled_quantity: int
-    status: str
+    status: OrderStatus
     cancel_reason: str | None
     user_id: uuid.UUID
 
@@ -127,38 +131,9 @@ class Command:
     trades: tuple[_Fill, ...]
 
 
-def _order_state(order: Order) -> _OrderState:
-    return _OrderState(
-        id=order.id,
-        instrument=order.instrument,
-        client_order_id=order.client_order_id,
-        side=order.side,
-        kind=order.kind,
-        price=order.price,
-        quantity=order.quantity,
-        filled_quantity=order.filled_quantity,
-        status=order.status.value,
-        cancel_reason=order.cancel_reason,
-        user_id=order.user_id,
-    )
-
-
-def _fill(trade: Trade) -> _Fill:
-    return _Fill(
-        id=trade.id,
-        instrument=trade.instrument,
-        sequence=trade.sequence,
-        price=trade.price,
-        quantity=trade.quantity,
-        taker_side=trade.taker_side,
-        created_at=trade.created_at,
-        maker_order_id=trade.maker_order_id,
-        taker_order_id=trade.taker_order_id,
-        maker_user_id=trade.maker_user_id,
-        taker_user_id=trade.taker_user_id,
-        maker_fee=trade.maker_fee,
-        taker_fee=trade.taker_fee,
-    )
+def _copy(kind: type[_Copied], row: object) -> _Copied:
+    """A frozen copy of the fields of ``row`` that ``kind`` names: plain values, no session behind them."""
+    return kind(**{field.name: getattr(row, field.name) for field in fields(kind)})
 
 
 def capture(
@@ -202,8 +177,8 @@ def capture(
         prev_sequence=prev_sequence,
         previous_trade_sequence=previous,
         levels=changed,
-        orders=tuple(_order_state(order) for order in touched.values()),
-        trades=tuple(_fill(trade) for trade in trades),
+        orders=tuple(_copy(_OrderState, order) for order in touched.values()),
+        trades=tuple(_copy(_Fill, trade) for trade in trades),
     )
 
 
@@ -222,7 +197,7 @@ def _order_wire(market: _Market, order: _OrderState) -> dict[str, Any]:
         "price": None if order.price is None else format_price(market, order.price),
         "quantity": format_quantity(market, order.quantity),
         "filled_quantity": format_quantity(market, order.filled_quantity),
-        "status": order.status,
+        "status": order.status.value,
         "cancel_reason": order.cancel_reason,
         "sequence": market.sequence,
     }
