@@ -60,6 +60,10 @@ format-check: $(STAMP) ## Check formatting without changing files
 typecheck: $(STAMP) ## Type-check src/bourse and deploy with mypy --strict
 	@$(BIN)/mypy
 
+.PHONY: imports
+imports: $(STAMP) ## Check the import contracts in pyproject.toml (layers, no framework below the API) with import-linter
+	@$(BIN)/lint-imports --no-cache
+
 .PHONY: alembic-check
 alembic-check: $(STAMP) ## Fail if the models and the migrations have drifted apart (on a scratch SQLite database)
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -67,7 +71,7 @@ alembic-check: $(STAMP) ## Fail if the models and the migrations have drifted ap
 	  $(BIN)/bourse migrate >/dev/null && $(BIN)/alembic check
 
 .PHONY: check
-check: lint format-check typecheck alembic-check ## All static checks: lint, format, types, migrations
+check: lint format-check typecheck imports alembic-check ## All static checks: lint, format, types, import contracts, migrations
 
 .PHONY: schemathesis
 schemathesis: $(STAMP) ## Fuzz the running API against its OpenAPI schema (scratch PostgreSQL database): no 5xx, nothing undocumented

@@ -276,7 +276,7 @@ echo "apt-lists: $lists"
             self.status(port, path)
         script = r"""
 import importlib.util, sys
-import bourse.api.app, bourse.cli, bourse.queue.worker, bourse.queue.scheduler, bourse.psp.sim.app
+import bourse.app, bourse.cli, bourse.queue.worker, bourse.queue.scheduler, bourse.psp.sim.app
 import bourse.migrations, uvicorn.main, psycopg, redis, sqlalchemy.dialects.postgresql
 bourse.migrations.head_revisions()
 alone = with_source = 0

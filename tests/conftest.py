@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from bourse import lifecycle
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database
 from bourse.migrations import upgrade
 from bourse.settings import Settings

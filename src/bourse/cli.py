@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
 
 import bourse
 from bourse.bench import bench
+from bourse.cli_support import check_cli_database, configure_cli_logging, fail_config, read_settings
 from bourse.commissions.cli import commissions
 from bourse.identity.cli import users
 from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
@@ -33,131 +34,10 @@ from bourse.trading.cli import instruments
 from bourse.trading.http_bench import bench_orders_http
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from bourse.db import Database
     from bourse.settings import Settings
 
-EXIT_CONFIG = 2
-# The database cannot be used: unreachable, missing (no such database or file), or
-# not migrated to this version. One line on stderr names it, password masked.
-EXIT_DATABASE = 3
 # Ctrl-C on `bourse up` stops everything within this many seconds.
 UP_STOP_SECONDS = 9
-
-
-def _fail_config(message: str) -> NoReturn:
-    click.echo(f"bourse: {message}", err=True)
-    sys.exit(EXIT_CONFIG)
-
-
-def _settings() -> Settings:
-    from bourse.settings import SettingsError, load_settings
-
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        _fail_config(str(exc))
-
-
-def _configure_logging(settings: Settings, *, service: bool = True) -> None:
-    from bourse.logging import configure_logging
-
-    level = settings.log_level
-    if not service and level == "info":
-        # A command meant for people prints its outcome on stdout; informational log
-        # lines would only interleave JSON with it. Warnings and errors still go to
-        # stderr, and BOURSE_LOG_LEVEL=debug shows everything.
-        level = "warning"
-    configure_logging(level, settings.log_format)
-
-
-def load_cli_settings(*, service: bool = False) -> Settings:
-    """Settings for a command, with logging configured; exits 2 on invalid configuration.
-
-    Commands meant for people (the default) log warnings and errors only, on stderr;
-    long-running processes and jobs (``service=True``) log at ``BOURSE_LOG_LEVEL``.
-    """
-    settings = _settings()
-    _configure_logging(settings, service=service)
-    return settings
-
-
-def _fail_database(message: str) -> NoReturn:
-    click.echo(f"bourse: {message}", err=True)
-    sys.exit(EXIT_DATABASE)
-
-
-def _database_label(settings: Settings) -> str:
-    from bourse.settings import mask_database_url
-
-    return mask_database_url(settings.database_url)
-
-
-def _reason(exc: BaseException, settings: Settings) -> str:
-    """The driver's own first line (``exc.orig`` for SQLAlchemy's wrappers), no password in it."""
-    original = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    reason = lines[0] if lines else type(original).__name__
-    reason = reason.removeprefix("connection failed: ")
-    password = settings.database.password
-    if password:
-        reason = reason.replace(str(password), "***")
-    return reason
-
-
-def _missing_sqlite_file(settings: Settings) -> str | None:
-    """The path of a configured SQLite file that does not exist (connecting would create it)."""
-    url = settings.database
-    if url.get_backend_name() != "sqlite" or url.query.get("uri") or url.database in {None, "", ":memory:"}:
-        return None
-    return None if Path(url.database or "").exists() else url.database
-
-
-def _probe(engine: Engine, settings: Settings, *, require_migrated: bool) -> None:
-    from sqlalchemy.exc import DBAPIError
-
-    from bourse.db import SQLITE_BEGIN_OPTION
-    from bourse.migrations import SchemaState, schema_state
-
-    label = _database_label(settings)
-    try:
-        # DEFERRED: looking must not take SQLite's write lock.
-        with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
-            behind = require_migrated and schema_state(connection) is SchemaState.BEHIND
-    except DBAPIError as exc:
-        _fail_database(f"cannot reach the database {label}: {_reason(exc, settings)}")
-    if behind:
-        _fail_database(f"the database {label} is not migrated to this version of Bourse; run `bourse migrate`")
-
-
-def open_cli_database(settings: Settings, *, name: str = "cli", require_migrated: bool = True) -> Database:
-    """The database for a command, checked before any work: it exists, answers and is migrated.
-
-    Otherwise exits :data:`EXIT_DATABASE` with one line naming the database (password
-    masked) and the reason, never a traceback. A SQLite file that does not exist is
-    reported, not created.
-    """
-    from bourse.db import Database
-
-    missing = _missing_sqlite_file(settings)
-    if missing is not None and require_migrated:
-        _fail_database(
-            f"cannot open the database {_database_label(settings)}: the file {missing} does not exist"
-            " (run `bourse migrate` to create it, or set BOURSE_DATABASE_URL)"
-        )
-    database = Database.from_settings(settings, name=name)
-    try:
-        _probe(database.engine, settings, require_migrated=require_migrated)
-    except BaseException:
-        database.dispose()
-        raise
-    return database
-
-
-def check_cli_database(settings: Settings, *, require_migrated: bool = True) -> None:
-    """:func:`open_cli_database` for a command that builds its own engines later."""
-    open_cli_database(settings, name="cli-check", require_migrated=require_migrated).dispose()
 
 
 def _probe_host(host: str) -> str:
@@ -211,11 +91,11 @@ def config_show(as_json: bool) -> None:
     """Print the effective configuration, secrets masked, with each value's source."""
     from bourse.settings import SettingsError, describe
 
-    settings = _settings()
+    settings = read_settings()
     try:
         rows = describe(settings)
     except SettingsError as exc:
-        _fail_config(str(exc))
+        fail_config(str(exc))
     if as_json:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
         return
@@ -231,8 +111,8 @@ def migrate(revision: str) -> None:
     """Upgrade the database schema (to the latest revision by default)."""
     from bourse.migrations import upgrade
 
-    settings = _settings()
-    _configure_logging(settings)
+    settings = read_settings()
+    configure_cli_logging(settings)
     _refuse_pooled_migrations(settings)
     _ensure_sqlite_dir(settings)
     check_cli_database(settings, require_migrated=False)
@@ -268,15 +148,15 @@ def serve(  # noqa: PLR0917 - one parameter per click option
 
         die_with_parent(parent_pid)
 
-    settings = _settings()
-    _configure_logging(settings)
+    settings = read_settings()
+    configure_cli_logging(settings)
     host, port = host or settings.host, port or settings.port
     if fd is None and (workers or settings.server_workers) > 1:
         # The parent of the server processes never imports the app (nor bourse.metrics).
         from bourse.server import run_server_processes
 
         sys.exit(run_server_processes(settings, host=host, port=port, workers=workers or settings.server_workers))
-    from bourse.api.app import create_app
+    from bourse.app import create_app
     from bourse.server import run_server
 
     app = create_app(settings)
@@ -298,7 +178,7 @@ def healthcheck(  # noqa: PLR0917 - one parameter per click option
     ready: bool, host: str | None, port: int | None, timeout: float, worker_probe: bool, scheduler_probe: bool
 ) -> None:
     """Exit 0 if the local server is alive (or ready), 1 if not, 2 if misconfigured. For probes."""
-    settings = _settings()
+    settings = read_settings()
     if worker_probe or scheduler_probe:
         # A heartbeat file, never the database: a database blip must not restart workers.
         path = settings.worker_heartbeat_path if worker_probe else settings.scheduler_heartbeat_path
@@ -315,7 +195,7 @@ def _refuse_pooled_migrations(settings: Settings) -> None:
     """Migrations set a session lock_timeout and run DDL (some outside a transaction)
     that must share one server connection: never through a transaction pooler."""
     if settings.database_transaction_pooling:
-        _fail_config(
+        fail_config(
             "BOURSE_DATABASE_TRANSACTION_POOLING is set: migrations need a session of their own, so point"
             " BOURSE_DATABASE_URL at the PostgreSQL primary (not at PgBouncer) and unset it for `bourse migrate`"
         )
@@ -351,8 +231,8 @@ def up(host: str | None, port: int | None) -> None:
     from bourse.migrations import upgrade
     from bourse.supervisor import ChildSpec, Supervisor
 
-    settings = _settings()
-    _configure_logging(settings)
+    settings = read_settings()
+    configure_cli_logging(settings)
     _refuse_pooled_migrations(settings)
     _ensure_sqlite_dir(settings)
     check_cli_database(settings, require_migrated=False)

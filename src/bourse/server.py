@@ -18,11 +18,12 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 from prometheus_client import multiprocess, start_http_server
 from typing_extensions import override
 
@@ -78,7 +79,11 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(app: FastAPI, settings: Settings, *, host: str, port: int, sock: socket.socket | None = None) -> bool:
+# Any ASGI application (the API's FastAPI app): the server knows no web framework.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def run_server(app: ASGIApp, settings: Settings, *, host: str, port: int, sock: socket.socket | None = None) -> bool:
     """Serve until shut down. Returns False if the server failed to start.
 
     With ``sock`` (a process of ``serve --workers``) it serves on that inherited

@@ -13,8 +13,8 @@ import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
 from bourse.api.capacity import Admission, ConnectionLeases, DatabaseBusy, ProgressMonitor, run_with_lease
+from bourse.app import create_app
 from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
 from bourse.settings import Settings
 from bourse.trading import service as trading_service

@@ -6,9 +6,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from bourse import lifecycle
-from bourse.api.app import create_app, create_redis
+from bourse.app import create_app
 from bourse.db import Database
 from bourse.migrations import upgrade
+from bourse.redis_client import create_redis
 from bourse.settings import Settings
 from tests.conftest import make_settings
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
 from bourse.api.routing import router
+from bourse.app import create_app
 from bourse.logging import configure_logging, get_logger
 from bourse.metrics import HTTP_IN_FLIGHT
 

@@ -18,8 +18,8 @@ import schemathesis
 from fastapi import routing
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
 from bourse.api.openapi import RETRYABLE_CODES
+from bourse.app import create_app
 from bourse.db import Database
 from bourse.errors import declared_refusals
 from bourse.identity.models import Role

@@ -42,8 +42,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from bourse.api.app import create_app
 from bourse.api.routing import DbSession, router
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity.service import issue_tokens
 from bourse.ledger.models import AccountKind

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.commissions import service
 from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.queue.registry import load_jobs
 from bourse.queue.worker import DEFAULT_QUEUES
 from bourse.server import STOP_MARGIN_SECONDS

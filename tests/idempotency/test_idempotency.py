@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.idempotency import service
 from bourse.idempotency.models import IdempotencyRecord

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database
 from bourse.settings import Settings
 from tests.conftest import make_settings

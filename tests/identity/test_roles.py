@@ -8,8 +8,8 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
 from bourse.api.routing import router
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User

@@ -28,7 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select, text, update
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity import service as identity
 from bourse.identity.models import Role

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.assets.amounts import INT64_MAX
 from bourse.db import Database
 from bourse.psp import signing

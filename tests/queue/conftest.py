@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from bourse.db import Database
-from bourse.queue.driver import Driver, make_driver
+from bourse.queue.driver import Driver
+from bourse.queue.drivers import make_driver
 from bourse.queue.redis_driver import RedisDriver
 from bourse.queue.registry import load_jobs
 from bourse.queue.worker import Worker, WorkerOptions

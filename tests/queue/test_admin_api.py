@@ -9,7 +9,7 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import unit_of_work
 from bourse.identity.models import Role
 from bourse.identity.service import create_user

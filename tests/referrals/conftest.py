@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database
 from bourse.identity.models import Role
 from bourse.settings import Settings

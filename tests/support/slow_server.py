@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
-from bourse.api.app import create_app
 from bourse.api.routing import router
+from bourse.app import create_app
 from bourse.logging import configure_logging
 from bourse.server import run_server
 from bourse.settings import load_settings

@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
-from bourse.api.app import create_app
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
-from bourse.trading.stream import RedisRelay
+from bourse.trading.feed import RedisRelay
 from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund

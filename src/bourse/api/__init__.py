@@ -1,1 +1,4 @@
-"""The HTTP API: app factory, transaction boundary, middleware and errors."""
+"""HTTP infrastructure: transactional routing, middleware, errors, OpenAPI, capacity, health, the admin jobs API.
+
+It knows no domain; the app factory that assembles the domains' routes is :mod:`bourse.app`.
+"""

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
+from bourse.cli_support import load_cli_settings, open_cli_database
+
 
 @click.group()
 def commissions() -> None:
@@ -26,7 +28,6 @@ def payout(day: datetime | None) -> None:
 
     Running it again pays nothing new.
     """
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.commissions import service
     from bourse.db import unit_of_work
 

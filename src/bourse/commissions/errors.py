@@ -21,8 +21,3 @@ class InvalidPeriod(CommissionError):
 
     status_code = 422
     code = "invalid_period"
-
-
-class TradeNotFound(CommissionError):
-    status_code = 404
-    code = "trade_not_found"

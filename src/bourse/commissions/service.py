@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import format_amount
 from bourse.assets.models import Asset
-from bourse.commissions.errors import PayoutNotFound, TradeNotFound
+from bourse.commissions.errors import PayoutNotFound
 from bourse.commissions.models import MAX_REASON, CommissionAccrual, CommissionPayout
 from bourse.ledger.accounts import AccountKey, lock_accounts, system_account, user_account
 from bourse.ledger.models import AccountKind
@@ -48,6 +48,7 @@ from bourse.logging import get_logger
 from bourse.referrals.models import PlanKind
 from bourse.referrals.service import Plan, plan_at, split_commission, upline
 from bourse.sqltypes import utcnow
+from bourse.trading.errors import TradeNotFound
 from bourse.trading.models import Instrument, Trade
 
 log = get_logger(__name__)

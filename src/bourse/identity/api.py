@@ -1,12 +1,23 @@
-"""``/api/v1/auth``: register, login, refresh, logout, me, and TOTP enrolment."""
+"""``/api/v1/auth``: register, login, refresh, logout, me, and TOTP enrolment.
+
+Registration may carry a referral code, which the referrals domain (above this one:
+it stores users' referrers) checks and records. Identity never imports it: the
+composition root passes :func:`bourse.referrals.service.referral_at_signup` in as the
+hook (:class:`ReferralAtSignup`, see :func:`include_identity`).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession, LeasedDatabase, router
 from bourse.db import unit_of_work
-from bourse.errors import raises
+from bourse.errors import declared_refusals, raises
 from bourse.identity import service
 from bourse.identity.dependencies import CurrentPrincipal
 from bourse.identity.errors import (
@@ -37,8 +48,6 @@ from bourse.identity.schemas import (
     UserOut,
 )
 from bourse.identity.throttle import LoginThrottle, create_login_throttle
-from bourse.referrals import service as referrals
-from bourse.referrals.errors import UnknownReferralCode
 from bourse.settings import Settings
 
 auth = router(prefix="/api/v1/auth", tags=["auth"])
@@ -69,26 +78,49 @@ def _tokens(pair: service.TokenPair) -> TokenResponse:
     )
 
 
-@raises(UnknownReferralCode, InvalidEmail, EmailTaken, PasswordTooShort, PasswordTooLong, PasswordContainsEmail)
-@auth.post("/register", status_code=201, summary="Create a client account")
-def register(body: RegisterRequest, request: Request, session: DbSession) -> UserOut:
-    """Self-registration always creates a ``client``; staff are created with ``bourse users create``.
+class ReferralAtSignup(Protocol):
+    """The hook registration calls with a ``referral_code``, passed in by the composition root.
 
-    With a ``referral_code`` the user is linked to its IB in the same transaction:
-    an unknown or inactive code (``unknown_referral_code``) creates no user.
+    Called with the request's session before the user exists, it checks the code (a
+    refusal it declares with :func:`bourse.errors.raises` creates no user) and returns
+    what links the new user to the code's IB, in the same transaction.
     """
-    # Checked first: a bad code is refused before the password is hashed.
-    code = referrals.active_code(session, body.referral_code) if body.referral_code is not None else None
-    user = service.create_user(
-        session,
-        email=body.email,
-        password=body.password,
-        role=Role.client,
-        hasher=hasher_for(_settings(request)),
+
+    def __call__(self, session: Session, code: str, /) -> Callable[[uuid.UUID], None]: ...
+
+
+def _registration(referral_at_signup: ReferralAtSignup) -> APIRouter:
+    registration = router(prefix="/api/v1/auth", tags=["auth"])
+
+    @raises(
+        *declared_refusals(referral_at_signup),
+        InvalidEmail,
+        EmailTaken,
+        PasswordTooShort,
+        PasswordTooLong,
+        PasswordContainsEmail,
     )
-    if code is not None:
-        referrals.refer(session, user.id, code)
-    return _user_out(user)
+    @registration.post("/register", status_code=201, summary="Create a client account")
+    def register(body: RegisterRequest, request: Request, session: DbSession) -> UserOut:
+        """Self-registration always creates a ``client``; staff are created with ``bourse users create``.
+
+        With a ``referral_code`` the user is linked to its IB in the same transaction:
+        an unknown or inactive code (``unknown_referral_code``) creates no user.
+        """
+        # Checked first: a bad code is refused before the password is hashed.
+        link = referral_at_signup(session, body.referral_code) if body.referral_code is not None else None
+        user = service.create_user(
+            session,
+            email=body.email,
+            password=body.password,
+            role=Role.client,
+            hasher=hasher_for(_settings(request)),
+        )
+        if link is not None:
+            link(user.id)
+        return _user_out(user)
+
+    return registration
 
 
 @raises(InvalidCredentials, TotpRequired, InvalidTotpCode, AccountLocked, TooManyAttempts, ThrottleUnavailable)
@@ -158,7 +190,8 @@ def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Re
     return _user_out(service.get_user(session, principal.user_id))
 
 
-def include_identity(app: FastAPI) -> None:
-    """Mount ``/api/v1/auth`` and the login throttle."""
+def include_identity(app: FastAPI, *, referral_at_signup: ReferralAtSignup) -> None:
+    """Mount ``/api/v1/auth`` and the login throttle; registration calls ``referral_at_signup``."""
     app.state.login_throttle = create_login_throttle(app.state.settings, app.state.db, app.state.redis)
+    app.include_router(_registration(referral_at_signup))
     app.include_router(auth)

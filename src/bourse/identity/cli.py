@@ -13,6 +13,8 @@ from typing import NoReturn
 
 import click
 
+from bourse.cli_support import load_cli_settings, open_cli_database
+
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
@@ -49,7 +51,6 @@ def users() -> None:
 )
 def create(email: str, role: str) -> None:
     """Create a user. The password is prompted for, or read from stdin when piped."""
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.errors import BourseError
     from bourse.identity.models import Role
@@ -76,7 +77,6 @@ def create(email: str, role: str) -> None:
 
 
 def _set_status(email: str, status: str) -> None:
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.identity.models import UserStatus
     from bourse.identity.service import get_user_by_email, set_user_status

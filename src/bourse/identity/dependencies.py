@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession
 from bourse.errors import raises
@@ -47,23 +48,29 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-@raises(InvalidToken, AccountLocked)
-def current_principal(request: Request, session: DbSession) -> Principal:
-    """The caller, from a valid access token, checked against the user's current state.
+def authenticate(session: Session, settings: Settings, token: str) -> Principal:
+    """The user an access token names, checked against the user's current state.
 
-    The user row is read on every request (by primary key, in the request's own
-    transaction), so locking a user or changing their role takes effect at once
-    rather than when their token expires. A deleted user's token is invalid; a
-    locked user is refused with 403 ``account_locked``.
+    The one check behind every authenticated caller: the HTTP dependency below and
+    the market-data WebSocket's ``auth`` message. The user row is read each time (by
+    primary key, in the caller's transaction), so locking a user or changing their
+    role takes effect at once rather than when their token expires. A deleted
+    user's token is invalid; a locked user is refused with 403 ``account_locked``.
     """
-    settings: Settings = request.app.state.settings
-    claims = decode_access_token(settings, bearer_token(request))
+    claims = decode_access_token(settings, token)
     user = session.get(User, claims.user_id)
     if user is None:
         raise InvalidToken
     if user.status != UserStatus.active:
         raise AccountLocked
     return Principal(user_id=user.id, role=Role(user.role), email=user.email)
+
+
+@raises(InvalidToken, AccountLocked)
+def current_principal(request: Request, session: DbSession) -> Principal:
+    """The caller of a request, from its ``Authorization: Bearer`` access token (see :func:`authenticate`)."""
+    settings: Settings = request.app.state.settings
+    return authenticate(session, settings, bearer_token(request))
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

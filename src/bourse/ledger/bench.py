@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import click
 
 from bourse.bench import machine, percentile
+from bourse.cli_support import check_cli_database, load_cli_settings
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -303,8 +304,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 @json_option
 def bench_ledger(seconds: float, concurrency: int, accounts: int, as_json: bool) -> None:
     """Random transfers through the service layer, on the configured database."""
-    from bourse.cli import check_cli_database, load_cli_settings
-
     check_cli_database(load_cli_settings(service=True))
     user_ids, _ = _prepare(accounts)
     result = _run(_service_worker, lambda _: (user_ids,), concurrency, seconds)
@@ -325,8 +324,6 @@ def bench_ledger_http(url: str, seconds: float, concurrency: int, accounts: int,
     The accounts are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import check_cli_database, load_cli_settings
-
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
@@ -351,8 +348,6 @@ _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
 def bench_pgbench(clients: int, seconds: float, scale: int, as_json: bool) -> None:
     """The baseline: pgbench TPC-B (-M prepared) on a scratch database on the configured server."""
     from sqlalchemy import create_engine, text
-
-    from bourse.cli import load_cli_settings
 
     settings = load_cli_settings(service=True)
     url = settings.database

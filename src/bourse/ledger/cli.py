@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from bourse.cli_support import load_cli_settings, open_cli_database
+
 EXIT_DISCREPANCIES = 1
 
 
@@ -22,7 +24,6 @@ def ledger() -> None:
 )
 def verify(as_json: bool, limit: int) -> None:
     """Check every entry, balance, hold and hash chain. Exit 1 on any discrepancy."""
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.ledger.verify import verify_ledger
 
@@ -82,7 +83,6 @@ def assets() -> None:
 def list_assets() -> None:
     """List every asset with its scale."""
     from bourse.assets.service import list_assets as query
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
 
     database = open_cli_database(load_cli_settings())
@@ -97,7 +97,6 @@ def list_assets() -> None:
 
 def _change(action: str, **kwargs: object) -> None:
     from bourse.assets import service
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.errors import BourseError
 

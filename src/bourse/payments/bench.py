@@ -34,6 +34,7 @@ import psutil  # type: ignore[import-untyped]
 from sqlalchemy import select
 
 from bourse.bench import machine, percentile
+from bourse.cli_support import check_cli_database, load_cli_settings
 
 BENCH_ASSET = "USD"
 
@@ -312,7 +313,6 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     count: int, rate: float | None, warmup: int, workers: int, concurrency: int, timeout: float, as_json: bool
 ) -> None:
     """Webhook-to-credit throughput and latency, end to end through the PSP simulator."""
-    from bourse.cli import check_cli_database, load_cli_settings
     from bourse.settings import Settings
 
     settings = load_cli_settings(service=True)

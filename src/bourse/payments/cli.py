@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import click
 
+from bourse.cli_support import load_cli_settings, open_cli_database
+
 EXIT_MISMATCHES = 1
 
 
@@ -23,7 +25,6 @@ def psp() -> None:
 @psp.command()
 def connectors() -> None:
     """List the active connectors and what each supports."""
-    from bourse.cli import load_cli_settings
     from bourse.psp.registry import connectors as active
 
     for name, connector in active(load_cli_settings()).items():
@@ -45,7 +46,6 @@ def reconcile(connector_name: str, day: datetime | None, as_json: bool) -> None:
 
     Exits 1 when the report has any mismatch, 2 on bad input.
     """
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.errors import BourseError
     from bourse.payments import reconcile as recon

@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from bourse.bench import machine, percentile
+from bourse.cli_support import check_cli_database
 
 BENCH_QUEUE = "bench"  # bourse.queue.bench_jobs declares its jobs on this queue
 BENCH_JOBS_MODULE = "bourse.queue.bench_jobs"
@@ -126,7 +127,7 @@ class OurQueue:
         return per_worker
 
     def pending(self) -> int:
-        from bourse.queue.driver import make_driver
+        from bourse.queue.drivers import make_driver
 
         driver = make_driver(self.settings, self.db)
         try:
@@ -269,7 +270,6 @@ class RQBaseline:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_queue(driver: str, count: int, workers: int, with_rq: bool, as_json: bool) -> None:
     """No-op jobs: enqueue/s, processed/s and enqueue-to-start p50/p99, with RQ as the baseline."""
-    from bourse.cli import check_cli_database
     from bourse.settings import SettingsError, load_settings
 
     try:

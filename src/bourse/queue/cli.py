@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from bourse.cli_support import check_cli_database, load_cli_settings, open_cli_database
+
 if TYPE_CHECKING:
     from bourse.db import Database
     from bourse.settings import Settings
@@ -22,14 +24,10 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
 
 
 def _settings(*, service: bool = False) -> Settings:
-    from bourse.cli import load_cli_settings
-
     return load_cli_settings(service=service)
 
 
 def _database(settings: Settings, name: str) -> Database:
-    from bourse.cli import open_cli_database
-
     return open_cli_database(settings, name=name)
 
 
@@ -91,7 +89,6 @@ def worker(  # noqa: PLR0917 - one parameter per click option
     latency_file: Path | None,
 ) -> None:
     """Run queued jobs until SIGTERM (exit 0), or exit 12 when over --memory."""
-    from bourse.cli import check_cli_database
     from bourse.queue.registry import load_jobs
     from bourse.queue.worker import (
         DEFAULT_QUEUES,
@@ -137,7 +134,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
 def scheduler(modules: tuple[str, ...]) -> None:
     """Run scheduled tasks every minute until SIGTERM."""
     from bourse.queue import metrics
-    from bourse.queue.driver import make_driver
+    from bourse.queue.drivers import make_driver
     from bourse.queue.heartbeat import ProcessHeartbeat
     from bourse.queue.registry import load_jobs, load_tasks
     from bourse.queue.scheduler import Scheduler, SchedulerProcess
@@ -276,7 +273,7 @@ def jobs_flush() -> None:
 def jobs_stats(as_json: bool) -> None:
     """Depth and oldest job age per queue, failed jobs, live and busy workers."""
     from bourse.db import unit_of_work
-    from bourse.queue.driver import make_driver
+    from bourse.queue.drivers import make_driver
     from bourse.queue.operations import stats
     from bourse.queue.worker import DEFAULT_QUEUES
 

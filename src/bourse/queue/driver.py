@@ -1,8 +1,8 @@
-"""What a queue driver does, and picking one from the settings.
+"""What a queue driver does: the protocol both drivers follow and the types they share.
 
 Both drivers share ``queue_jobs`` for enqueueing (see :mod:`bourse.queue.producer`)
 and ``queue_failed_jobs`` for jobs that ran out of tries; they differ in where a
-worker reserves from.
+worker reserves from. :mod:`bourse.queue.drivers` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, insert
 
-from bourse.db import Database
 from bourse.queue.models import FailedJob
-from bourse.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -88,13 +86,3 @@ def failed_row(job: Reserved, exception: str, traceback: str) -> dict[str, objec
 
 def insert_failed(conn: Connection, job: Reserved, exception: str, traceback: str) -> None:
     conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback)))
-
-
-def make_driver(settings: Settings, db: Database) -> Driver:
-    if settings.queue_driver == "redis":
-        from bourse.queue.redis_driver import RedisDriver  # noqa: PLC0415 - redis only when configured
-
-        return RedisDriver.from_settings(settings, db)
-    from bourse.queue.database_driver import DatabaseDriver  # noqa: PLC0415
-
-    return DatabaseDriver(db, retry_after=settings.queue_retry_after_seconds)

@@ -32,6 +32,7 @@ from bourse.logging import get_logger
 from bourse.queue.database_driver import read_depths
 from bourse.queue.driver import QueueDepth, Reserved, failed_row
 from bourse.queue.models import FailedJob
+from bourse.redis_client import create_redis
 from bourse.settings import Settings
 
 log = get_logger("bourse.queue.redis")
@@ -159,8 +160,6 @@ class RedisDriver:
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> RedisDriver:
-        from bourse.api.app import create_redis  # noqa: PLC0415 - shares the API's Redis URL handling
-
         client = create_redis(settings)
         if client is None:
             raise ValueError("the redis queue driver needs BOURSE_REDIS_URL")

@@ -47,7 +47,8 @@ from bourse.db import Database
 from bourse.logging import get_logger
 from bourse.queue import metrics
 from bourse.queue.database_driver import commit_asynchronously
-from bourse.queue.driver import Driver, Reserved, make_driver
+from bourse.queue.driver import Driver, Reserved
+from bourse.queue.drivers import make_driver
 from bourse.queue.heartbeat import ProcessHeartbeat
 from bourse.queue.registry import JobSpec, RegistryError, check_queue_name, load_jobs
 from bourse.queue.runner import settings_payload

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bourse.assets.rounding import BPS, bps, split
+from bourse.errors import raises
 from bourse.identity.models import Role, User
 from bourse.logging import get_logger
 from bourse.referrals.errors import (
@@ -219,6 +220,21 @@ def refer(session: Session, user_id: uuid.UUID, code: ReferralCode, *, now: date
         raise AlreadyReferred("This user was already referred") from None
     log.info("user_referred", user_id=str(user_id), ib_user_id=str(code.ib_user_id), code=code.code)
     return referral
+
+
+@raises(UnknownReferralCode)
+def referral_at_signup(session: Session, raw: str) -> Callable[[uuid.UUID], None]:
+    """Identity's registration hook (:class:`bourse.identity.api.ReferralAtSignup`), passed in by
+    :mod:`bourse.app`: check the code before the user exists, then link the new user to it.
+
+    An unknown or inactive code is refused (``unknown_referral_code``) and no user is created.
+    """
+    code = active_code(session, raw)
+
+    def link(user_id: uuid.UUID) -> None:
+        refer(session, user_id, code)
+
+    return link
 
 
 def referrer_of(session: Session, user_id: uuid.UUID) -> uuid.UUID | None:

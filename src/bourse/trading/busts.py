@@ -13,7 +13,10 @@ being settled on the same market:
    accounts: each side gets back exactly what the fill took, where it came from before
    it was held, and every ``held`` balance still equals its open holds;
 4. the trade is marked busted (who, when, why, the reversal entry);
-5. its commissions are clawed back (:func:`bourse.commissions.service.claw_back`).
+5. its commissions are clawed back by the ``claw_back`` hook (:class:`ClawBack`): the
+   commissions domain stands above trading (it reads trades), so trading never imports
+   it; the composition root (:mod:`bourse.app`) passes
+   :func:`bourse.commissions.service.claw_back` in.
    The accrual job may run after the bust: it skips a busted trade.
 
 Orders are NOT re-opened: the fill's quantities on both orders stay as the history of
@@ -30,12 +33,11 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.commissions import service as commissions
-from bourse.commissions.errors import TradeNotFound
 from bourse.errors import BourseError, Conflict
 from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
@@ -44,6 +46,7 @@ from bourse.ledger.posting import Context, Leg, post_entry
 from bourse.ledger.reversals import held_credits, reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
+from bourse.trading.errors import TradeNotFound
 from bourse.trading.instruments import get_instrument, lock_instrument
 from bourse.trading.models import MAX_BUST_REASON, Order, Trade
 from bourse.trading.orders import Side
@@ -65,6 +68,19 @@ class BustInsufficientFunds(Conflict):
 class InvalidBustReason(BourseError):
     status_code = 422
     code = "bust_reason_invalid"
+
+
+class ClawedBack(Protocol):
+    @property
+    def accruals(self) -> int:
+        """How many commission accruals the claw-back reversed."""
+        ...
+
+
+class ClawBack(Protocol):
+    """Reverse the commissions a busted trade earned, in the caller's transaction."""
+
+    def __call__(self, session: Session, trade_id: int, reason: str, *, actor: str) -> ClawedBack: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +152,9 @@ def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None
     )
 
 
-def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uuid.UUID) -> Busted:
-    """Bust one trade: reverse its money, mark it, claw back its commissions. See the module docstring.
+def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uuid.UUID, claw_back: ClawBack) -> Busted:
+    """Bust one trade: reverse its money, mark it, claw back its commissions with ``claw_back``.
+    See the module docstring.
 
     404 ``trade_not_found``, 409 ``trade_already_busted``, 409 ``bust_insufficient_funds``.
     Services never commit: on any refusal the caller's transaction rolls back whole.
@@ -170,7 +187,7 @@ def bust_trade(session: Session, trade_id: int, *, reason: str, operator_id: uui
     trade.bust_reason = why
     trade.bust_entry_id = reversal.entry_id
     session.flush()
-    clawed = commissions.claw_back(session, trade_id, f"bust: {why}", actor=actor)
+    clawed = claw_back(session, trade_id, f"bust: {why}", actor=actor)
     log.info(
         "trade_busted",
         trade_id=trade_id,

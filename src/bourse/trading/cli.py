@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bourse.cli_support import load_cli_settings, open_cli_database
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -58,7 +60,6 @@ def _line(row: dict[str, Any]) -> str:
 
 def _run(work: Callable[[Session], Instrument | list[Instrument]]) -> list[dict[str, Any]]:
     """Run ``work`` in one transaction; print a refusal's code and exit 2 on a BourseError."""
-    from bourse.cli import load_cli_settings, open_cli_database
     from bourse.db import unit_of_work
     from bourse.errors import BourseError
 

@@ -16,6 +16,13 @@ class UnknownInstrument(BourseError):
     code = "unknown_instrument"
 
 
+class TradeNotFound(BourseError):
+    """No such trade (a bust, a commission accrual or clawback names one)."""
+
+    status_code = 404
+    code = "trade_not_found"
+
+
 class InstrumentExists(Conflict):
     code = "instrument_exists"
 

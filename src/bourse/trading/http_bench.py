@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import click
 
 from bourse.bench import machine, percentile
+from bourse.cli_support import check_cli_database, load_cli_settings
 from bourse.settings import Settings
 
 DEFAULT_SYMBOL = "BTC-USD"
@@ -393,7 +394,6 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
     The traders are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import check_cli_database, load_cli_settings  # noqa: PLC0415 - `bourse` imports this module at start-up
     from bourse.errors import BourseError  # noqa: PLC0415 - `bourse` imports this module at start-up
 
     parts = urlsplit(url)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -441,11 +442,22 @@ def book_notional(instrument: Instrument, *, round_up: bool = False) -> Callable
 # -- Formatting ---------------------------------------------------------------------------
 
 
-def format_price(instrument: Instrument, price: int) -> str:
+class Scaled(Protocol):
+    """What formatting reads of an instrument: an :class:`Instrument`, or the market-data
+    feed's copy of one taken before commit (:mod:`bourse.trading.feed`)."""
+
+    @property
+    def price_scale(self) -> int: ...
+
+    @property
+    def base_scale(self) -> int: ...
+
+
+def format_price(instrument: Scaled, price: int) -> str:
     """A price as its wire string, with exactly ``price_scale`` decimals."""
     return format_amount(price, instrument.price_scale)
 
 
-def format_quantity(instrument: Instrument, quantity: int) -> str:
+def format_quantity(instrument: Scaled, quantity: int) -> str:
     """A quantity as its wire string, with exactly the base asset's decimals."""
     return format_amount(quantity, instrument.base_scale)

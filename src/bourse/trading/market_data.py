@@ -8,6 +8,10 @@ A book snapshot carries the instrument's ``sequence``: the levels are exactly th
 left by the command that set it. Under READ COMMITTED two statements may see
 different commits, so the sequence is read before and after the levels and the
 read is repeated if a command committed in between (the sequence only grows).
+
+The queries and wire shapes only; the public endpoints are in
+:mod:`bourse.trading.market_data_api`, and the market-data feed
+(:mod:`bourse.trading.feed`) builds its messages with the same shapes.
 """
 
 from __future__ import annotations
@@ -15,18 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any, Protocol
 
-from fastapi import Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import format_amount
-from bourse.errors import BourseError, TemporarilyUnavailable, raises
-from bourse.inputs import Timestamp
-from bourse.trading.errors import UnknownInstrument
-from bourse.trading.instruments import format_price, format_quantity, get_instrument
+from bourse.errors import BourseError, TemporarilyUnavailable
+from bourse.trading.instruments import Scaled, format_price, format_quantity, get_instrument
 from bourse.trading.models import Instrument, Order, OrderStatus, Trade
 
 RESTING = (OrderStatus.open, OrderStatus.partially_filled)
@@ -102,7 +102,7 @@ class BookSnapshot:
         }
 
 
-def level_wire(instrument: Instrument, level: Level) -> list[str | int]:
+def level_wire(instrument: Scaled, level: Level) -> list[str | int]:
     price, quantity, count = level
     return [format_price(instrument, price), format_quantity(instrument, quantity), count]
 
@@ -134,7 +134,29 @@ def recent_trades(session: Session, symbol: str, limit: int = 100) -> list[Trade
     return list(session.scalars(query))
 
 
-def trade_wire(instrument: Instrument, trade: Trade) -> dict[str, Any]:
+class TradeRow(Protocol):
+    """What a trade's wire shape reads: a :class:`Trade`, or the feed's copy of one."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def sequence(self) -> int: ...
+
+    @property
+    def price(self) -> int: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+    @property
+    def taker_side(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def trade_wire(instrument: Scaled, trade: TradeRow) -> dict[str, Any]:
     return {
         "id": trade.id,
         "sequence": trade.sequence,
@@ -208,42 +230,3 @@ def candle_wire(instrument: Instrument, candle: Candle) -> dict[str, Any]:
         "quote_volume": format_amount(candle.quote_volume, instrument.quote_scale),
         "trades": candle.trades,
     }
-
-
-# -- Endpoints (public) ---------------------------------------------------------------------
-
-market_data = router(prefix="/api/v1", tags=["market data"])
-
-
-@raises(UnknownInstrument, BookBusy)
-@market_data.get("/instruments/{symbol}/book", summary="Order book snapshot (public)")
-def get_book(
-    symbol: str, session: DbSession, depth: Annotated[int, Query(ge=1, le=MAX_DEPTH)] = DEFAULT_DEPTH
-) -> dict[str, Any]:
-    return book_snapshot(session, symbol, depth).wire()
-
-
-@raises(UnknownInstrument)
-@market_data.get("/instruments/{symbol}/trades", summary="Recent trades, newest first (public)")
-def get_trades(
-    symbol: str, session: DbSession, limit: Annotated[int, Query(ge=1, le=MAX_TRADES)] = 100
-) -> dict[str, Any]:
-    instrument = get_instrument(session, symbol)
-    return {
-        "instrument": symbol,
-        "data": [trade_wire(instrument, trade) for trade in recent_trades(session, symbol, limit)],
-    }
-
-
-@raises(UnknownInstrument, InvalidInterval)
-@market_data.get("/instruments/{symbol}/candles", summary="OHLCV candles, oldest first (public)")
-def get_candles(
-    symbol: str,
-    session: DbSession,
-    interval: str = "1m",
-    limit: Annotated[int, Query(ge=1, le=MAX_CANDLES)] = 100,
-    end: Timestamp | None = None,
-) -> dict[str, Any]:
-    instrument = get_instrument(session, symbol)
-    rows = candles(session, symbol, interval, limit, end)
-    return {"instrument": symbol, "interval": interval, "data": [candle_wire(instrument, row) for row in rows]}

@@ -57,7 +57,7 @@ from bourse.ledger.posting import Context
 from bourse.logging import get_logger
 from bourse.queue.producer import enqueue
 from bourse.settings import Settings
-from bourse.trading import stream
+from bourse.trading import feed
 from bourse.trading.book import Book
 from bourse.trading.errors import InstrumentBusy, InvalidOrder, OrderNotFound, OrderNotOpen
 from bourse.trading.instruments import (
@@ -345,7 +345,7 @@ def place_order(
     book = _checkout_book(session, instrument)
     order, trades = _place_locked(session, instrument, book, user_id, terms, client_order_id, context, fees)
     _checkin_book(session, instrument, book)
-    stream.publish_after_commit(session, instrument, prev_sequence=order.sequence - 1, orders=[order], trades=trades)
+    feed.publish_after_commit(session, instrument, prev_sequence=order.sequence - 1, orders=[order], trades=trades)
     return order, trades
 
 
@@ -611,7 +611,7 @@ def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context
     _cancel_locked(session, instrument, book, order, context)
     session.flush()
     _checkin_book(session, instrument, book)
-    stream.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - 1, orders=[order])
+    feed.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - 1, orders=[order])
     log.info("order_cancelled", order_id=order.id, symbol=instrument.symbol)
     return order
 
@@ -653,7 +653,7 @@ def cancel_all(session: Session, *, user_id: uuid.UUID, symbol: str | None = Non
             _cancel_locked(session, instrument, book, order, context)
         session.flush()
         _checkin_book(session, instrument, book)
-        stream.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - len(orders), orders=orders)
+        feed.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - len(orders), orders=orders)
         cancelled.extend(orders)
     return cancelled
 

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import click
 
+from bourse.cli_support import load_cli_settings
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8100
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/api/v1/psp/simulator/webhook"
@@ -52,7 +54,6 @@ def psp_sim(host: str, port: int, webhook_url: str, public_url: str | None) -> N
     import uvicorn
     from typing_extensions import override
 
-    from bourse.cli import load_cli_settings
     from bourse.logging import get_logger
     from bourse.psp.sim.app import SimConfig, create_app
 

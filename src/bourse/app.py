@@ -1,37 +1,44 @@
-"""The FastAPI application factory."""
+"""The FastAPI application factory: a composition root.
+
+It sits on top of the layers (docs/decisions/0022-layers.md): it assembles the HTTP
+infrastructure (:mod:`bourse.api`) and every domain's routes, and passes each hook a
+lower domain needs from a higher one. Nothing imports it but the ``bourse`` command
+and the tests.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 import bourse
 from bourse.api import health
 from bourse.api.capacity import Admission, ConnectionLeases, ProgressMonitor
 from bourse.api.errors import install_error_handlers
+from bourse.api.jobs import close_driver as close_queue_driver
+from bourse.api.jobs import jobs_router
 from bourse.api.middleware import RequestContextMiddleware
 from bourse.api.routing import router
 from bourse.commissions import api as commissions_api
+from bourse.commissions import service as commissions_service
 from bourse.db import Database, pool_capacity
 from bourse.identity.api import include_identity
+from bourse.identity.dependencies import require_roles
+from bourse.identity.models import Role
 from bourse.ledger import api as ledger_api
 from bourse.payments import api as payments_api
 from bourse.psp.registry import close_all as close_connectors
-from bourse.queue.api import admin_jobs
-from bourse.queue.api import close_driver as close_queue_driver
+from bourse.redis_client import create_async_redis, create_redis
 from bourse.referrals import api as referrals_api
+from bourse.referrals import service as referrals_service
 from bourse.settings import Settings, load_settings
 from bourse.trading import admin_api as trading_admin_api
 from bourse.trading import api as trading_api
-from bourse.trading import market_data, orders_api, stream
+from bourse.trading import feed, market_data_api, orders_api, stream
 
 API_PREFIX = "/api/v1"
 # Worker threads beyond the connection leases, for work that holds none (health
@@ -39,52 +46,12 @@ API_PREFIX = "/api/v1"
 THREADS_BEYOND_LEASES = 20
 
 
-def _redis_address(url: str, settings: Settings) -> tuple[str, str | None]:
-    password = None
-    if settings.redis_password is not None:
-        # The secret wins over a password in the URL, as BOURSE_DATABASE_PASSWORD does.
-        password = settings.redis_password.get_secret_value()
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username
-        url = urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
-    return url, password
-
-
-def create_redis(settings: Settings) -> Redis | None:
-    if settings.redis_url is None:
-        return None
-    url, password = _redis_address(settings.redis_url, settings)
-    client: Redis = Redis.from_url(
-        url,
-        password=password,
-        socket_timeout=settings.readiness_timeout_seconds,
-        socket_connect_timeout=settings.readiness_timeout_seconds,
-        health_check_interval=30,
-    )
-    return client
-
-
-def create_async_redis(settings: Settings, redis_url: str) -> AsyncRedis:
-    """A client for the market data subscriber: no socket timeout (it waits for
-    messages) and no retries of its own, so the subscriber sees every drop and resyncs."""
-    url, password = _redis_address(redis_url, settings)
-    client: AsyncRedis = AsyncRedis.from_url(
-        url,
-        password=password,
-        socket_connect_timeout=settings.readiness_timeout_seconds,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return client
-
-
-def _market_relay(settings: Settings, hub: stream.Hub, client: Redis | None) -> stream.RedisRelay | None:
+def _market_relay(settings: Settings, hub: feed.Hub, client: Redis | None) -> feed.RedisRelay | None:
     """With Redis, commits are published through it so that every replica's clients see them."""
     redis_url = settings.redis_url
     if redis_url is None or client is None:
         return None
-    return stream.RedisRelay(
+    return feed.RedisRelay(
         hub,
         client,
         lambda: create_async_redis(settings, redis_url),
@@ -108,7 +75,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.include_router(_meta_router())
-    include_identity(app)
+    include_identity(app, referral_at_signup=referrals_service.referral_at_signup)
     app.include_router(ledger_api.ledger)
     app.include_router(ledger_api.admin)
     app.include_router(payments_api.payments)
@@ -120,10 +87,10 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(trading_api.instruments)
     app.include_router(trading_api.instruments_admin)
     app.include_router(orders_api.orders)
-    app.include_router(trading_admin_api.trading_admin)
-    app.include_router(market_data.market_data)
+    app.include_router(trading_admin_api.trading_admin_router(claw_back=commissions_service.claw_back))
+    app.include_router(market_data_api.market_data)
     app.include_router(stream.ws_router)
-    app.include_router(admin_jobs)
+    app.include_router(jobs_router(require_roles(Role.operator, Role.admin)))
 
 
 def create_app(
@@ -186,7 +153,7 @@ def create_app(
     app.state.db_leases = leases
     app.state.progress = progress
     app.state.redis = redis_client
-    hub = stream.Hub()
+    hub = feed.Hub()
     app.state.market_hub = hub
     relay = _market_relay(settings, hub, redis_client)
     app.state.market_relay = relay

@@ -1,0 +1,1 @@
+"""The PSP connectors: the interface every provider implements, the simulator and Stripe."""
