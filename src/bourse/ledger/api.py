@@ -20,7 +20,7 @@ from bourse.api.routing import DbSession, router
 from bourse.assets import service as assets
 from bourse.assets.amounts import AmountError, AmountTooLarge, format_amount, parse_amount
 from bourse.assets.models import Asset
-from bourse.errors import BourseError, family, raises
+from bourse.errors import Unprocessable, family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
@@ -65,8 +65,7 @@ Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
 Admin = Annotated[Principal, Depends(require_roles(Role.admin))]
 
 
-class SelfTransfer(BourseError):
-    status_code = 422
+class SelfTransfer(Unprocessable):
     code = "self_transfer"
 
 

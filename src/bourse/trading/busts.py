@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from bourse.commissions import service as commissions
 from bourse.commissions.errors import TradeNotFound
-from bourse.errors import BourseError, Conflict
+from bourse.errors import Conflict, Unprocessable
 from bourse.ledger import service as ledger
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import Account, AccountKind, Posting
@@ -60,8 +60,7 @@ class BustInsufficientFunds(Conflict):
     code = "bust_insufficient_funds"
 
 
-class InvalidBustReason(BourseError):
-    status_code = 422
+class InvalidBustReason(Unprocessable):
     code = "bust_reason_invalid"
 
 

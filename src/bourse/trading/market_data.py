@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import format_amount
-from bourse.errors import BourseError, TemporarilyUnavailable, raises
+from bourse.errors import TemporarilyUnavailable, Unprocessable, raises
 from bourse.inputs import Timestamp
 from bourse.trading.errors import UnknownInstrument
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
@@ -40,8 +40,7 @@ _SNAPSHOT_ATTEMPTS = 5
 Level = tuple[int, int, int]  # (price, total remaining quantity, order count), in stored units
 
 
-class InvalidInterval(BourseError):
-    status_code = 422
+class InvalidInterval(Unprocessable):
     code = "invalid_interval"
 
 
