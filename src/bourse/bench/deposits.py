@@ -28,7 +28,16 @@ import click
 import httpx2 as httpx
 from sqlalchemy import select
 
-from bourse.bench.harness import Children, bourse_command, emit, free_port, json_option, latency_ms, machine
+from bourse.bench.harness import (
+    Children,
+    bourse_command,
+    command_settings,
+    emit,
+    free_port,
+    json_option,
+    latency_ms,
+    machine,
+)
 
 BENCH_ASSET = "USD"
 
@@ -231,11 +240,9 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     count: int, rate: float | None, warmup: int, workers: int, concurrency: int, timeout: float, as_json: bool
 ) -> None:
     """Webhook-to-credit throughput and latency, end to end through the PSP simulator."""
-    from bourse.cli import check_cli_database, load_cli_settings
     from bourse.settings import Settings
 
-    settings = load_cli_settings(service=True)
-    check_cli_database(settings)
+    settings = command_settings()
     env = dict(os.environ)
     env["BOURSE_PSP_CONNECTORS"] = "simulator"
     user_id, token = _bench_user(settings)

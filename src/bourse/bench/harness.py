@@ -11,6 +11,9 @@
   CPU time each role spent (with its descendants, the client, and PostgreSQL).
 - :func:`percentile`, :func:`latency_ms` and :func:`machine` are the figures;
   :func:`emit` prints the result as one JSON object or as text.
+- :func:`command_settings` and :func:`check_database` read the settings and
+  check the database as every ``bourse`` command does (the one place the
+  benchmarks use the command's support).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from bourse.settings import Settings
 
 # How many errors each worker process keeps as samples, and a run reports.
 WORKER_SAMPLES = 3
@@ -72,6 +78,24 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def command_settings(*, check: bool = True) -> Settings:
+    """The settings as the ``bourse`` command reads them; with ``check``, the database
+    must answer and be migrated (else the command exits with the reason)."""
+    from bourse.cli import load_cli_settings
+
+    settings = load_cli_settings(service=True)
+    if check:
+        check_database(settings)
+    return settings
+
+
+def check_database(settings: Settings) -> None:
+    """Exit with the reason unless the configured database answers and is migrated."""
+    from bourse.cli import check_cli_database
+
+    check_cli_database(settings)
 
 
 def emit(

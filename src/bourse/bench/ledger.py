@@ -33,6 +33,7 @@ from bourse.bench.harness import (
     Run,
     Start,
     Tally,
+    command_settings,
     emit,
     json_option,
     latency_ms,
@@ -173,9 +174,7 @@ accounts_option = click.option(
 @json_option
 def bench_ledger(seconds: float, concurrency: int, accounts: int, as_json: bool) -> None:
     """Random transfers through the service layer, on the configured database."""
-    from bourse.cli import check_cli_database, load_cli_settings
-
-    check_cli_database(load_cli_settings(service=True))
+    command_settings()
     user_ids, _ = _prepare(accounts)
     run = run_processes(_service_worker, [(user_ids,)] * concurrency, seconds)
     emit(
@@ -202,12 +201,10 @@ def bench_ledger_http(url: str, seconds: float, concurrency: int, accounts: int,
     The accounts are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import check_cli_database, load_cli_settings
-
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
-    check_cli_database(load_cli_settings(service=True))
+    command_settings()
     user_ids, tokens = _prepare(accounts)
     run = run_processes(_http_worker, [(url, user_ids, tokens)] * concurrency, seconds)
     emit(

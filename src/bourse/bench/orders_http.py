@@ -40,6 +40,7 @@ from bourse.bench.harness import (
     Run,
     Start,
     Tally,
+    command_settings,
     emit,
     json_option,
     latency_ms,
@@ -376,7 +377,6 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
     The traders are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.cli import check_cli_database, load_cli_settings
     from bourse.errors import BourseError
 
     parts = urlsplit(url)
@@ -384,8 +384,7 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
     if traders < concurrency:
         raise click.BadParameter("at least one trader per client", param_hint="--traders")
-    settings = load_cli_settings(service=True)
-    check_cli_database(settings)
+    settings = command_settings()
     try:
         prepared = prepare_traders(settings, traders, symbol)
     except BourseError as exc:

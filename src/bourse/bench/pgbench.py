@@ -16,7 +16,7 @@ import uuid
 
 import click
 
-from bourse.bench.harness import emit, json_option, machine, seconds_option
+from bourse.bench.harness import command_settings, emit, json_option, machine, seconds_option
 
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
@@ -31,9 +31,7 @@ def bench_pgbench(clients: int, seconds: float, scale: int, as_json: bool) -> No
     """The baseline: pgbench TPC-B (-M prepared) on a scratch database on the configured server."""
     from sqlalchemy import create_engine, text
 
-    from bourse.cli import load_cli_settings
-
-    settings = load_cli_settings(service=True)
+    settings = command_settings(check=False)
     url = settings.database
     if url.get_backend_name() != "postgresql":
         raise click.UsageError("pgbench needs BOURSE_DATABASE_URL to point at PostgreSQL")

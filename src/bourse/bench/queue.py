@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from bourse.bench.harness import Children, bourse_command, emit, latency_ms, machine
+from bourse.bench.harness import Children, bourse_command, check_database, emit, latency_ms, machine
 
 BENCH_QUEUE = "bench"  # bourse.bench.queue_jobs declares its jobs on this queue
 BENCH_JOBS_MODULE = "bourse.bench.queue_jobs"
@@ -261,14 +261,13 @@ class RQBaseline:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_queue(driver: str, count: int, workers: int, with_rq: bool, as_json: bool) -> None:
     """No-op jobs: enqueue/s, processed/s and enqueue-to-start p50/p99, with RQ as the baseline."""
-    from bourse.cli import check_cli_database
     from bourse.settings import SettingsError, load_settings
 
     try:
         settings = load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    check_cli_database(settings)
+    check_database(settings)
     if (driver == "redis" or with_rq) and settings.redis_url is None:
         raise click.ClickException("BOURSE_REDIS_URL must be set for the redis driver and the RQ baseline")
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
