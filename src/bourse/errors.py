@@ -65,7 +65,7 @@ class Conflict(BourseError):
 
 
 class Unprocessable(BourseError):
-    """Well-formed input that breaks a business rule (malformed input is the framework's 422)."""
+    """Input the schema accepts but the domain finds invalid (an unknown asset, a price off tick)."""
 
     status_code = 422
     code = "unprocessable"
