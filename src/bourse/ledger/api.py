@@ -78,10 +78,6 @@ def _context(request: Request, actor: str, key: str) -> service.Context:
     return service.Context(actor=actor, idempotency_key=key, request_id=request_id_of(request))
 
 
-def _asset_out(asset: Asset) -> AssetOut:
-    return AssetOut(code=asset.code, scale=asset.scale, name=asset.name, active=asset.active)
-
-
 def _hold_out(hold: Hold, scale: int) -> HoldOut:
     return HoldOut(
         id=hold.id,
@@ -105,19 +101,19 @@ def _scale(session: Session, code: str) -> int:
 
 @ledger.get("/assets", summary="List assets")
 def list_assets(session: DbSession) -> list[AssetOut]:
-    return [_asset_out(asset) for asset in assets.list_assets(session)]
+    return [AssetOut.model_validate(asset) for asset in assets.list_assets(session)]
 
 
 @raises(assets.InvalidAsset, assets.AssetExists)
 @admin.post("/assets", status_code=201, summary="Create an asset (admin)")
 def create_asset(body: AssetIn, session: DbSession, _: Admin) -> AssetOut:
-    return _asset_out(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
+    return AssetOut.model_validate(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
 
 
 @raises(assets.UnknownAsset)
 @admin.patch("/assets/{code}", summary="Activate or deactivate an asset (admin)")
 def update_asset(code: str, body: AssetPatch, session: DbSession, _: Admin) -> AssetOut:
-    return _asset_out(assets.set_asset_active(session, code, active=body.active))
+    return AssetOut.model_validate(assets.set_asset_active(session, code, active=body.active))
 
 
 # -- Reading --------------------------------------------------------------------------
