@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Empty
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
@@ -190,14 +191,30 @@ def run_processes(target: Callable[..., None], args: Sequence[tuple[Any, ...]], 
     for process in processes:
         process.start()
     for _ in processes:
-        start.ready.get(timeout=120)
+        _get(start.ready, processes, timeout=120, stage="ready")
     started = time.perf_counter()
     start.go.set()
-    tallies: list[Any] = [start.results.get(timeout=seconds + 120) for _ in processes]
+    tallies: list[Any] = [_get(start.results, processes, timeout=seconds + 120, stage="done") for _ in processes]
     elapsed = time.perf_counter() - started
     for process in processes:
         process.join(timeout=30)
     return Run(tallies, elapsed)
+
+
+def _get(queue: Any, processes: Sequence[Any], *, timeout: float, stage: str) -> Any:
+    """The next item of ``queue``; fails at once when a worker process has died without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return queue.get(timeout=0.5)
+        except Empty:
+            dead = [process.exitcode for process in processes if process.exitcode not in {None, 0}]
+            if dead:
+                raise click.ClickException(
+                    f"a worker process exited before it was {stage} (exit code {dead[0]}); its error is above"
+                ) from None
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the worker processes were not {stage} within {timeout:.0f} s") from None
 
 
 # -- Child commands ------------------------------------------------------------------------
