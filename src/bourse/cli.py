@@ -18,20 +18,15 @@ from urllib.parse import urlsplit
 import click
 
 import bourse
-from bourse.bench import bench
+from bourse.bench.commands import bench
 from bourse.cli_support import check_cli_database, configure_cli_logging, fail_config, read_settings
 from bourse.commissions.cli import commissions
 from bourse.identity.cli import users
-from bourse.ledger.bench import bench_ledger, bench_ledger_http, bench_pgbench
 from bourse.ledger.cli import assets, ledger
-from bourse.payments.bench import bench_deposits
 from bourse.payments.cli import psp
 from bourse.psp.sim.cli import psp_sim
-from bourse.queue.bench import bench_queue
 from bourse.queue.cli import jobs, schedule, scheduler, worker
-from bourse.trading.bench import bench_matching
 from bourse.trading.cli import instruments
-from bourse.trading.http_bench import bench_orders_http
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -279,11 +274,4 @@ main.add_command(schedule)
 main.add_command(jobs)
 main.add_command(psp_sim)
 main.add_command(psp)
-bench.add_command(bench_queue)
-bench.add_command(bench_ledger)
-bench.add_command(bench_ledger_http)
-bench.add_command(bench_pgbench)
-bench.add_command(bench_matching)
-bench.add_command(bench_deposits)
-bench.add_command(bench_orders_http)
 main.add_command(bench)

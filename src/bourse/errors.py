@@ -1,8 +1,15 @@
-"""The error base class every refusal in Bourse derives from.
+"""The error base class every refusal in Bourse derives from, and one class per status.
 
 An error carries its HTTP status and a stable, machine-readable code. Services
 raise these; the API renders them as ``{"error": code, "detail": message,
 "request_id": ...}``. Services never import FastAPI to do so.
+
+The status has one home: each refusal derives from the class of its status
+(:class:`NotFound`, :class:`Conflict`, :class:`Unprocessable`, ...) and names
+only its own code. A domain's own base class (``IdentityError``) comes second::
+
+    class HoldNotFound(NotFound):
+        code = "hold_not_found"
 """
 
 from __future__ import annotations
@@ -32,9 +39,48 @@ class BourseError(Exception):
         return cls.code.replace("_", " ").capitalize()
 
 
+class BadRequest(BourseError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(BourseError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(BourseError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(BourseError):
+    status_code = 404
+    code = "not_found"
+
+
 class Conflict(BourseError):
     status_code = 409
     code = "conflict"
+
+
+class Unprocessable(BourseError):
+    """Input the schema accepts but the domain finds invalid (an unknown asset, a price off tick)."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
+class TooManyRequests(BourseError):
+    status_code = 429
+    code = "too_many_requests"
+
+
+class BadGateway(BourseError):
+    """A provider we called failed or refused."""
+
+    status_code = 502
+    code = "bad_gateway"
 
 
 class TemporarilyUnavailable(BourseError):

@@ -1,1 +1,1 @@
-"""Tests of the order book, its matching rules and its benchmark."""
+"""Tests of the order book and its matching rules (its benchmark: tests/bench/)."""

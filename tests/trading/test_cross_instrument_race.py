@@ -29,9 +29,9 @@ import httpx2 as httpx
 import pytest
 from click.testing import CliRunner
 
+from bourse.bench.users import funded_bench_users
 from bourse.cli import main
 from bourse.db import Database
-from bourse.ledger.bench import funded_bench_users
 from bourse.migrations import upgrade
 from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.processes import clean_env, start, stop, wait_for_status

@@ -28,10 +28,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, or_, select
 
-from bourse.db import Database, unit_of_work
-from bourse.ledger.models import JournalEntry
-from bourse.trading import service
-from bourse.trading.http_bench import (
+from bourse.bench.orders_http import (
     BASE_FUNDING_UNITS,
     QUOTE_FUNDING_UNITS,
     OrderFlow,
@@ -39,6 +36,9 @@ from bourse.trading.http_bench import (
     bench_orders_http,
     prepare_traders,
 )
+from bourse.db import Database, unit_of_work
+from bourse.ledger.models import JournalEntry
+from bourse.trading import service
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 from bourse.trading.models import Order, OrderStatus, Trade
 from tests.conftest import create_postgres_database, drop_postgres_database, make_settings

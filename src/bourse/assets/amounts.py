@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from bourse.errors import BourseError, field_error_code, refused_with
+from bourse.errors import Unprocessable, field_error_code, refused_with
 
 MAX_SCALE = 8
 INT64_MAX = 2**63 - 1
@@ -38,10 +38,9 @@ _MAX_TEXT = 40
 _POW10: tuple[int, ...] = tuple(10**n for n in range(MAX_SCALE + 1))
 
 
-class AmountError(BourseError):
+class AmountError(Unprocessable):
     """Base class of the amount refusals; all are 422."""
 
-    status_code = 422
     code = "amount_invalid"
 
 

@@ -9,24 +9,21 @@ from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import MAX_SCALE
 from bourse.assets.models import ASSET_CODE_PATTERN, Asset
-from bourse.errors import BourseError, Conflict
+from bourse.errors import Conflict, Unprocessable
 
 _CODE = re.compile(ASSET_CODE_PATTERN)
 MAX_NAME = 64
 
 
-class UnknownAsset(BourseError):
-    status_code = 422
+class UnknownAsset(Unprocessable):
     code = "unknown_asset"
 
 
-class AssetInactive(BourseError):
-    status_code = 422
+class AssetInactive(Unprocessable):
     code = "asset_inactive"
 
 
-class InvalidAsset(BourseError):
-    status_code = 422
+class InvalidAsset(Unprocessable):
     code = "invalid_asset"
 
 

@@ -64,10 +64,7 @@ def commissions(
         group_by=group_by,
         start=start,
         end=end,
-        lines=[
-            CommissionLineOut(key=line.key, asset=line.asset, amount=line.amount, accruals=line.accruals)
-            for line in lines
-        ],
+        lines=[CommissionLineOut.model_validate(line) for line in lines],
     )
 
 

@@ -6,12 +6,14 @@ import uuid
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 GroupBy = Literal["day", "client", "instrument"]
 
 
 class CommissionLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     key: str  # the day (YYYY-MM-DD), the client's user id or the instrument symbol
     asset: str
     amount: str

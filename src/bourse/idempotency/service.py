@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import BadRequest, Conflict, Unprocessable
 from bourse.idempotency.models import IdempotencyRecord
 from bourse.sqltypes import utcnow
 
@@ -41,18 +41,15 @@ from bourse.sqltypes import utcnow
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-class IdempotencyKeyRequired(BourseError):
-    status_code = 400
+class IdempotencyKeyRequired(BadRequest):
     code = "idempotency_key_required"
 
 
-class IdempotencyKeyInvalid(BourseError):
-    status_code = 400
+class IdempotencyKeyInvalid(BadRequest):
     code = "idempotency_key_invalid"
 
 
-class IdempotencyKeyReused(BourseError):
-    status_code = 422
+class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
 
 

@@ -36,7 +36,7 @@ from bourse.identity.errors import (
     TotpNotEnrolled,
     TotpRequired,
 )
-from bourse.identity.models import Role, User
+from bourse.identity.models import Role
 from bourse.identity.passwords import hasher_for
 from bourse.identity.schemas import (
     LoginRequest,
@@ -56,26 +56,6 @@ auth = router(prefix="/api/v1/auth", tags=["auth"])
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-def _user_out(user: User) -> UserOut:
-    return UserOut(
-        id=user.id,
-        email=user.email,
-        role=Role(user.role),
-        status=user.status,
-        totp_enabled=user.totp_enabled,
-        created_at=user.created_at,
-    )
-
-
-def _tokens(pair: service.TokenPair) -> TokenResponse:
-    return TokenResponse(
-        access_token=pair.access_token,
-        refresh_token=pair.refresh_token,
-        token_type=pair.token_type,
-        expires_in=pair.expires_in,
-    )
 
 
 class ReferralAtSignup(Protocol):
@@ -118,7 +98,7 @@ def _registration(referral_at_signup: ReferralAtSignup) -> APIRouter:
         )
         if link is not None:
             link(user.id)
-        return _user_out(user)
+        return UserOut.model_validate(user)
 
     return registration
 
@@ -137,7 +117,7 @@ def login(body: LoginRequest, request: Request, database: LeasedDatabase) -> Tok
         totp_code=body.totp_code,
         client_ip=request.client.host if request.client else None,
     )
-    return _tokens(pair)
+    return TokenResponse.model_validate(pair)
 
 
 @raises(InvalidToken, AccountLocked)
@@ -155,7 +135,7 @@ def refresh(body: RefreshRequest, request: Request, database: LeasedDatabase) ->
     if reused is not None:
         raise reused
     assert pair is not None  # noqa: S101 - one of the two branches above ran
-    return _tokens(pair)
+    return TokenResponse.model_validate(pair)
 
 
 @auth.post("/logout", status_code=204, summary="Revoke this sign-in's refresh tokens")
@@ -166,28 +146,28 @@ def logout(body: RefreshRequest, session: DbSession) -> Response:
 
 @auth.get("/me", summary="The signed-in user")
 def me(principal: CurrentPrincipal, session: DbSession) -> UserOut:
-    return _user_out(service.get_user(session, principal.user_id))
+    return UserOut.model_validate(service.get_user(session, principal.user_id))
 
 
 @raises(TotpAlreadyEnabled)
 @auth.post("/totp/enrol", summary="Start two-factor enrolment: returns the secret to load into an app")
 def totp_enrol(principal: CurrentPrincipal, request: Request, session: DbSession) -> TotpEnrolmentResponse:
     enrolment = service.start_totp_enrolment(session, _settings(request), principal.user_id)
-    return TotpEnrolmentResponse(secret=enrolment.secret, provisioning_uri=enrolment.provisioning_uri)
+    return TotpEnrolmentResponse.model_validate(enrolment)
 
 
 @raises(TotpAlreadyEnabled, TotpNotEnrolled, InvalidTotpCode)
 @auth.post("/totp/confirm", summary="Turn two-factor on with a code from the app")
 def totp_confirm(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
     service.confirm_totp(session, _settings(request), principal.user_id, body.code)
-    return _user_out(service.get_user(session, principal.user_id))
+    return UserOut.model_validate(service.get_user(session, principal.user_id))
 
 
 @raises(TotpNotEnrolled, InvalidTotpCode)
 @auth.post("/totp/disable", summary="Turn two-factor off with a current code")
 def totp_disable(body: TotpCodeRequest, principal: CurrentPrincipal, request: Request, session: DbSession) -> UserOut:
     service.disable_totp(session, _settings(request), principal.user_id, body.code)
-    return _user_out(service.get_user(session, principal.user_id))
+    return UserOut.model_validate(service.get_user(session, principal.user_id))
 
 
 def include_identity(app: FastAPI, *, referral_at_signup: ReferralAtSignup) -> None:

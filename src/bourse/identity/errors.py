@@ -4,46 +4,40 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from bourse.errors import BourseError
+from bourse import errors
 
 
-class IdentityError(BourseError):
+class IdentityError(errors.BourseError):
     """A refusal of the identity domain (it may carry ``WWW-Authenticate`` or ``Retry-After``)."""
 
 
-class InvalidEmail(IdentityError):
-    status_code = 422
+class InvalidEmail(errors.Unprocessable, IdentityError):
     code = "invalid_email"
 
 
-class EmailTaken(IdentityError):
-    status_code = 409
+class EmailTaken(errors.Conflict, IdentityError):
     code = "email_taken"
 
 
-class PasswordTooShort(IdentityError):
-    status_code = 422
+class PasswordTooShort(errors.Unprocessable, IdentityError):
     code = "password_too_short"
 
 
-class PasswordTooLong(IdentityError):
-    status_code = 422
+class PasswordTooLong(errors.Unprocessable, IdentityError):
     code = "password_too_long"
 
 
-class PasswordContainsEmail(IdentityError):
-    status_code = 422
+class PasswordContainsEmail(errors.Unprocessable, IdentityError):
     code = "password_contains_email"
 
 
-class InvalidToken(IdentityError):
+class InvalidToken(errors.Unauthorized, IdentityError):
     """Any access or refresh token that is not valid, whatever the reason.
 
     The reason is logged, never returned: telling an attacker which check failed
     helps nobody else.
     """
 
-    status_code = 401
     code = "invalid_token"
     default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
@@ -53,57 +47,49 @@ class InvalidToken(IdentityError):
         )
 
 
-class InvalidCredentials(IdentityError):
-    status_code = 401
+class InvalidCredentials(errors.Unauthorized, IdentityError):
     code = "invalid_credentials"
 
     def __init__(self) -> None:
         super().__init__("The email or password is wrong")
 
 
-class TotpRequired(IdentityError):
-    status_code = 401
+class TotpRequired(errors.Unauthorized, IdentityError):
     code = "totp_required"
 
     def __init__(self) -> None:
         super().__init__("This account has two-factor authentication: send totp_code")
 
 
-class InvalidTotpCode(IdentityError):
-    status_code = 401
+class InvalidTotpCode(errors.Unauthorized, IdentityError):
     code = "invalid_totp_code"
 
     def __init__(self) -> None:
         super().__init__("The two-factor code is wrong, expired or already used")
 
 
-class TotpAlreadyEnabled(IdentityError):
-    status_code = 409
+class TotpAlreadyEnabled(errors.Conflict, IdentityError):
     code = "totp_already_enabled"
 
 
-class TotpNotEnrolled(IdentityError):
-    status_code = 409
+class TotpNotEnrolled(errors.Conflict, IdentityError):
     code = "totp_not_enrolled"
 
 
-class AccountLocked(IdentityError):
+class AccountLocked(errors.Forbidden, IdentityError):
     """A locked user: refused at login, at refresh and for every access token."""
 
-    status_code = 403
     code = "account_locked"
 
     def __init__(self) -> None:
         super().__init__("This account is locked; contact support")
 
 
-class Forbidden(IdentityError):
-    status_code = 403
-    code = "forbidden"
+class Forbidden(errors.Forbidden, IdentityError):
+    """A principal whose role may not do this."""
 
 
-class TooManyAttempts(IdentityError):
-    status_code = 429
+class TooManyAttempts(errors.TooManyRequests, IdentityError):
     code = "too_many_attempts"
 
     def __init__(self, retry_after: int) -> None:
@@ -114,16 +100,14 @@ class TooManyAttempts(IdentityError):
         )
 
 
-class ThrottleUnavailable(IdentityError):
+class ThrottleUnavailable(errors.TemporarilyUnavailable, IdentityError):
     """The throttle store (Redis) did not answer: sign-in fails closed rather than unthrottled."""
 
-    status_code = 503
     code = "throttle_unavailable"
 
     def __init__(self) -> None:
-        super().__init__("Sign-in is temporarily unavailable; try again shortly", headers={"Retry-After": "5"})
+        super().__init__("Sign-in is temporarily unavailable; try again shortly", retry_after=5)
 
 
-class UserNotFound(IdentityError):
-    status_code = 404
+class UserNotFound(errors.NotFound, IdentityError):
     code = "user_not_found"

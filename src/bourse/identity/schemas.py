@@ -42,6 +42,8 @@ class TotpCodeRequest(_Body):
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     email: str
     role: Role
@@ -51,6 +53,8 @@ class UserOut(BaseModel):
 
 
 class TokenResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     access_token: str
     refresh_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
@@ -58,5 +62,7 @@ class TokenResponse(BaseModel):
 
 
 class TotpEnrolmentResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     secret: str
     provisioning_uri: str

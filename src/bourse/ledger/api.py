@@ -20,7 +20,7 @@ from bourse.api.routing import DbSession, router
 from bourse.assets import service as assets
 from bourse.assets.amounts import AmountError, AmountTooLarge, format_amount, parse_amount
 from bourse.assets.models import Asset
-from bourse.errors import BourseError, family, raises
+from bourse.errors import Unprocessable, family, raises
 from bourse.idempotency.api import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
@@ -69,8 +69,7 @@ Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
 Admin = Annotated[Principal, Depends(require_roles(Role.admin))]
 
 
-class SelfTransfer(BourseError):
-    status_code = 422
+class SelfTransfer(Unprocessable):
     code = "self_transfer"
 
 
@@ -81,10 +80,6 @@ def _viewer(principal: Principal) -> queries.Viewer:
 def _context(request: Request, actor: str, key: str) -> Context:
     # The ledger key is scoped like the API key: per user and per operation.
     return Context(actor=actor, idempotency_key=key, request_id=request_id_of(request))
-
-
-def _asset_out(asset: Asset) -> AssetOut:
-    return AssetOut(code=asset.code, scale=asset.scale, name=asset.name, active=asset.active)
 
 
 def _hold_out(hold: Hold, scale: int) -> HoldOut:
@@ -110,19 +105,19 @@ def _scale(session: Session, code: str) -> int:
 
 @ledger.get("/assets", summary="List assets")
 def list_assets(session: DbSession) -> list[AssetOut]:
-    return [_asset_out(asset) for asset in assets.list_assets(session)]
+    return [AssetOut.model_validate(asset) for asset in assets.list_assets(session)]
 
 
 @raises(assets.InvalidAsset, assets.AssetExists)
 @admin.post("/assets", status_code=201, summary="Create an asset (admin)")
 def create_asset(body: AssetIn, session: DbSession, _: Admin) -> AssetOut:
-    return _asset_out(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
+    return AssetOut.model_validate(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
 
 
 @raises(assets.UnknownAsset)
 @admin.patch("/assets/{code}", summary="Activate or deactivate an asset (admin)")
 def update_asset(code: str, body: AssetPatch, session: DbSession, _: Admin) -> AssetOut:
-    return _asset_out(assets.set_asset_active(session, code, active=body.active))
+    return AssetOut.model_validate(assets.set_asset_active(session, code, active=body.active))
 
 
 # -- Reading --------------------------------------------------------------------------

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import Conflict, NotFound, Unprocessable
 
 
 class InsufficientFunds(Conflict):
     code = "insufficient_funds"
 
 
-class HoldNotFound(BourseError):
-    status_code = 404
+class HoldNotFound(NotFound):
     code = "hold_not_found"
 
 
@@ -26,13 +25,11 @@ class CaptureExceedsHold(Conflict):
     code = "capture_exceeds_hold"
 
 
-class AccountNotFound(BourseError):
-    status_code = 404
+class AccountNotFound(NotFound):
     code = "account_not_found"
 
 
-class EntryNotFound(BourseError):
-    status_code = 404
+class EntryNotFound(NotFound):
     code = "entry_not_found"
 
 
@@ -50,11 +47,9 @@ class EntryKeyConflict(Conflict):
     code = "entry_key_conflict"
 
 
-class AssetMismatch(BourseError):
-    status_code = 422
+class AssetMismatch(Unprocessable):
     code = "asset_mismatch"
 
 
-class UnknownUser(BourseError):
-    status_code = 422
+class UnknownUser(Unprocessable):
     code = "unknown_recipient"

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
-from bourse.errors import BourseError
+from bourse.errors import Unprocessable
 from bourse.inputs import INT64_MAX
 from bourse.ledger.errors import AccountNotFound, EntryNotFound, HoldNotFound
 from bourse.ledger.models import USER_KINDS, Account, AccountKind, Hold, HoldState, JournalEntry, Posting
@@ -28,8 +28,7 @@ MAX_PAGE = 200
 _SEQ = re.compile(r"[0-9]{1,19}")  # a posting's seq: a BIGINT (ASCII digits only)
 
 
-class InvalidCursor(BourseError):
-    status_code = 422
+class InvalidCursor(Unprocessable):
     code = "invalid_cursor"
 
 

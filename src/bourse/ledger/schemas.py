@@ -19,6 +19,8 @@ class _In(BaseModel):
 
 
 class AssetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     code: str
     scale: int
     name: str

@@ -170,22 +170,6 @@ def _withdrawal_out(session: Session, withdrawal: Withdrawal, *, with_audit: boo
     )
 
 
-def _report_out(report: ReconciliationReport) -> ReportOut:
-    return ReportOut(
-        id=report.id,
-        connector=report.connector,
-        day=report.day,
-        psp_transactions=report.psp_transactions,
-        matched=report.matched,
-        mismatch_count=report.mismatch_count,
-        missing_here=report.missing_here,
-        missing_at_psp=report.missing_at_psp,
-        mismatches=report.mismatches,
-        actor=report.actor,
-        created_at=report.created_at,
-    )
-
-
 def _next_before(rows: list[Deposit] | list[Withdrawal], limit: int) -> datetime | None:
     return rows[-1].created_at if len(rows) == limit else None
 
@@ -460,7 +444,9 @@ def admin_get_deposit(deposit_id: uuid.UUID, session: DbSession, _staff: Staff) 
     "/reconciliation-reports", summary="Reconciliation reports, newest first", response_model=ReportsOut
 )
 def list_reports(session: DbSession, _staff: Staff, connector: str | None = None, limit: Limit = 30) -> ReportsOut:
-    return ReportsOut(data=[_report_out(r) for r in reconcile.listing(session, connector=connector, limit=limit)])
+    return ReportsOut(
+        data=[ReportOut.model_validate(r) for r in reconcile.listing(session, connector=connector, limit=limit)]
+    )
 
 
 @raises(ReportNotFound)
@@ -471,7 +457,7 @@ def get_report(report_id: uuid.UUID, session: DbSession, _staff: Staff) -> Repor
     report = session.get(ReconciliationReport, report_id)
     if report is None:
         raise ReportNotFound(f"There is no report {report_id}")
-    return _report_out(report)
+    return ReportOut.model_validate(report)
 
 
 @raises(*CONNECTOR, *PROVIDER)
@@ -484,4 +470,4 @@ def get_report(report_id: uuid.UUID, session: DbSession, _staff: Staff) -> Repor
 def run_reconciliation(body: ReconcileIn, request: Request, session: DbSession, operator: Staff) -> ReportOut:
     connector = connector_named(_settings(request), body.connector, Capability.transactions)
     report = reconcile.reconcile(session, connector, body.day, actor=f"user:{operator.user_id}")
-    return _report_out(report)
+    return ReportOut.model_validate(report)

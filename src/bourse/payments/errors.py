@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import Conflict, Forbidden, NotFound
 
 
-class UnknownConnector(BourseError):
-    status_code = 404
+class UnknownConnector(NotFound):
     code = "unknown_connector"
 
 
-class DepositNotFound(BourseError):
-    status_code = 404
+class DepositNotFound(NotFound):
     code = "deposit_not_found"
 
 
-class WithdrawalNotFound(BourseError):
-    status_code = 404
+class WithdrawalNotFound(NotFound):
     code = "withdrawal_not_found"
 
 
-class ReportNotFound(BourseError):
-    status_code = 404
+class ReportNotFound(NotFound):
     code = "report_not_found"
 
 
@@ -45,8 +41,7 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
-class SelfApproval(BourseError):
-    status_code = 403
+class SelfApproval(Forbidden):
     code = "self_approval_forbidden"
 
 

@@ -117,6 +117,8 @@ class ReconcileIn(_In):
 
 
 class ReportOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     connector: str
     day: date

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from bourse.errors import BourseError
+from bourse.errors import NotFound
 from bourse.inputs import INT64_MAX
 from bourse.queue.driver import Driver
 from bourse.queue.heartbeat import PROCESS_STALE_SECONDS
@@ -25,8 +25,7 @@ from bourse.queue.models import FailedJob, QueueJob, QueueProcess
 _ID = re.compile(r"[0-9]{1,19}")
 
 
-class FailedJobNotFound(BourseError):
-    status_code = 404
+class FailedJobNotFound(NotFound):
     code = "failed_job_not_found"
 
 

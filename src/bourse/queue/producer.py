@@ -21,13 +21,12 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bourse.db import upsert
-from bourse.errors import BourseError
+from bourse.errors import BadRequest
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JOBS, JobSpec, check_queue_name, load_jobs
 
 
-class InvalidJob(BourseError):
-    status_code = 400
+class InvalidJob(BadRequest):
     code = "invalid_job"
 
 

@@ -87,12 +87,7 @@ def create_referral_code(session: DbSession, principal: Ib, body: ReferralCodeIn
 @ib.get("/referral-codes", summary="My referral codes, newest first (IB)")
 def list_referral_codes(session: DbSession, principal: Ib) -> ReferralCodesOut:
     return ReferralCodesOut(
-        codes=[
-            ReferralCodeOut(
-                code=code.code, active=code.active, created_at=code.created_at, referred_users=code.referred_users
-            )
-            for code in service.list_codes(session, principal.user_id)
-        ]
+        codes=[ReferralCodeOut.model_validate(code) for code in service.list_codes(session, principal.user_id)]
     )
 
 
@@ -115,7 +110,7 @@ def list_referrals(
 ) -> ReferredUsersOut:
     return ReferredUsersOut(
         referrals=[
-            ReferredUserOut(user_id=user.user_id, email=user.email, joined=user.joined, code=user.code)
+            ReferredUserOut.model_validate(user)
             for user in service.referred_users(session, principal.user_id, limit=limit, offset=offset)
         ]
     )
@@ -127,15 +122,7 @@ def referral_tree(request: Request, session: DbSession, principal: Ib) -> Downli
     return DownlineOut(
         max_depth=depth,
         members=[
-            DownlineMemberOut(
-                user_id=member.user_id,
-                email=member.email,
-                role=member.role,
-                level=member.level,
-                referred_by=member.referred_by,
-                joined=member.joined,
-            )
-            for member in service.downline(session, principal.user_id, depth)
+            DownlineMemberOut.model_validate(member) for member in service.downline(session, principal.user_id, depth)
         ],
     )
 

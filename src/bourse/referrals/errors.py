@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import BourseError, Conflict, NotFound, Unprocessable
 
 
 class ReferralError(BourseError):
     """Base class of the referral and commission-plan refusals."""
 
 
-class InvalidReferralCode(ReferralError):
+class InvalidReferralCode(Unprocessable, ReferralError):
     """A code chosen by an IB that does not have the shape of a referral code."""
 
-    status_code = 422
     code = "invalid_referral_code"
 
 
@@ -24,17 +23,15 @@ class TooManyReferralCodes(Conflict, ReferralError):
     code = "too_many_referral_codes"
 
 
-class ReferralCodeNotFound(ReferralError):
+class ReferralCodeNotFound(NotFound, ReferralError):
     """No such code, or another IB's: both are reported as missing."""
 
-    status_code = 404
     code = "referral_code_not_found"
 
 
-class UnknownReferralCode(ReferralError):
+class UnknownReferralCode(Unprocessable, ReferralError):
     """Given at registration: no such code, or it was deactivated."""
 
-    status_code = 422
     code = "unknown_referral_code"
 
 
@@ -42,42 +39,35 @@ class AlreadyReferred(Conflict, ReferralError):
     code = "already_referred"
 
 
-class SelfReferral(ReferralError):
-    status_code = 422
+class SelfReferral(Unprocessable, ReferralError):
     code = "self_referral"
 
 
-class IbNotFound(ReferralError):
-    status_code = 404
+class IbNotFound(NotFound, ReferralError):
     code = "ib_not_found"
 
 
-class NotAnIb(ReferralError):
-    status_code = 422
+class NotAnIb(Unprocessable, ReferralError):
     code = "not_an_ib"
 
 
-class PlanNotFound(ReferralError):
-    status_code = 404
+class PlanNotFound(NotFound, ReferralError):
     code = "plan_not_found"
 
 
-class PlanInvalid(ReferralError):
+class PlanInvalid(Unprocessable, ReferralError):
     """A plan whose terms are malformed (a level outside 0 to 10000, a bad symbol or amount)."""
 
-    status_code = 422
     code = "plan_invalid"
 
 
-class PlanExceedsFee(ReferralError):
+class PlanExceedsFee(Unprocessable, ReferralError):
     """The levels of a percent-of-fee plan would pay out more than the whole fee."""
 
-    status_code = 422
     code = "plan_exceeds_fee"
 
 
-class PlanTooDeep(ReferralError):
+class PlanTooDeep(Unprocessable, ReferralError):
     """More levels than ``BOURSE_IB_MAX_DEPTH``: the extra levels could never be paid."""
 
-    status_code = 422
     code = "plan_too_deep"

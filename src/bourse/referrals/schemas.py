@@ -34,6 +34,8 @@ class ReferralCodeIn(_In):
 
 
 class ReferralCodeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     code: str
     active: bool
     created_at: datetime
@@ -45,6 +47,8 @@ class ReferralCodesOut(BaseModel):
 
 
 class ReferredUserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     user_id: uuid.UUID
     email: str
     joined: datetime
@@ -56,6 +60,8 @@ class ReferredUsersOut(BaseModel):
 
 
 class DownlineMemberOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     user_id: uuid.UUID
     email: str
     role: Role

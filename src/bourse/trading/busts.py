@@ -38,7 +38,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.errors import BourseError, Conflict
+from bourse.errors import Conflict, Unprocessable
 from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import AccountKind
@@ -65,8 +65,7 @@ class BustInsufficientFunds(Conflict):
     code = "bust_insufficient_funds"
 
 
-class InvalidBustReason(BourseError):
-    status_code = 422
+class InvalidBustReason(Unprocessable):
     code = "bust_reason_invalid"
 
 

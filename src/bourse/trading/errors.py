@@ -8,18 +8,16 @@ errors come from :mod:`bourse.assets.amounts` (``amount_invalid``,
 
 from __future__ import annotations
 
-from bourse.errors import BourseError, Conflict, TemporarilyUnavailable
+from bourse.errors import Conflict, NotFound, TemporarilyUnavailable, Unprocessable
 
 
-class UnknownInstrument(BourseError):
-    status_code = 404
+class UnknownInstrument(NotFound):
     code = "unknown_instrument"
 
 
-class TradeNotFound(BourseError):
+class TradeNotFound(NotFound):
     """No such trade (a bust, a commission accrual or clawback names one)."""
 
-    status_code = 404
     code = "trade_not_found"
 
 
@@ -33,10 +31,9 @@ class InstrumentImmutableField(Conflict):
     code = "instrument_immutable_field"
 
 
-class InvalidInstrument(BourseError):
+class InvalidInstrument(Unprocessable):
     """Base class of the refusals of an instrument's definition; all are 422."""
 
-    status_code = 422
     code = "invalid_instrument"
 
 
@@ -60,18 +57,16 @@ class InvalidPriceBand(InvalidInstrument):
     code = "instrument_price_band_invalid"
 
 
-class ReasonRequired(BourseError):
-    status_code = 422
+class ReasonRequired(Unprocessable):
     code = "reason_required"
 
 
 # -- Orders against an instrument ---------------------------------------------------------
 
 
-class OrderRuleError(BourseError):
+class OrderRuleError(Unprocessable):
     """Base class of an order's refusals against its instrument's rules; all are 422."""
 
-    status_code = 422
     code = "order_invalid"
 
 
@@ -99,15 +94,13 @@ class MarketHalted(Conflict):
     code = "market_halted"
 
 
-class InvalidOrder(BourseError):
+class InvalidOrder(Unprocessable):
     """A bad combination of type, time in force, price and budget."""
 
-    status_code = 422
     code = "invalid_order"
 
 
-class OrderNotFound(BourseError):
-    status_code = 404
+class OrderNotFound(NotFound):
     code = "order_not_found"
 
 

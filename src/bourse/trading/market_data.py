@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import format_amount
-from bourse.errors import BourseError, TemporarilyUnavailable
+from bourse.errors import TemporarilyUnavailable, Unprocessable
 from bourse.trading.instruments import Scaled, format_price, format_quantity, get_instrument
 from bourse.trading.models import Instrument, Order, OrderStatus, Trade
 
@@ -40,8 +40,7 @@ _SNAPSHOT_ATTEMPTS = 5
 Level = tuple[int, int, int]  # (price, total remaining quantity, order count), in stored units
 
 
-class InvalidInterval(BourseError):
-    status_code = 422
+class InvalidInterval(Unprocessable):
     code = "invalid_interval"
 
 

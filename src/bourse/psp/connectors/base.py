@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from bourse.errors import BourseError, TemporarilyUnavailable
+from bourse.errors import BadGateway, BadRequest, TemporarilyUnavailable, Unauthorized, Unprocessable
 
 
 class Capability(StrEnum):
@@ -121,15 +121,13 @@ class Transaction:
 PSP_RETRY_AFTER_SECONDS = 5
 
 
-class ConnectorError(BourseError):
-    status_code = 502
+class ConnectorError(BadGateway):
     code = "psp_error"
 
 
-class InvalidSignature(ConnectorError):
+class InvalidSignature(Unauthorized, ConnectorError):
     """The webhook's signature is missing, malformed or wrong."""
 
-    status_code = 401
     code = "invalid_signature"
 
 
@@ -139,17 +137,15 @@ class ExpiredSignature(InvalidSignature):
     code = "signature_expired"
 
 
-class MalformedEvent(ConnectorError):
+class MalformedEvent(BadRequest, ConnectorError):
     """Well signed, but not an event this connector can read."""
 
-    status_code = 400
     code = "malformed_event"
 
 
-class PspUnavailable(ConnectorError, TemporarilyUnavailable):
+class PspUnavailable(TemporarilyUnavailable, ConnectorError):
     """A transient failure (timeout, 5xx, connection refused): retrying is safe (``Retry-After``)."""
 
-    status_code = 503
     code = "psp_unavailable"
 
     def __init__(self, detail: str | None = None, *, retry_after: int = PSP_RETRY_AFTER_SECONDS) -> None:
@@ -159,12 +155,10 @@ class PspUnavailable(ConnectorError, TemporarilyUnavailable):
 class PspRefused(ConnectorError):
     """The provider said no, for good (a 4xx other than a conflict in progress)."""
 
-    status_code = 502
     code = "psp_refused"
 
 
-class Unsupported(ConnectorError):
-    status_code = 422
+class Unsupported(Unprocessable, ConnectorError):
     code = "connector_unsupported"
 
 

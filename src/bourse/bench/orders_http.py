@@ -26,20 +26,28 @@ from __future__ import annotations
 
 import http.client
 import json
-import multiprocessing
 import random
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
-from bourse.bench import machine, percentile
-from bourse.cli_support import check_cli_database, load_cli_settings
+from bourse.bench.harness import (
+    Run,
+    Start,
+    Tally,
+    command_settings,
+    emit,
+    json_option,
+    latency_ms,
+    machine,
+    run_processes,
+    seconds_option,
+)
 from bourse.settings import Settings
 
 DEFAULT_SYMBOL = "BTC-USD"
@@ -85,10 +93,10 @@ class Traders:
 
 def prepare_traders(settings: Settings, count: int, symbol: str = DEFAULT_SYMBOL) -> Traders:
     """Create ``count`` funded traders for ``symbol`` in the database; their ids, tokens and the market."""
-    from bourse.assets.service import get_asset  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.db import Database  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.ledger.bench import funded_bench_users  # noqa: PLC0415 - `bourse` imports this module at start-up
-    from bourse.trading.instruments import get_instrument  # noqa: PLC0415 - `bourse` imports this module at start-up
+    from bourse.assets.service import get_asset
+    from bourse.bench.users import funded_bench_users
+    from bourse.db import Database
+    from bourse.trading.instruments import get_instrument
 
     database = Database.from_settings(settings)
     try:
@@ -260,15 +268,11 @@ class OrderFlow:
 
 
 @dataclass
-class WorkerResult:
-    latencies: list[float]
-    placed: int
-    cancelled: int
-    fills: int
-    refused: Counter[str]
-    errors: int
-    # The first few errors, so a run that had any says what they were.
-    samples: list[str]
+class _Tally(Tally):
+    placed: int = 0
+    cancelled: int = 0
+    fills: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 def _worker(  # noqa: PLR0917 - multiprocessing passes arguments by position
@@ -278,17 +282,13 @@ def _worker(  # noqa: PLR0917 - multiprocessing passes arguments by position
     interval: float | None,
     seconds: float,
     seed: int,
-    ready: Any,
-    go: Event,
-    results: Any,
+    start: Start,
 ) -> None:
     flow = OrderFlow(url, market, tokens, seed)
-    result = WorkerResult([], 0, 0, 0, Counter(), 0, [])
+    tally = _Tally()
     flow.warm_up()
-    ready.put(seed)
-    go.wait()
-    began = time.perf_counter()
-    deadline = began + seconds
+    deadline = start.wait(seed, seconds)
+    began = deadline - seconds
     # Clients start their schedules spread over one interval, not all at once.
     due = began + (interval * random.Random(seed).random() if interval else 0.0)  # noqa: S311 - jitter
     while True:
@@ -305,71 +305,54 @@ def _worker(  # noqa: PLR0917 - multiprocessing passes arguments by position
             break
         outcome = flow.step()
         if outcome.status in {200, 201}:
-            result.latencies.append(time.perf_counter() - started)
+            tally.latencies.append(time.perf_counter() - started)
             if outcome.action == "cancel":
-                result.cancelled += 1
+                tally.cancelled += 1
             else:
-                result.placed += 1
-                result.fills += outcome.fills
+                tally.placed += 1
+                tally.fills += outcome.fills
         elif 400 <= outcome.status < 500:  # noqa: PLR2004 - refused, by code
-            result.refused[outcome.error or "unknown"] += 1
+            tally.refused[outcome.error or "unknown"] += 1
         else:
-            result.errors += 1
-            result.samples.append(f"{outcome.action}: {outcome.status} {outcome.error}")
+            tally.error(f"{outcome.action}: {outcome.status} {outcome.error}")
     flow.close()
-    result.samples = result.samples[:3]
-    results.put(result)
+    start.report(tally)
 
 
 def run_clients(url: str, traders: Traders, concurrency: int, seconds: float, rate: float | None) -> dict[str, Any]:
     """Run ``concurrency`` client processes for ``seconds``; the combined figures."""
-    context = multiprocessing.get_context("spawn")
-    ready, results, go = context.Queue(), context.Queue(), context.Event()
     interval = None if rate is None else concurrency / rate
     shares = [traders.user_ids[i::concurrency] for i in range(concurrency)]
-    processes = [
-        context.Process(
-            target=_worker,
-            args=(url, traders.market, {t: traders.tokens[t] for t in share}, interval, seconds, i, ready, go, results),
-            daemon=True,
-        )
-        for i, share in enumerate(shares)
-    ]
-    for process in processes:
-        process.start()
-    for _ in processes:
-        ready.get(timeout=120)
-    started = time.perf_counter()
-    go.set()
-    collected: list[WorkerResult] = [results.get(timeout=seconds + 120) for _ in processes]
-    elapsed = time.perf_counter() - started
-    for process in processes:
-        process.join(timeout=30)
-    latencies = [value for result in collected for value in result.latencies]
-    placed = sum(result.placed for result in collected)
+    run: Run[_Tally] = run_processes(
+        _worker,
+        [(url, traders.market, {t: traders.tokens[t] for t in share}, interval) for share in shares],
+        seconds,
+    )
+    latencies = run.latencies
+    placed = sum(tally.placed for tally in run.tallies)
     refused: Counter[str] = Counter()
-    for result in collected:
-        refused.update(result.refused)
+    for tally in run.tallies:
+        refused.update(tally.refused)
     return {
         "concurrency": concurrency,
         "rate": rate,
-        "seconds": round(elapsed, 2),
+        "seconds": round(run.elapsed, 2),
         "orders": placed,
-        "orders_per_second": round(placed / elapsed, 1),
-        "cancels": sum(result.cancelled for result in collected),
-        "requests_per_second": round(len(latencies) / elapsed, 1),
-        "fills": sum(result.fills for result in collected),
-        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2) if latencies else None,
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
+        "orders_per_second": round(placed / run.elapsed, 1),
+        "cancels": sum(tally.cancelled for tally in run.tallies),
+        "requests_per_second": round(len(latencies) / run.elapsed, 1),
+        "fills": sum(tally.fills for tally in run.tallies),
+        "p50_ms": latency_ms(latencies, 0.50) if latencies else None,
+        "p99_ms": latency_ms(latencies, 0.99) if latencies else None,
         "refused": dict(sorted(refused.items())),
-        "errors": sum(result.errors for result in collected),
-        "error_samples": [sample for result in collected for sample in result.samples][:5],
+        "errors": run.errors,
+        "error_samples": run.error_samples,
     }
 
 
 @click.command("orders-http")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="A running `bourse serve`.")
-@click.option("--seconds", type=click.FloatRange(1, 3600), default=20, show_default=True, help="How long to measure.")
+@seconds_option
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Client processes.")
 @click.option(
     "--rate",
@@ -385,7 +368,7 @@ def run_clients(url: str, traders: Traders, concurrency: int, seconds: float, ra
     help="Funded traders (at least one per client).",
 )
 @click.option("--symbol", default=DEFAULT_SYMBOL, show_default=True, help="The instrument to trade.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_orders_http(  # noqa: PLR0917 - one parameter per option
     url: str, seconds: float, concurrency: int, rate: float | None, traders: int, symbol: str, as_json: bool
 ) -> None:
@@ -394,15 +377,14 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
     The traders are created and funded directly in the configured database,
     which must be the server's, and tokens are minted with its JWT key.
     """
-    from bourse.errors import BourseError  # noqa: PLC0415 - `bourse` imports this module at start-up
+    from bourse.errors import BourseError
 
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise click.BadParameter("an http:// URL of a running `bourse serve`", param_hint="--url")
     if traders < concurrency:
         raise click.BadParameter("at least one trader per client", param_hint="--traders")
-    settings = load_cli_settings(service=True)
-    check_cli_database(settings)
+    settings = command_settings()
     try:
         prepared = prepare_traders(settings, traders, symbol)
     except BourseError as exc:
@@ -416,8 +398,4 @@ def bench_orders_http(  # noqa: PLR0917 - one parameter per option
         **result,
         "machine": machine(),
     }
-    if as_json:
-        click.echo(json.dumps(output))
-    else:
-        for key, value in output.items():
-            click.echo(f"{key:>20}: {value}")
+    emit(output, as_json, width=20)

@@ -15,7 +15,6 @@ does not slow the run being measured.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bourse.bench import machine, percentile
+from bourse.bench.harness import emit, machine, percentile
 
 if TYPE_CHECKING:
     from bourse.trading.book import Book
@@ -180,10 +179,8 @@ def bench_matching(count: int, seed: int, as_json: bool) -> None:
         "p99_us": round(percentile(latencies, 0.99) * 1e6, 2),
         "machine": machine(),
     }
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(
+    summary = (
         f"matching  {result['orders_per_second']:>10}/s  {count} commands  {stream.fills} fills"
         f"  p50 {result['p50_us']} us  p99 {result['p99_us']} us"
     )
+    emit(result, as_json, indent=2, summary=summary)

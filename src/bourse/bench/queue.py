@@ -31,11 +31,10 @@ from typing import Any
 
 import click
 
-from bourse.bench import machine, percentile
-from bourse.cli_support import check_cli_database
+from bourse.bench.harness import Children, bourse_command, check_database, emit, latency_ms, machine
 
-BENCH_QUEUE = "bench"  # bourse.queue.bench_jobs declares its jobs on this queue
-BENCH_JOBS_MODULE = "bourse.queue.bench_jobs"
+BENCH_QUEUE = "bench"  # bourse.bench.queue_jobs declares its jobs on this queue
+BENCH_JOBS_MODULE = "bourse.bench.queue_jobs"
 LATENCY_RATE = 200.0
 LATENCY_JOBS = 1000
 ENQUEUE_BATCH = 500
@@ -52,18 +51,29 @@ def steady_rate(per_worker: Sequence[Sequence[tuple[float, float]]]) -> float:
     return done / (end - begin)
 
 
+def _figures(enqueued_per_second: float, processed_per_second: float, latencies: Sequence[float]) -> dict[str, Any]:
+    return {
+        "enqueue_per_second": round(enqueued_per_second, 1),
+        "processed_per_second": round(processed_per_second, 1),
+        "latency_jobs": len(latencies),
+        "latency_p50_ms": latency_ms(latencies, 0.5),
+        "latency_p99_ms": latency_ms(latencies, 0.99),
+    }
+
+
 class OurQueue:
     """Drives Bourse workers as subprocesses against the configured database (and Redis)."""
 
-    def __init__(self, driver: str, workers: int, env: dict[str, str], tmp: Path) -> None:
+    def __init__(self, driver: str, workers: int, children: Children, tmp: Path) -> None:
         from bourse.db import Database
         from bourse.settings import load_settings
 
         self.driver = driver
         self.workers = workers
-        self.env = env
+        self.children = children
         self.tmp = tmp
-        self.settings = load_settings(queue_driver=driver, queue_redis_prefix=env["BOURSE_QUEUE_REDIS_PREFIX"])
+        prefix = children.env["BOURSE_QUEUE_REDIS_PREFIX"]
+        self.settings = load_settings(queue_driver=driver, queue_redis_prefix=prefix)
         self.db = Database.from_settings(self.settings, name="bench")
 
     def clear(self) -> None:
@@ -80,8 +90,8 @@ class OurQueue:
             redis_driver.client.close()
 
     def enqueue(self, count: int, batch: int) -> float:
+        from bourse.bench.queue_jobs import noop_job
         from bourse.db import unit_of_work
-        from bourse.queue.bench_jobs import noop_job
         from bourse.queue.producer import enqueue
 
         started = time.perf_counter()
@@ -98,10 +108,7 @@ class OurQueue:
         started = []
         for _ in range(self.workers):
             path = self.tmp / f"worker-{uuid.uuid4().hex[:8]}.json"
-            argv = [
-                sys.executable,
-                "-m",
-                "bourse",
+            argv = bourse_command(
                 "worker",
                 "--queue",
                 BENCH_QUEUE,
@@ -112,9 +119,8 @@ class OurQueue:
                 "--latency-file",
                 str(path),
                 *extra,
-            ]
-            process = subprocess.Popen(argv, env=self.env, stderr=subprocess.DEVNULL)  # noqa: S603 - our own command
-            started.append((process, path))
+            )
+            started.append((self.children.start("worker", argv), path))
         return started
 
     @staticmethod
@@ -164,19 +170,13 @@ class OurQueue:
         latencies = [t[1] - t[0] for jobs in self.collect(workers) for t in jobs if t[0] >= measured_from]
         self.clear()
         self.db.dispose()
-        return {
-            "enqueue_per_second": round(count / enqueue_seconds, 1),
-            "processed_per_second": round(rate, 1),
-            "latency_jobs": len(latencies),
-            "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-        }
+        return _figures(count / enqueue_seconds, rate, latencies)
 
 
 class RQBaseline:
     """RQ with SimpleWorker on the same Redis, the peer baseline."""
 
-    def __init__(self, redis_url: str, workers: int, env: dict[str, str]) -> None:
+    def __init__(self, redis_url: str, workers: int, children: Children) -> None:
         from redis import Redis
         from rq import Queue
 
@@ -185,17 +185,14 @@ class RQBaseline:
         self.queue = Queue(self.name, connection=self.connection)
         self.redis_url = redis_url
         self.workers = workers
-        self.env = env
+        self.children = children
 
     def start_workers(self, *, burst: bool) -> list[subprocess.Popen[bytes]]:
         rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
         argv = [rq, "worker", "--worker-class", "rq.worker.SimpleWorker", "--url", self.redis_url, "--quiet"]
         if burst:
             argv.append("--burst")
-        return [
-            subprocess.Popen([*argv, self.name], env=self.env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # noqa: S603
-            for _ in range(self.workers)
-        ]
+        return [self.children.start("rq worker", [*argv, self.name]) for _ in range(self.workers)]
 
     def enqueue(self, count: int, batch: int) -> tuple[float, list[str]]:
         from rq import Queue
@@ -253,13 +250,7 @@ class RQBaseline:
         latencies = [(j.started_at - j.enqueued_at).total_seconds() for j in self._fetch(latency_ids) if j.started_at]
         self.queue.delete(delete_jobs=True)
         self.connection.close()
-        return {
-            "enqueue_per_second": round(count / enqueue_seconds, 1),
-            "processed_per_second": round(rate, 1),
-            "latency_jobs": len(latencies),
-            "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-        }
+        return _figures(count / enqueue_seconds, rate, latencies)
 
 
 @click.command("queue")
@@ -276,7 +267,7 @@ def bench_queue(driver: str, count: int, workers: int, with_rq: bool, as_json: b
         settings = load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    check_cli_database(settings)
+    check_database(settings)
     if (driver == "redis" or with_rq) and settings.redis_url is None:
         raise click.ClickException("BOURSE_REDIS_URL must be set for the redis driver and the RQ baseline")
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
@@ -288,8 +279,8 @@ def bench_queue(driver: str, count: int, workers: int, with_rq: bool, as_json: b
         "BOURSE_WORKER_HEARTBEAT_PATH": str(Path(tempfile.gettempdir()) / f"{prefix[:-1]}.heartbeat"),
     }
     env.pop("BOURSE_WORKER_METRICS_PORT", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = OurQueue(driver, workers, env, Path(tmp)).run(count)
+    with tempfile.TemporaryDirectory() as tmp, Children(env) as children:
+        ours = OurQueue(driver, workers, children, Path(tmp)).run(count)
     result: dict[str, Any] = {
         "driver": driver,
         "database": settings.database.get_backend_name(),
@@ -299,16 +290,14 @@ def bench_queue(driver: str, count: int, workers: int, with_rq: bool, as_json: b
         "machine": machine(),
     }
     if with_rq and settings.redis_url is not None:
-        rq = RQBaseline(settings.redis_url, workers, env).run(count)
+        with Children(env) as children:
+            rq = RQBaseline(settings.redis_url, workers, children).run(count)
         result["rq"] = rq
         result["processed_ratio_to_rq"] = round(ours["processed_per_second"] / rq["processed_per_second"], 2)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    for name in ("bourse", "rq"):
-        if name in result:
-            r = result[name]
-            click.echo(
-                f"{name:<7} enqueue {r['enqueue_per_second']:>9}/s  processed {r['processed_per_second']:>8}/s"
-                f"  p50 {r['latency_p50_ms']} ms  p99 {r['latency_p99_ms']} ms"
-            )
+    summary = "\n".join(
+        f"{name:<7} enqueue {r['enqueue_per_second']:>9}/s  processed {r['processed_per_second']:>8}/s"
+        f"  p50 {r['latency_p50_ms']} ms  p99 {r['latency_p99_ms']} ms"
+        for name in ("bourse", "rq")
+        if (r := result.get(name))
+    )
+    emit(result, as_json, indent=2, summary=summary)

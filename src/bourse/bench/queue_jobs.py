@@ -1,7 +1,7 @@
 """The no-op jobs ``bourse bench queue`` measures, ours and RQ's.
 
 A module of their own, imported only by the benchmark and by the workers it
-starts (``--import bourse.queue.bench_jobs``), so that loading the ``bourse``
+starts (``--import bourse.bench.queue_jobs``), so that loading the ``bourse``
 command does not import the queue and SQLAlchemy.
 """
 

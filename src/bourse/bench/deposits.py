@@ -15,11 +15,7 @@ first webhook to the last credit.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,63 +26,42 @@ from typing import Any
 
 import click
 import httpx2 as httpx
-import psutil  # type: ignore[import-untyped]
 from sqlalchemy import select
 
-from bourse.bench import machine, percentile
-from bourse.cli_support import check_cli_database, load_cli_settings
+from bourse.bench.harness import (
+    Children,
+    bourse_command,
+    command_settings,
+    emit,
+    free_port,
+    json_option,
+    latency_ms,
+    machine,
+)
 
 BENCH_ASSET = "USD"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Stack:
+class _Stack(Children):
     """The simulator, an API server and workers, as child processes of the benchmark."""
 
+    logs: Path
+
     def __init__(self, env: dict[str, str], workers: int, logs: Path) -> None:
-        self.api_port, self.sim_port = _free_port(), _free_port()
+        self.api_port, self.sim_port = free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
-        self.env = {**env, "BOURSE_PSP_SIM_URL": self.sim_url, "BOURSE_LOG_LEVEL": "warning"}
-        self.logs = logs
-        self.children: list[subprocess.Popen[bytes]] = []
-        self.names: list[str] = []
-        self._start("psp-sim", "psp-sim", "--port", str(self.sim_port), "--webhook-url", self._webhook_url())
-        self._start("api", "serve", "--port", str(self.api_port))
+        super().__init__({**env, "BOURSE_PSP_SIM_URL": self.sim_url, "BOURSE_LOG_LEVEL": "warning"}, logs)
+        webhook_url = f"{self.api_url}/api/v1/psp/simulator/webhook"
+        self.start("psp-sim", bourse_command("psp-sim", "--port", str(self.sim_port), "--webhook-url", webhook_url))
+        self.start("api", bourse_command("serve", "--port", str(self.api_port)))
         for index in range(workers):
             heartbeat = logs / f"worker-{index}.heartbeat"
-            self._start(
+            self.start(
                 f"worker-{index}",
-                "worker",
-                "--queue",
-                "deposits",
-                "--sleep",
-                "0.05",
+                bourse_command("worker", "--queue", "deposits", "--sleep", "0.05"),
                 env={"BOURSE_WORKER_HEARTBEAT_PATH": str(heartbeat)},
-            )
-
-    def _webhook_url(self) -> str:
-        return f"{self.api_url}/api/v1/psp/simulator/webhook"
-
-    def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.names.append(name.split("-", maxsplit=1)[0] if name.startswith("worker") else name)
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.children.append(
-                subprocess.Popen(  # noqa: S603 - our own command, fixed argv
-                    [sys.executable, "-m", "bourse", *args],
-                    env={**self.env, **(env or {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+                role="worker",
             )
 
     def wait_ready(self, client: httpx.Client, timeout: float = 60.0) -> None:
@@ -101,54 +76,6 @@ class _Stack:
                 if time.monotonic() > deadline:
                     raise click.ClickException(f"{url} did not become ready; logs in {self.logs}")
                 time.sleep(0.1)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system) used so far by each role, with its descendants
-        (a worker's job runner), this benchmark's own client, and PostgreSQL's
-        server processes when they run on this machine."""
-        totals: dict[str, float] = {}
-        for name, child in zip(self.names, self.children, strict=True):
-            totals[name] = totals.get(name, 0.0) + _tree_cpu(child.pid)
-        me = psutil.Process().cpu_times()
-        totals["bench client"] = me.user + me.system
-        postgres = 0.0
-        for process in psutil.process_iter(["name"]):
-            if (process.info.get("name") or "").startswith("postgres"):
-                try:
-                    times = process.cpu_times()
-                except psutil.Error:
-                    continue
-                postgres += times.user + times.system
-        if postgres:
-            totals["postgresql"] = postgres
-        return totals
-
-    def stop(self) -> None:
-        for child in self.children:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        for child in self.children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(timeout=5)
-
-
-def _tree_cpu(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def _bench_user(settings: Any) -> tuple[uuid.UUID, str]:
@@ -308,26 +235,22 @@ def _drive(  # noqa: PLR0917 - the benchmark's parameters
     "--concurrency", type=click.IntRange(1, 256), default=16, show_default=True, help="Concurrent HTTP clients."
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     count: int, rate: float | None, warmup: int, workers: int, concurrency: int, timeout: float, as_json: bool
 ) -> None:
     """Webhook-to-credit throughput and latency, end to end through the PSP simulator."""
     from bourse.settings import Settings
 
-    settings = load_cli_settings(service=True)
-    check_cli_database(settings)
+    settings = command_settings()
     env = dict(os.environ)
     env["BOURSE_PSP_CONNECTORS"] = "simulator"
     user_id, token = _bench_user(settings)
     logs = Path(tempfile.mkdtemp(prefix="bourse-bench-deposits-"))
-    stack = _Stack(env, workers, logs)
-    # The benchmark's own view of the settings: the simulator it started.
-    settings = Settings(**{**settings.model_dump(), "psp_sim_url": stack.sim_url})
-    try:
+    with _Stack(env, workers, logs) as stack:
+        # The benchmark's own view of the settings: the simulator it started.
+        settings = Settings(**{**settings.model_dump(), "psp_sim_url": stack.sim_url})
         deposit_ids, approve_seconds, cpu = _drive(stack, settings, token, count, warmup, rate, concurrency, timeout)
-    finally:
-        stack.stop()
     latencies, span, credited = _timings(settings, deposit_ids)
     result = {
         "benchmark": "deposits",
@@ -342,9 +265,9 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
         "span_seconds": round(span, 3),
         "deposits_per_second": round(credited / span, 1) if span > 0 else None,
         "webhook_to_credit_ms": {
-            "p50": round(percentile(latencies, 0.50) * 1000, 1),
-            "p95": round(percentile(latencies, 0.95) * 1000, 1),
-            "p99": round(percentile(latencies, 0.99) * 1000, 1),
+            "p50": latency_ms(latencies, 0.50, 1),
+            "p95": latency_ms(latencies, 0.95, 1),
+            "p99": latency_ms(latencies, 0.99, 1),
             "max": round(max(latencies, default=0.0) * 1000, 1),
         },
         # Where the machine's CPU went, per credited deposit (the profile of a missed target).
@@ -352,11 +275,9 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
         "user_id": str(user_id),
         "machine": machine(),
     }
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        ms = result["webhook_to_credit_ms"]
-        click.echo(
-            f"deposits: {credited}/{count} credited, {result['deposits_per_second']}/s over {span:.2f}s;"
-            f" webhook to credit p50 {ms['p50']} ms, p99 {ms['p99']} ms"  # type: ignore[index]
-        )
+    ms = result["webhook_to_credit_ms"]
+    summary = (
+        f"deposits: {credited}/{count} credited, {result['deposits_per_second']}/s over {span:.2f}s;"
+        f" webhook to credit p50 {ms['p50']} ms, p99 {ms['p99']} ms"  # type: ignore[index]
+    )
+    emit(result, as_json, summary=summary)
