@@ -46,10 +46,10 @@ from bourse.ledger.posting import Context, Leg, post_entry
 from bourse.ledger.reversals import held_credits, reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
+from bourse.trading.engine.vocabulary import Side
 from bourse.trading.errors import TradeNotFound
 from bourse.trading.instruments import get_instrument, lock_instrument
 from bourse.trading.models import MAX_BUST_REASON, Order, Trade
-from bourse.trading.orders import Side
 from bourse.trading.service import OPEN_STATUSES
 
 log = get_logger("bourse.trading.busts")

@@ -5,7 +5,7 @@ See docs/decisions/0011-matching-single-writer.md. One command is one transactio
 
 1. lock the instrument (``SELECT ... FOR UPDATE``): one writer per instrument;
 2. validate the order against the instrument and bring the process's cached
-   :class:`~bourse.trading.book.Book` up to date (rebuilt from the resting orders
+   :class:`~bourse.trading.engine.book.Book` up to date (rebuilt from the resting orders
    when the instrument's ``sequence`` says another process wrote since);
 3. ask the book whom the order will trade with (:meth:`Book.counterparties`, which
    changes nothing) and lock every account the command will post to, the taker's,
@@ -58,7 +58,20 @@ from bourse.logging import get_logger
 from bourse.queue.producer import enqueue
 from bourse.settings import Settings
 from bourse.trading import feed
-from bourse.trading.book import Book
+from bourse.trading.engine.book import Book
+from bourse.trading.engine.vocabulary import (
+    Cancelled,
+    CancelRejected,
+    Fill,
+    NewOrder,
+    OrderKind,
+    Rejected,
+    Rested,
+    RestingOrder,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
 from bourse.trading.errors import InstrumentBusy, InvalidOrder, OrderNotFound, OrderNotOpen
 from bourse.trading.instruments import (
     book_notional,
@@ -72,19 +85,6 @@ from bourse.trading.instruments import (
     quantity_to_lots,
 )
 from bourse.trading.models import DONE_STATUSES, MAX_CLIENT_ORDER_ID, Instrument, Order, OrderStatus, Trade
-from bourse.trading.orders import (
-    Cancelled,
-    CancelRejected,
-    Fill,
-    OrderKind,
-    Rejected,
-    Rested,
-    RestingOrder,
-    SelfTradePrevention,
-    Side,
-    TimeInForce,
-)
-from bourse.trading.orders import Order as BookOrder
 
 log = get_logger("bourse.trading.service")
 
@@ -375,7 +375,7 @@ def _place_locked(  # noqa: PLR0917 - one command's state
         book_budget = terms.quote_budget * BPS // (BPS + fees.taker_bps)
         if book_budget <= 0:
             raise InvalidOrder("The quote_budget cannot pay for anything once the fee is reserved")
-    command = BookOrder(
+    command = NewOrder(
         0,  # the order's id, once it has one
         str(user_id),
         terms.side,

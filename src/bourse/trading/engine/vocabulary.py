@@ -1,4 +1,4 @@
-"""The matching engine's vocabulary: orders in, events out, resting-order views.
+"""The matching engine's vocabulary: a ``NewOrder`` in, events out, resting-order views.
 
 Everything is an integer: prices in ticks, quantities in lots, budgets in the
 quote asset's minor units. The instrument layer converts to and from decimals;
@@ -69,8 +69,10 @@ class RejectReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Order:
-    """A command to trade. ``order_id`` is assigned by the caller, increasing in arrival order.
+class NewOrder:
+    """A command to trade, as the book receives it (the ``orders`` row is :class:`bourse.trading.models.Order`).
+
+    ``order_id`` is assigned by the caller, increasing in arrival order.
 
     ``tif`` None means GTC for a limit order and IOC for a market order; ``stp``
     None means the book's default. ``quote_budget`` caps what a market buy spends,
@@ -97,9 +99,9 @@ def limit_order(
     *,
     tif: TimeInForce = TimeInForce.GTC,
     stp: SelfTradePrevention | None = None,
-) -> Order:
+) -> NewOrder:
     """A limit order; spelled out so call sites cannot swap price and quantity."""
-    return Order(order_id, owner, side, OrderKind.LIMIT, price, quantity, tif, None, stp)
+    return NewOrder(order_id, owner, side, OrderKind.LIMIT, price, quantity, tif, None, stp)
 
 
 def market_order(
@@ -111,9 +113,9 @@ def market_order(
     tif: TimeInForce = TimeInForce.IOC,
     quote_budget: int | None = None,
     stp: SelfTradePrevention | None = None,
-) -> Order:
+) -> NewOrder:
     """A market order (IOC or FOK); buys may also be capped by ``quote_budget``."""
-    return Order(order_id, owner, side, OrderKind.MARKET, None, quantity, tif, quote_budget, stp)
+    return NewOrder(order_id, owner, side, OrderKind.MARKET, None, quantity, tif, quote_budget, stp)
 
 
 # --- Events: what the book did, numbered by ``sequence`` (one per event, per book) ---------
