@@ -10,7 +10,7 @@ different commits, so the sequence is read before and after the levels and the
 read is repeated if a command committed in between (the sequence only grows).
 
 The queries and wire shapes only; the public endpoints are in
-:mod:`bourse.trading.market_data_api`, and the market-data feed
+:mod:`bourse.trading.api.market_data`, and the market-data feed
 (:mod:`bourse.trading.feed`) builds its messages with the same shapes.
 """
 
