@@ -38,7 +38,6 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.errors import Conflict, Unprocessable
 from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import AccountKind
@@ -47,26 +46,11 @@ from bourse.ledger.reversals import held_credits, reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
 from bourse.trading.engine.vocabulary import Side
-from bourse.trading.errors import TradeNotFound
+from bourse.trading.errors import BustInsufficientFunds, InvalidBustReason, TradeAlreadyBusted, TradeNotFound
 from bourse.trading.instruments import get_instrument, lock_instrument
-from bourse.trading.models import MAX_BUST_REASON, Order, Trade
-from bourse.trading.service import OPEN_STATUSES
+from bourse.trading.models import MAX_BUST_REASON, OPEN_STATUSES, Order, Trade
 
 log = get_logger("bourse.trading.busts")
-
-
-class TradeAlreadyBusted(Conflict):
-    code = "trade_already_busted"
-
-
-class BustInsufficientFunds(Conflict):
-    """A user no longer has what the fill gave them; an operator adjusts by hand."""
-
-    code = "bust_insufficient_funds"
-
-
-class InvalidBustReason(Unprocessable):
-    code = "bust_reason_invalid"
 
 
 class ClawedBack(Protocol):
