@@ -113,9 +113,10 @@ def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str)
 
 
 def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None:
-    """Lock, in one statement, every account the reversal and the release post to (as orders do,
-    see :mod:`bourse.trading.service`): the seller's held and available base and available quote,
-    the buyer's held and available quote and available base, and the quote asset's fees."""
+    """Lock, in one statement, every account the reversal and the release post to (as orders
+    do, see :func:`bourse.trading.settlement.lock_parties`): the seller's held and available
+    base and available quote, the buyer's held and available quote and available base, and
+    the quote asset's fees."""
     if trade.taker_side == Side.BUY.value:
         buyer, seller = trade.taker_user_id, trade.maker_user_id
     else:
