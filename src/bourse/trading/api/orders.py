@@ -16,7 +16,7 @@ from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import AmountError, format_amount
 from bourse.errors import family, raises
-from bourse.idempotency.api import Idempotent
+from bourse.idempotency.dependencies import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal
 from bourse.inputs import Id
 from bourse.ledger.errors import InsufficientFunds
