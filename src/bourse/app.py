@@ -36,9 +36,12 @@ from bourse.redis_client import create_async_redis, create_redis
 from bourse.referrals import api as referrals_api
 from bourse.referrals import service as referrals_service
 from bourse.settings import Settings, load_settings
-from bourse.trading import admin_api as trading_admin_api
-from bourse.trading import api as trading_api
-from bourse.trading import feed, market_data_api, orders_api, stream
+from bourse.trading import feed
+from bourse.trading.api import admin as trading_admin_api
+from bourse.trading.api import instruments as instruments_api
+from bourse.trading.api import market_data as market_data_api
+from bourse.trading.api import orders as orders_api
+from bourse.trading.api import stream
 
 API_PREFIX = "/api/v1"
 # Worker threads beyond the connection leases, for work that holds none (health
@@ -84,8 +87,8 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(referrals_api.ib)
     app.include_router(referrals_api.ib_admin)
     app.include_router(commissions_api.ib_commissions)
-    app.include_router(trading_api.instruments)
-    app.include_router(trading_api.instruments_admin)
+    app.include_router(instruments_api.instruments)
+    app.include_router(instruments_api.instruments_admin)
     app.include_router(orders_api.orders)
     app.include_router(trading_admin_api.trading_admin_router(claw_back=commissions_service.claw_back))
     app.include_router(market_data_api.market_data)

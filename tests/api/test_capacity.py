@@ -17,7 +17,7 @@ from bourse.api.capacity import Admission, ConnectionLeases, DatabaseBusy, Progr
 from bourse.app import create_app
 from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
 from bourse.settings import Settings
-from bourse.trading import service as trading_service
+from bourse.trading import book_cache
 from bourse.trading.errors import InstrumentBusy
 from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
@@ -276,14 +276,14 @@ def test_an_instruments_turn_is_waited_for_no_longer_than_a_lock(postgres_url: s
     settings = make_settings(postgres_url, database_lock_timeout_ms=200)
     database = Database.from_settings(settings)
     try:
-        mutex = trading_service._writer("WAIT-TEST")
+        mutex = book_cache._writer("WAIT-TEST")
         mutex.acquire()
         try:
             with database.sessions() as session:
                 assert session.info[LOCK_WAIT_SECONDS] == 0.2
                 started = time.monotonic()
                 with pytest.raises(InstrumentBusy) as refused:
-                    trading_service._lock(session, "WAIT-TEST")
+                    book_cache.take_turn(session, "WAIT-TEST")
                 waited = time.monotonic() - started
         finally:
             mutex.release()

@@ -11,8 +11,7 @@ from bourse.assets import service as assets
 from bourse.db import Database, unit_of_work
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState
 from bourse.ledger.posting import Context, user_actor
-from bourse.trading import instruments
-from bourse.trading import service as orders
+from bourse.trading import book_cache, instruments, orders, queries
 from bourse.trading.models import Order, Trade
 from tests.support.auth import make_user
 from tests.support.ledger import balance
@@ -104,13 +103,13 @@ def check_consistent(database: Database, symbol: str) -> None:
     """The cached book equals a rebuild from the database; holds cover what open orders can still trade."""
     with unit_of_work(database) as session:
         instrument = instruments.get_instrument(session, symbol)
-        rebuilt = orders.rebuild_book(session, instrument)
-        cached = orders.cached_book(symbol)
+        rebuilt = book_cache.rebuild_book(session, instrument)
+        cached = book_cache.cached_book(symbol)
         if cached is not None and cached.sequence == instrument.sequence:
             assert cached.snapshot() == rebuilt.snapshot()
         for hold in session.scalars(select(Hold)):
             assert hold.remaining >= 0
-        for order in orders.open_orders(session, symbol):
+        for order in queries.open_orders(session, symbol):
             hold = session.get(Hold, order.hold_id)
             assert hold is not None
             assert hold.state is HoldState.open

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bourse.trading.book import Book
-from bourse.trading.orders import (
+from bourse.trading.engine.book import Book
+from bourse.trading.engine.vocabulary import (
     Accepted,
     BookSnapshot,
     Cancelled,
@@ -13,7 +13,7 @@ from bourse.trading.orders import (
     CancelRejected,
     Event,
     Fill,
-    Order,
+    NewOrder,
     OrderKind,
     Rejected,
     RejectReason,
@@ -40,7 +40,7 @@ def kinds(events: list[Event]) -> list[str]:
     return [type(e).__name__ for e in events]
 
 
-def seed(book: Book, *orders: Order) -> None:
+def seed(book: Book, *orders: NewOrder) -> None:
     for order in orders:
         assert isinstance(book.place(order)[-1], Rested)
 
@@ -376,25 +376,25 @@ def test_an_unknown_default_mode_is_a_programming_error() -> None:
     [
         (limit_order(10, "a", BUY, 100, 0), RejectReason.INVALID_QUANTITY),
         (limit_order(10, "a", BUY, 100, -3), RejectReason.INVALID_QUANTITY),
-        (Order(10, "a", BUY, OrderKind.LIMIT, 100, 1.5), RejectReason.INVALID_QUANTITY),  # type: ignore[arg-type]
-        (Order(10, "a", BUY, OrderKind.LIMIT, 100, quantity=True), RejectReason.INVALID_QUANTITY),
-        (Order(10, "a", BUY, OrderKind.LIMIT, None, 1), RejectReason.MISSING_PRICE),
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, 100, 1.5), RejectReason.INVALID_QUANTITY),  # type: ignore[arg-type]
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, 100, quantity=True), RejectReason.INVALID_QUANTITY),
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, None, 1), RejectReason.MISSING_PRICE),
         (limit_order(10, "a", BUY, 0, 1), RejectReason.INVALID_PRICE),
-        (Order(10, "a", BUY, OrderKind.LIMIT, 100.5, 1), RejectReason.INVALID_PRICE),  # type: ignore[arg-type]
-        (Order(10, "a", BUY, OrderKind.MARKET, 100, 1), RejectReason.PRICE_ON_MARKET_ORDER),
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, 100.5, 1), RejectReason.INVALID_PRICE),  # type: ignore[arg-type]
+        (NewOrder(10, "a", BUY, OrderKind.MARKET, 100, 1), RejectReason.PRICE_ON_MARKET_ORDER),
         (market_order(10, "a", BUY, 1, tif=GTC), RejectReason.INVALID_TIME_IN_FORCE),
-        (Order(10, "a", BUY, OrderKind.LIMIT, 100, 1, "day"), RejectReason.INVALID_TIME_IN_FORCE),  # type: ignore[arg-type]
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, 100, 1, "day"), RejectReason.INVALID_TIME_IN_FORCE),  # type: ignore[arg-type]
         (market_order(10, "a", SELL, 1, quote_budget=100), RejectReason.QUOTE_BUDGET_NOT_ALLOWED),
-        (Order(10, "a", BUY, OrderKind.LIMIT, 100, 1, quote_budget=100), RejectReason.QUOTE_BUDGET_NOT_ALLOWED),
+        (NewOrder(10, "a", BUY, OrderKind.LIMIT, 100, 1, quote_budget=100), RejectReason.QUOTE_BUDGET_NOT_ALLOWED),
         (market_order(10, "a", BUY, 1, quote_budget=0), RejectReason.INVALID_QUOTE_BUDGET),
-        (Order(10, "a", "buy", OrderKind.LIMIT, 100, 1), RejectReason.INVALID_SIDE),  # type: ignore[arg-type]
-        (Order(10, "a", BUY, "stop", 100, 1), RejectReason.INVALID_KIND),  # type: ignore[arg-type]
+        (NewOrder(10, "a", "buy", OrderKind.LIMIT, 100, 1), RejectReason.INVALID_SIDE),  # type: ignore[arg-type]
+        (NewOrder(10, "a", BUY, "stop", 100, 1), RejectReason.INVALID_KIND),  # type: ignore[arg-type]
         (limit_order(10, "a", BUY, 100, 1, stp="x"), RejectReason.INVALID_SELF_TRADE_PREVENTION),  # type: ignore[arg-type]
         (limit_order(5, "a", BUY, 100, 1), RejectReason.DUPLICATE_ORDER_ID),
         (limit_order(4, "a", BUY, 100, 1), RejectReason.ORDER_ID_NOT_INCREASING),
     ],
 )
-def test_invalid_orders_are_rejected_and_change_nothing_but_the_sequence(order: Order, reason: RejectReason) -> None:
+def test_invalid_orders_are_rejected_and_change_nothing_but_the_sequence(order: NewOrder, reason: RejectReason) -> None:
     book = Book()
     seed(book, limit_order(4, "b", SELL, 100, 1))
     book.cancel(4)

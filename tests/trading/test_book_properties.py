@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bourse.trading.book import Book, Notional, price_times_quantity
-from bourse.trading.orders import (
+from bourse.trading.engine.book import Book, Notional, price_times_quantity
+from bourse.trading.engine.vocabulary import (
     Accepted,
     Cancelled,
     CancelReason,
     CancelRejected,
     Event,
     Fill,
-    Order,
+    NewOrder,
     OrderKind,
     Rejected,
     RejectReason,
@@ -75,7 +75,7 @@ class Reference:
         self._event(events, CancelRejected, order_id, RejectReason.UNKNOWN_ORDER)
         return events
 
-    def place(self, order: Order) -> list[Event]:
+    def place(self, order: NewOrder) -> list[Event]:
         tif = order.tif or (TimeInForce.GTC if order.kind is OrderKind.LIMIT else TimeInForce.IOC)
         if tif is TimeInForce.FOK:
             trial = copy.deepcopy(self)
@@ -89,7 +89,7 @@ class Reference:
             return events
         return self._match(order, tif)
 
-    def _match(self, order: Order, tif: TimeInForce) -> list[Event]:  # noqa: PLR0912 - the rules, in order
+    def _match(self, order: NewOrder, tif: TimeInForce) -> list[Event]:  # noqa: PLR0912 - the rules, in order
         events: list[Event] = []
         self._event(events, Accepted, order.order_id)
         stp = order.stp or self.default_stp
@@ -191,7 +191,7 @@ commands = st.lists(
 )
 
 
-def build(raw: tuple[str, object], live: list[int], next_id: int) -> tuple[Order | None, int]:
+def build(raw: tuple[str, object], live: list[int], next_id: int) -> tuple[NewOrder | None, int]:
     """Turn a drawn command into an order (or None and the id to cancel), against the live ids."""
     kind, payload = raw
     if kind == "cancel":
@@ -201,7 +201,7 @@ def build(raw: tuple[str, object], live: list[int], next_id: int) -> tuple[Order
     fields = dict(payload)
     if fields["kind"] is OrderKind.MARKET and fields["side"] is Side.SELL:
         fields["quote_budget"] = None
-    return Order(order_id=next_id, **fields), 0
+    return NewOrder(order_id=next_id, **fields), 0
 
 
 @dataclass
@@ -211,15 +211,15 @@ class Ledger:
     placed: dict[int, int]
     filled: defaultdict[int, int]
     cancelled: defaultdict[int, int]
-    orders: dict[int, Order]
+    orders: dict[int, NewOrder]
 
 
 def run_flow(
     book: Book, reference: Reference | None, drawn: list[tuple[str, object]]
-) -> tuple[list[list[Event]], list[Order | int]]:
+) -> tuple[list[list[Event]], list[NewOrder | int]]:
     """Feed the drawn commands to the book (and the model), checking invariants after each."""
     outputs: list[list[Event]] = []
-    fed: list[Order | int] = []
+    fed: list[NewOrder | int] = []
     ledger = Ledger({}, defaultdict(int), defaultdict(int), {})
     next_id = 1
     for raw in drawn:
@@ -246,7 +246,7 @@ def run_flow(
     return outputs, fed
 
 
-def account(ledger: Ledger, events: list[Event], order: Order | None) -> None:
+def account(ledger: Ledger, events: list[Event], order: NewOrder | None) -> None:
     for event in events:
         if isinstance(event, Accepted):
             assert order is not None
@@ -259,7 +259,7 @@ def account(ledger: Ledger, events: list[Event], order: Order | None) -> None:
             ledger.cancelled[event.order_id] += event.remaining
 
 
-def check_place(book: Book, order: Order, events: list[Event], before: object) -> None:
+def check_place(book: Book, order: NewOrder, events: list[Event], before: object) -> None:
     """The rules one placed order must obey, whatever the book held."""
     sequences = [e.sequence for e in events]
     assert sequences == list(range(book.sequence - len(events) + 1, book.sequence + 1))
@@ -288,7 +288,7 @@ def check_place(book: Book, order: Order, events: list[Event], before: object) -
         assert spent <= order.quote_budget
 
 
-def check_counterparties(order: Order, events: list[Event], predicted: tuple[set[str], bool]) -> None:
+def check_counterparties(order: NewOrder, events: list[Event], predicted: tuple[set[str], bool]) -> None:
     """``Book.counterparties``, asked before the order was placed, named exactly whom it traded with
     and whether it cancelled its owner's own resting orders (the order service locks their accounts by it)."""
     makers = {e.maker_owner for e in events if isinstance(e, Fill)}
@@ -350,10 +350,10 @@ def test_invariants_hold_and_replay_and_restore_are_deterministic(drawn: list[tu
     assert restored.depth(100) == book.depth(100)
     assert (restored.best_bid(), restored.best_ask()) == (book.best_bid(), book.best_ask())
     # The restored book goes on exactly as the original does.
-    probe_id = max([0, *(c.order_id for c in fed if isinstance(c, Order))]) + 1
+    probe_id = max([0, *(c.order_id for c in fed if isinstance(c, NewOrder))]) + 1
     for probe in (
-        Order(probe_id, "dave", Side.BUY, OrderKind.MARKET, None, 20),
-        Order(probe_id + 1, "dave", Side.SELL, OrderKind.LIMIT, 100, 20),
+        NewOrder(probe_id, "dave", Side.BUY, OrderKind.MARKET, None, 20),
+        NewOrder(probe_id + 1, "dave", Side.SELL, OrderKind.LIMIT, 100, 20),
     ):
         assert restored.place(probe) == book.place(probe)
     assert restored.snapshot() == book.snapshot()

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from bourse.db import Database, unit_of_work
 from bourse.trading import instruments
 from bourse.trading.models import Trade
-from bourse.trading.service import open_orders
+from bourse.trading.queries import open_orders
 from tests.support.ledger import fund
 from tests.trading.orders_support import market, new_user, place
 

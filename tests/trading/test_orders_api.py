@@ -9,8 +9,7 @@ from fastapi.testclient import TestClient
 
 from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
-from bourse.trading import instruments
-from bourse.trading import service as trading_service
+from bourse.trading import book_cache, instruments
 from bourse.trading.models import Instrument
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund, verify
@@ -120,10 +119,10 @@ def test_a_refused_order_gives_the_instruments_turn_back(
     refused = _post(client, settings, user, instrument=symbol, side="buy", price="100.00", quantity="5")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"] == "insufficient_funds"
-    assert not trading_service._writer(symbol).locked()
+    assert not book_cache._writer(symbol).locked()
     unknown = _post(client, settings, user, instrument="ZZZ-USD", side="buy", price="1.00", quantity="1")
     assert unknown.status_code == 404, unknown.text
-    assert not trading_service._writer("ZZZ-USD").locked()
+    assert not book_cache._writer("ZZZ-USD").locked()
     accepted = _post(client, settings, user, instrument=symbol, side="buy", price="1.00", quantity="0.01")
     assert accepted.status_code == 201, accepted.text
-    assert not trading_service._writer(symbol).locked()
+    assert not book_cache._writer(symbol).locked()

@@ -38,9 +38,9 @@ from bourse.bench.orders_http import (
 )
 from bourse.db import Database, unit_of_work
 from bourse.ledger.models import JournalEntry
-from bourse.trading import service
+from bourse.trading.book_cache import rebuild_book
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
-from bourse.trading.models import Order, OrderStatus, Trade
+from bourse.trading.models import OPEN_STATUSES, Order, OrderStatus, Trade
 from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.ledger import verify
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
@@ -151,7 +151,7 @@ def _check_database(stack: _Stack) -> None:
     try:
         with unit_of_work(database) as session:
             instrument = get_instrument(session, SYMBOL)
-            book = service.rebuild_book(session, instrument)  # raises on a crossed or corrupt book
+            book = rebuild_book(session, instrument)  # raises on a crossed or corrupt book
             bid, ask = book.best_bid(), book.best_ask()
             assert bid is None or ask is None or bid < ask, (bid, ask)
             orphans = session.scalar(
@@ -173,7 +173,7 @@ def _check_database(stack: _Stack) -> None:
             for order in session.scalars(select(Order).where(Order.instrument == SYMBOL)):
                 assert order.filled_quantity == traded[order.id], order.id
                 assert 0 <= order.filled_quantity <= order.quantity, order.id
-                if order.status in service.OPEN_STATUSES:
+                if order.status in OPEN_STATUSES:
                     assert order.filled_quantity < order.quantity, order.id
                 if order.status is OrderStatus.filled:
                     assert order.filled_quantity == order.quantity, order.id
@@ -249,7 +249,7 @@ def _book_from_database(stack: _Stack) -> dict[str, list[list[str | int]]]:
     try:
         with unit_of_work(database) as session:
             instrument = get_instrument(session, SYMBOL)
-            bids, asks = service.rebuild_book(session, instrument).depth(200)
+            bids, asks = rebuild_book(session, instrument).depth(200)
             return {
                 side: [
                     [

@@ -8,27 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import MAX_SCALE
+from bourse.assets.errors import AssetExists, AssetInactive, InvalidAsset, UnknownAsset
 from bourse.assets.models import ASSET_CODE_PATTERN, Asset
-from bourse.errors import Conflict, Unprocessable
 
 _CODE = re.compile(ASSET_CODE_PATTERN)
 MAX_NAME = 64
-
-
-class UnknownAsset(Unprocessable):
-    code = "unknown_asset"
-
-
-class AssetInactive(Unprocessable):
-    code = "asset_inactive"
-
-
-class InvalidAsset(Unprocessable):
-    code = "invalid_asset"
-
-
-class AssetExists(Conflict):
-    code = "asset_exists"
 
 
 def get_asset(session: Session, code: str, *, for_new_money: bool = False) -> Asset:

@@ -25,8 +25,8 @@ import click
 from bourse.bench.harness import emit, machine, percentile
 
 if TYPE_CHECKING:
-    from bourse.trading.book import Book
-    from bourse.trading.orders import Order
+    from bourse.trading.engine.book import Book
+    from bourse.trading.engine.vocabulary import NewOrder
 
 LATENCY_EVERY = 16
 OWNERS = 50
@@ -49,7 +49,7 @@ DRIFT_SHARE = 0.05  # after this share of orders the mid moves by one tick
 class Stream:
     """Commands as (order to place, or None and the order id to cancel), and what they produced."""
 
-    commands: list[tuple[Order | None, int]] = field(default_factory=list)
+    commands: list[tuple[NewOrder | None, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"limit": 0, "market": 0, "cancel": 0})
     fills: int = 0
     events: int = 0
@@ -57,8 +57,8 @@ class Stream:
 
 def generate(count: int, seed: int) -> tuple[Stream, Book]:
     """``count`` commands from ``seed``; also the book they leave, to check the timed replay."""
-    from bourse.trading.book import Book
-    from bourse.trading.orders import Fill, OrderKind, Rested
+    from bourse.trading.engine.book import Book
+    from bourse.trading.engine.vocabulary import Fill, OrderKind, Rested
 
     rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not a secret
     book = Book()
@@ -69,7 +69,7 @@ def generate(count: int, seed: int) -> tuple[Stream, Book]:
     next_id = 1
     while len(stream.commands) < count:
         roll = rng.random()
-        order: Order | None = None
+        order: NewOrder | None = None
         cancel_id = 0
         if roll >= LIMIT_SHARE + MARKET_SHARE:
             target = _draw_live(rng, live, book)
@@ -93,8 +93,8 @@ def generate(count: int, seed: int) -> tuple[Stream, Book]:
     return stream, book
 
 
-def _new_order(rng: random.Random, order_id: int, owner: str, mid: int, *, market: bool) -> Order:
-    from bourse.trading.orders import Side, TimeInForce, limit_order, market_order
+def _new_order(rng: random.Random, order_id: int, owner: str, mid: int, *, market: bool) -> NewOrder:
+    from bourse.trading.engine.vocabulary import Side, TimeInForce, limit_order, market_order
 
     side = rng.choice((Side.BUY, Side.SELL))
     if market:
@@ -129,7 +129,7 @@ def _draw_live(rng: random.Random, live: list[int], book: Book) -> int | None:
 
 def run(stream: Stream) -> tuple[float, list[float], Book]:
     """Replay the stream into a fresh book: total seconds, sampled latencies, the book."""
-    from bourse.trading.book import Book
+    from bourse.trading.engine.book import Book
 
     book = Book()
     place, cancel = book.place, book.cancel

@@ -33,28 +33,17 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from bourse.errors import BadRequest, Conflict, Unprocessable
+from bourse.idempotency.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyRequired,
+    IdempotencyKeyReused,
+)
 from bourse.idempotency.models import IdempotencyRecord
 from bourse.sqltypes import utcnow
 
 # Printable ASCII without spaces, as Stripe and the IETF draft allow; 255 at most.
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-class IdempotencyKeyRequired(BadRequest):
-    code = "idempotency_key_required"
-
-
-class IdempotencyKeyInvalid(BadRequest):
-    code = "idempotency_key_invalid"
-
-
-class IdempotencyKeyReused(Unprocessable):
-    code = "idempotency_key_reused"
-
-
-class IdempotencyInProgress(Conflict):
-    code = "idempotency_in_progress"
 
 
 @dataclass(frozen=True, slots=True)

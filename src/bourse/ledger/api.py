@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 
 from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
+from bourse.assets import errors as asset_errors
 from bourse.assets import service as assets
 from bourse.assets.amounts import AmountError, AmountTooLarge, format_amount, parse_amount
 from bourse.assets.models import Asset
 from bourse.errors import Unprocessable, family, raises
-from bourse.idempotency.api import Idempotent
+from bourse.idempotency.dependencies import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
 from bourse.ledger import queries
@@ -108,13 +109,13 @@ def list_assets(session: DbSession) -> list[AssetOut]:
     return [AssetOut.model_validate(asset) for asset in assets.list_assets(session)]
 
 
-@raises(assets.InvalidAsset, assets.AssetExists)
+@raises(asset_errors.InvalidAsset, asset_errors.AssetExists)
 @admin.post("/assets", status_code=201, summary="Create an asset (admin)")
 def create_asset(body: AssetIn, session: DbSession, _: Admin) -> AssetOut:
     return AssetOut.model_validate(assets.create_asset(session, code=body.code, scale=body.scale, name=body.name))
 
 
-@raises(assets.UnknownAsset)
+@raises(asset_errors.UnknownAsset)
 @admin.patch("/assets/{code}", summary="Activate or deactivate an asset (admin)")
 def update_asset(code: str, body: AssetPatch, session: DbSession, _: Admin) -> AssetOut:
     return AssetOut.model_validate(assets.set_asset_active(session, code, active=body.active))
@@ -214,7 +215,14 @@ def get_hold(hold_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal
 # -- Moving money ---------------------------------------------------------------------
 
 
-@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), SelfTransfer, UnknownUser, InsufficientFunds)
+@raises(
+    asset_errors.UnknownAsset,
+    asset_errors.AssetInactive,
+    *family(AmountError),
+    SelfTransfer,
+    UnknownUser,
+    InsufficientFunds,
+)
 @ledger.post("/transfers", status_code=201, summary="Send money to another user", response_model=TransferOut)
 def create_transfer(
     body: TransferIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
@@ -244,7 +252,7 @@ def create_transfer(
     return idempotent.run(body, produce, status_code=201)
 
 
-@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), UnknownUser, InsufficientFunds)
+@raises(asset_errors.UnknownAsset, asset_errors.AssetInactive, *family(AmountError), UnknownUser, InsufficientFunds)
 @admin.post(
     "/adjustments",
     status_code=201,

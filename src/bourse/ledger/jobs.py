@@ -1,6 +1,6 @@
 """``ledger.verify``: the hourly proof that the books are consistent.
 
-The scheduler enqueues it every hour (``bourse.ledger.tasks``); a worker runs
+The scheduler enqueues it every hour (``bourse.ledger.schedules``); a worker runs
 :func:`bourse.ledger.verify.verify_ledger` and publishes the outcome as metrics
 on its own port, so an alert fires on any discrepancy:
 

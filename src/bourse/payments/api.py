@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
+from bourse.assets import errors as asset_errors
 from bourse.assets import service as assets
 from bourse.assets.amounts import AmountError, format_amount, parse_amount
 from bourse.errors import family, raises
-from bourse.idempotency.api import Idempotent
+from bourse.idempotency.dependencies import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.errors import InvalidTotpCode, TotpRequired
 from bourse.identity.models import Role
@@ -177,7 +178,7 @@ def _next_before(rows: list[Deposit] | list[Withdrawal], limit: int) -> datetime
 # --- Deposits --------------------------------------------------------------------------
 
 
-@raises(assets.UnknownAsset, assets.AssetInactive, *family(AmountError), *CONNECTOR, *PROVIDER)
+@raises(asset_errors.UnknownAsset, asset_errors.AssetInactive, *family(AmountError), *CONNECTOR, *PROVIDER)
 @payments.post(
     "/deposits",
     status_code=201,
@@ -226,7 +227,7 @@ def get_deposit(deposit_id: uuid.UUID, session: DbSession, principal: CurrentPri
 
 
 @raises(
-    assets.UnknownAsset,
+    asset_errors.UnknownAsset,
     *family(AmountError),
     *CONNECTOR,
     TotpRequired,

@@ -35,7 +35,7 @@ With the database driver the job's row is deleted in the handler's own
 transaction, so a handler whose effects are all in the database runs effectively
 once; with Redis the job is settled after that commit.
 
-**Declare a scheduled task** in your package's ``tasks.py``::
+**Declare a scheduled task** in your package's ``schedules.py``::
 
     from bourse.queue import task
 

@@ -1,4 +1,4 @@
-"""Job and scheduler-task declarations, looked up by stable names.
+"""Job and scheduled-task declarations, looked up by stable names.
 
 A job is stored by *name*, never by import path, so renaming or moving a handler
 does not strand queued jobs, and a payload naming an unknown job is a clear
@@ -168,8 +168,8 @@ def load_jobs(extra_modules: tuple[str, ...] = ()) -> dict[str, JobSpec]:
 
 
 def load_tasks(extra_modules: tuple[str, ...] = ()) -> dict[str, TaskSpec]:
-    """Import every ``bourse.<pkg>.tasks`` module (and ``extra_modules``); the task table."""
-    _import_all("tasks")
+    """Import every ``bourse.<pkg>.schedules`` module (and ``extra_modules``); the task table."""
+    _import_all("schedules")
     for name in extra_modules:
         importlib.import_module(name)
     return TASKS

@@ -1,1 +1,3 @@
-"""Order books and matching: the pure engine that trading on each instrument runs on."""
+"""Trading: instruments, the pure matching engine (``engine``), placing and cancelling orders
+(``orders``) and settling their fills (``settlement``) under one writer per instrument
+(``book_cache``), busts, market data and its feed, and the routes (``api``)."""

@@ -38,7 +38,6 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.errors import Conflict, Unprocessable
 from bourse.ledger.accounts import lock_accounts, user_account
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.models import AccountKind
@@ -46,27 +45,12 @@ from bourse.ledger.posting import Context, Leg, post_entry
 from bourse.ledger.reversals import held_credits, reverse_entry
 from bourse.logging import get_logger
 from bourse.sqltypes import utcnow
-from bourse.trading.errors import TradeNotFound
+from bourse.trading.engine.vocabulary import Side
+from bourse.trading.errors import BustInsufficientFunds, InvalidBustReason, TradeAlreadyBusted, TradeNotFound
 from bourse.trading.instruments import get_instrument, lock_instrument
-from bourse.trading.models import MAX_BUST_REASON, Order, Trade
-from bourse.trading.orders import Side
-from bourse.trading.service import OPEN_STATUSES
+from bourse.trading.models import MAX_BUST_REASON, OPEN_STATUSES, Order, Trade
 
 log = get_logger("bourse.trading.busts")
-
-
-class TradeAlreadyBusted(Conflict):
-    code = "trade_already_busted"
-
-
-class BustInsufficientFunds(Conflict):
-    """A user no longer has what the fill gave them; an operator adjusts by hand."""
-
-    code = "bust_insufficient_funds"
-
-
-class InvalidBustReason(Unprocessable):
-    code = "bust_reason_invalid"
 
 
 class ClawedBack(Protocol):
@@ -129,9 +113,10 @@ def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str)
 
 
 def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None:
-    """Lock, in one statement, every account the reversal and the release post to (as orders do,
-    see :mod:`bourse.trading.service`): the seller's held and available base and available quote,
-    the buyer's held and available quote and available base, and the quote asset's fees."""
+    """Lock, in one statement, every account the reversal and the release post to (as orders
+    do, see :func:`bourse.trading.settlement.lock_parties`): the seller's held and available
+    base and available quote, the buyer's held and available quote and available base, and
+    the quote asset's fees."""
     if trade.taker_side == Side.BUY.value:
         buyer, seller = trade.taker_user_id, trade.maker_user_id
     else:

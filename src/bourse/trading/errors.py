@@ -114,3 +114,31 @@ class InstrumentBusy(TemporarilyUnavailable):
     """Another command on the instrument held its turn for longer than a lock may be waited for."""
 
     code = "instrument_busy"
+
+
+# -- Busts --------------------------------------------------------------------------------
+
+
+class TradeAlreadyBusted(Conflict):
+    code = "trade_already_busted"
+
+
+class BustInsufficientFunds(Conflict):
+    """A user no longer has what the fill gave them; an operator adjusts by hand."""
+
+    code = "bust_insufficient_funds"
+
+
+class InvalidBustReason(Unprocessable):
+    code = "bust_reason_invalid"
+
+
+# -- Market data --------------------------------------------------------------------------
+
+
+class InvalidInterval(Unprocessable):
+    code = "invalid_interval"
+
+
+class BookBusy(TemporarilyUnavailable):
+    code = "book_busy"

@@ -9,7 +9,7 @@ the instrument's critical section, and handed to the process's hubs; a rolled-ba
 command publishes nothing, so no client ever sees a fill that was rolled back.
 
 No web framework here: the WebSocket endpoint that serves the feed to clients is
-:mod:`bourse.trading.stream`.
+:mod:`bourse.trading.api.stream`.
 
 Sequence numbers. Every committed command on an instrument publishes exactly one
 ``delta`` on its ``book`` channel with ``sequence`` (the instrument's sequence after

@@ -7,7 +7,7 @@ Units (see :mod:`bourse.trading.models`):
 - a **quantity** is an integer of the base asset's minor units;
 - a **notional** is an integer of the quote asset's minor units.
 
-The matching engine (:mod:`bourse.trading.book`) counts in ticks and lots
+The matching engine (:mod:`bourse.trading.engine.book`) counts in ticks and lots
 instead; :func:`price_to_ticks`, :func:`quantity_to_lots` and :func:`book_notional`
 translate, so the engine stays free of scales.
 
@@ -421,7 +421,7 @@ def lots_to_quantity(instrument: Instrument, lots: int) -> int:
 
 
 def book_notional(instrument: Instrument, *, round_up: bool = False) -> Callable[[int, int], int]:
-    """The ``notional`` callable for :class:`bourse.trading.book.Book`: (ticks, lots) to quote minor units.
+    """The ``notional`` callable for :class:`bourse.trading.engine.book.Book`: (ticks, lots) to quote minor units.
 
     It reads the tick, lot and scales now, so a later change to the instrument
     does not change the book it was given to. Floor and ceiling of a product of

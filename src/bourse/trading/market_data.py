@@ -10,7 +10,7 @@ different commits, so the sequence is read before and after the levels and the
 read is repeated if a command committed in between (the sequence only grows).
 
 The queries and wire shapes only; the public endpoints are in
-:mod:`bourse.trading.market_data_api`, and the market-data feed
+:mod:`bourse.trading.api.market_data`, and the market-data feed
 (:mod:`bourse.trading.feed`) builds its messages with the same shapes.
 """
 
@@ -25,11 +25,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import format_amount
-from bourse.errors import TemporarilyUnavailable, Unprocessable
+from bourse.trading.errors import BookBusy, InvalidInterval
 from bourse.trading.instruments import Scaled, format_price, format_quantity, get_instrument
-from bourse.trading.models import Instrument, Order, OrderStatus, Trade
+from bourse.trading.models import OPEN_STATUSES, Instrument, Order, Trade
 
-RESTING = (OrderStatus.open, OrderStatus.partially_filled)
 INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
 MAX_DEPTH = 200
 DEFAULT_DEPTH = 20
@@ -38,10 +37,6 @@ MAX_CANDLES = 1000
 _SNAPSHOT_ATTEMPTS = 5
 
 Level = tuple[int, int, int]  # (price, total remaining quantity, order count), in stored units
-
-
-class InvalidInterval(Unprocessable):
-    code = "invalid_interval"
 
 
 # -- Queries --------------------------------------------------------------------------------
@@ -62,7 +57,7 @@ def levels(
     remaining = func.sum(Order.quantity - Order.filled_quantity)
     query = (
         select(Order.side, Order.price, remaining, func.count())
-        .where(Order.instrument == symbol, Order.status.in_(RESTING))
+        .where(Order.instrument == symbol, Order.status.in_(OPEN_STATUSES))
         .group_by(Order.side, Order.price)
     )
     if prices is not None:
@@ -121,10 +116,6 @@ def book_snapshot(session: Session, symbol: str, depth: int = DEFAULT_DEPTH) -> 
             return BookSnapshot(instrument, after, bids, asks)
         before = after
     raise BookBusy(f"The book of {symbol} changed during {_SNAPSHOT_ATTEMPTS} reads; try again")
-
-
-class BookBusy(TemporarilyUnavailable):
-    code = "book_busy"
 
 
 def recent_trades(session: Session, symbol: str, limit: int = 100) -> list[Trade]:

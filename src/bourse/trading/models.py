@@ -125,6 +125,8 @@ class OrderStatus(StrEnum):
     cancelled = "cancelled"  # done: the remainder will never trade (see cancel_reason)
 
 
+# An open order rests in the book; a done one never comes back.
+OPEN_STATUSES = (OrderStatus.open, OrderStatus.partially_filled)
 DONE_STATUSES = frozenset({OrderStatus.filled, OrderStatus.cancelled})
 MAX_CLIENT_ORDER_ID = 64
 MAX_BUST_REASON = 200

@@ -1,7 +1,12 @@
-"""Wire shapes of the instruments API. Prices and quantities are decimal strings, never numbers."""
+"""Wire shapes of trading's API: instruments, orders and trades, busts and the operators' book.
+
+Prices and quantities are decimal strings, never numbers. (Market data's shapes, which the
+WebSocket shares, are built in :mod:`bourse.trading.market_data`.)
+"""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -124,3 +129,40 @@ class OrdersOut(BaseModel):
 
 class TradesOut(BaseModel):
     data: list[TradeOut]
+
+
+# -- Operators: busts and the whole book ---------------------------------------------------
+
+
+class BustIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(description="Why the trade is busted, 1 to 200 characters; recorded on the trade")
+
+
+class BustOut(BaseModel):
+    trade_id: int
+    instrument: str
+    busted_at: datetime
+    busted_by: uuid.UUID
+    reason: str
+    reversal_entry_id: uuid.UUID = Field(description="The journal entry that reversed the fill")
+    release_entry_id: uuid.UUID | None = Field(description="The entry that moved the reversed funds out of held")
+    commissions_clawed_back: int = Field(description="How many commission accruals were reversed")
+
+
+class BookOrderOut(BaseModel):
+    id: int
+    user_id: uuid.UUID
+    side: str
+    price: str
+    quantity: str
+    remaining: str
+    status: str
+    created_at: datetime
+
+
+class OperatorBookOut(BaseModel):
+    instrument: str
+    sequence: int
+    data: list[BookOrderOut] = Field(description="Bids best first, then asks best first; oldest first per price")

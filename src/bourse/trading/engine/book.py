@@ -44,7 +44,7 @@ from itertools import islice
 
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
-from bourse.trading.orders import (
+from bourse.trading.engine.vocabulary import (
     Accepted,
     BookSnapshot,
     Cancelled,
@@ -52,7 +52,7 @@ from bourse.trading.orders import (
     CancelRejected,
     Event,
     Fill,
-    Order,
+    NewOrder,
     OrderKind,
     Rejected,
     RejectReason,
@@ -160,7 +160,7 @@ class Book:
 
     # --- Commands ----------------------------------------------------------------------------
 
-    def place(self, order: Order) -> list[Event]:  # noqa: PLR0912, PLR0915 - one hot loop, kept flat for speed
+    def place(self, order: NewOrder) -> list[Event]:  # noqa: PLR0912, PLR0915 - one hot loop, kept flat for speed
         """Match ``order`` against the book; rest what a GTC limit order leaves."""
         order_id = order.order_id
         reason = self._invalid(order)
@@ -307,7 +307,7 @@ class Book:
 
     # --- Queries -----------------------------------------------------------------------------
 
-    def counterparties(self, order: Order) -> tuple[set[str], bool]:  # noqa: PLR0912 - the matching loop's branches
+    def counterparties(self, order: NewOrder) -> tuple[set[str], bool]:  # noqa: PLR0912 - the matching loop's branches
         """Whom :meth:`place` would fill ``order`` against, and whether it would cancel
         resting orders of the order's own owner (self-trade prevention), mutating nothing.
 
@@ -400,7 +400,7 @@ class Book:
 
     # --- Internals ---------------------------------------------------------------------------
 
-    def _invalid(self, order: Order) -> RejectReason | None:
+    def _invalid(self, order: NewOrder) -> RejectReason | None:
         """Why ``order`` cannot be placed, or None."""
         order_id = order.order_id
         last = self._last_order_id
@@ -410,7 +410,7 @@ class Book:
             return RejectReason.ORDER_ID_NOT_INCREASING
         return self._invalid_terms(order)
 
-    def _invalid_terms(self, order: Order) -> RejectReason | None:  # noqa: PLR0911, PLR0912 - one check per rule
+    def _invalid_terms(self, order: NewOrder) -> RejectReason | None:  # noqa: PLR0911, PLR0912 - one check per rule
         """Why ``order``'s terms (everything but its id) cannot be placed, or None."""
         side = order.side
         if side is not _BUY and side is not _SELL:

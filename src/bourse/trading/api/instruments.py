@@ -13,7 +13,7 @@ from fastapi import Depends
 
 from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import AmountError
-from bourse.assets.service import AssetInactive, UnknownAsset
+from bourse.assets.errors import AssetInactive, UnknownAsset
 from bourse.errors import family, raises
 from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession
 from bourse.errors import raises
-from bourse.idempotency import service
+from bourse.idempotency import errors, service
 from bourse.identity.dependencies import CurrentPrincipal
 from bourse.settings import Settings
 
@@ -78,10 +78,10 @@ class IdempotentRequest:
 # The key is checked here; the replay, the refusal of a reused key and of one still
 # in flight come from IdempotentRequest.run.
 @raises(
-    service.IdempotencyKeyRequired,
-    service.IdempotencyKeyInvalid,
-    service.IdempotencyKeyReused,
-    service.IdempotencyInProgress,
+    errors.IdempotencyKeyRequired,
+    errors.IdempotencyKeyInvalid,
+    errors.IdempotencyKeyReused,
+    errors.IdempotencyInProgress,
 )
 def _idempotent_request(
     request: Request,

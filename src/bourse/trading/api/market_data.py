@@ -12,15 +12,13 @@ from fastapi import Query
 from bourse.api.routing import DbSession, router
 from bourse.errors import raises
 from bourse.inputs import Timestamp
-from bourse.trading.errors import UnknownInstrument
+from bourse.trading.errors import BookBusy, InvalidInterval, UnknownInstrument
 from bourse.trading.instruments import get_instrument
 from bourse.trading.market_data import (
     DEFAULT_DEPTH,
     MAX_CANDLES,
     MAX_DEPTH,
     MAX_TRADES,
-    BookBusy,
-    InvalidInterval,
     book_snapshot,
     candle_wire,
     candles,

@@ -8,12 +8,9 @@ trade's commissions through the hook the composition root passes to
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
 
 from bourse.api.routing import DbSession, router
 from bourse.errors import raises
@@ -21,51 +18,24 @@ from bourse.identity.dependencies import Principal, require_roles
 from bourse.identity.models import Role
 from bourse.inputs import Id
 from bourse.trading import busts
-from bourse.trading.errors import TradeNotFound, UnknownInstrument
+from bourse.trading.errors import (
+    BustInsufficientFunds,
+    InvalidBustReason,
+    TradeAlreadyBusted,
+    TradeNotFound,
+    UnknownInstrument,
+)
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
+from bourse.trading.schemas import BookOrderOut, BustIn, BustOut, OperatorBookOut
 
 Staff = Annotated[Principal, Depends(require_roles(Role.operator, Role.admin))]
-
-
-class BustIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(description="Why the trade is busted, 1 to 200 characters; recorded on the trade")
-
-
-class BustOut(BaseModel):
-    trade_id: int
-    instrument: str
-    busted_at: datetime
-    busted_by: uuid.UUID
-    reason: str
-    reversal_entry_id: uuid.UUID = Field(description="The journal entry that reversed the fill")
-    release_entry_id: uuid.UUID | None = Field(description="The entry that moved the reversed funds out of held")
-    commissions_clawed_back: int = Field(description="How many commission accruals were reversed")
-
-
-class BookOrderOut(BaseModel):
-    id: int
-    user_id: uuid.UUID
-    side: str
-    price: str
-    quantity: str
-    remaining: str
-    status: str
-    created_at: datetime
-
-
-class OperatorBookOut(BaseModel):
-    instrument: str
-    sequence: int
-    data: list[BookOrderOut] = Field(description="Bids best first, then asks best first; oldest first per price")
 
 
 def trading_admin_router(claw_back: busts.ClawBack) -> APIRouter:
     """The operator endpoints; a bust claws back the trade's commissions with ``claw_back``."""
     trading_admin = router(prefix="/api/v1/admin", tags=["trading admin"])
 
-    @raises(TradeNotFound, busts.TradeAlreadyBusted, busts.BustInsufficientFunds, busts.InvalidBustReason)
+    @raises(TradeNotFound, TradeAlreadyBusted, BustInsufficientFunds, InvalidBustReason)
     @trading_admin.post(
         "/trades/{trade_id}/bust",
         summary="Bust a trade: reverse its funds and claw back its commissions (operator, admin)",

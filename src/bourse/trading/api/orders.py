@@ -16,13 +16,14 @@ from bourse.api.errors import request_id_of
 from bourse.api.routing import DbSession, router
 from bourse.assets.amounts import AmountError, format_amount
 from bourse.errors import family, raises
-from bourse.idempotency.api import Idempotent
+from bourse.idempotency.dependencies import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal
 from bourse.inputs import Id
 from bourse.ledger.errors import InsufficientFunds
 from bourse.ledger.posting import Context, user_actor
 from bourse.settings import Settings
-from bourse.trading import service
+from bourse.trading import orders as commands
+from bourse.trading import queries
 from bourse.trading.errors import (
     InstrumentBusy,
     InvalidOrder,
@@ -102,7 +103,7 @@ def place_order(
     settings: Settings = request.app.state.settings
 
     def produce() -> OrderOut:
-        order, trades = service.place_order(
+        order, trades = commands.place_order(
             session,
             user_id=principal.user_id,
             symbol=body.instrument,
@@ -115,7 +116,7 @@ def place_order(
             client_order_id=body.client_order_id,
             stp=body.stp,
             context=_context(request, principal, idempotent.ledger_key("order")),
-            fees=service.fees_from_settings(settings),
+            fees=commands.fees_from_settings(settings),
         )
         return _order_out(session, order, principal, trades)
 
@@ -129,22 +130,22 @@ def list_orders(
     status: Annotated[str, Query(pattern="^(open|all)$")] = "open",
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> OrdersOut:
-    rows = service.list_orders(session, user_id=principal.user_id, open_only=status == "open", limit=limit)
+    rows = queries.list_orders(session, user_id=principal.user_id, open_only=status == "open", limit=limit)
     return OrdersOut(data=[_order_out(session, order, principal) for order in rows])
 
 
 @raises(OrderNotFound)
 @orders.get("/orders/{order_id}", summary="One of my orders, with its fills", response_model=OrderOut)
 def get_order(order_id: Id, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
-    order = service.get_order(session, order_id, user_id=principal.user_id)
-    return _order_out(session, order, principal, service.trades_of_order(session, order.id))
+    order = queries.get_order(session, order_id, user_id=principal.user_id)
+    return _order_out(session, order, principal, queries.trades_of_order(session, order.id))
 
 
 @raises(OrderNotFound, OrderNotOpen, InstrumentBusy)
 @orders.delete("/orders/{order_id}", summary="Cancel one of my orders", response_model=OrderOut)
 def cancel_order(order_id: Id, request: Request, session: DbSession, principal: CurrentPrincipal) -> OrderOut:
     context = _context(request, principal, f"cancel:{order_id}")
-    order = service.cancel_order(session, user_id=principal.user_id, order_id=order_id, context=context)
+    order = commands.cancel_order(session, user_id=principal.user_id, order_id=order_id, context=context)
     return _order_out(session, order, principal)
 
 
@@ -154,7 +155,7 @@ def cancel_all(
     request: Request, session: DbSession, principal: CurrentPrincipal, instrument: str | None = None
 ) -> OrdersOut:
     context = _context(request, principal, "cancel-all")
-    cancelled = service.cancel_all(session, user_id=principal.user_id, symbol=instrument, context=context)
+    cancelled = commands.cancel_all(session, user_id=principal.user_id, symbol=instrument, context=context)
     return OrdersOut(data=[_order_out(session, order, principal) for order in cancelled])
 
 
@@ -162,6 +163,6 @@ def cancel_all(
 def list_trades(
     session: DbSession, principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=200)] = 100
 ) -> TradesOut:
-    rows = service.list_trades(session, user_id=principal.user_id, limit=limit)
+    rows = queries.list_trades(session, user_id=principal.user_id, limit=limit)
     data = [_trade_out(get_instrument(session, trade.instrument), trade, principal) for trade in rows]
     return TradesOut(data=data)
