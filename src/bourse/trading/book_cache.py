@@ -31,7 +31,7 @@ from bourse.trading.instruments import book_notional, lock_instrument, price_to_
 from bourse.trading.models import OPEN_STATUSES, Instrument, Order
 
 # Log lines keep the name they were always written under: searches select on it.
-log = get_logger("bourse.trading.service")
+log = get_logger("bourse.trading.book_cache")
 
 # -- The cached books ---------------------------------------------------------------------
 #

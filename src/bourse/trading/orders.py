@@ -87,7 +87,7 @@ from bourse.trading.queries import get_order, trades_of_order
 from bourse.trading.settlement import apply_events, lock_parties, release_remainder
 
 # Log lines keep the name they were always written under: searches select on it.
-log = get_logger("bourse.trading.service")
+log = get_logger("bourse.trading.orders")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from bourse.trading import market_data
 from bourse.trading.feed import Connection, Hub, Key
 from bourse.trading.instruments import get_instrument
 
-log = get_logger("bourse.trading.stream")
+log = get_logger("bourse.trading.api.stream")
 
 MAX_SUBSCRIPTIONS = 100
 TRADES_SNAPSHOT = 50
