@@ -1,6 +1,6 @@
 """Shared fixtures: real PostgreSQL and Redis, SQLite files, and the API app.
 
-PostgreSQL tests get a uniquely named database per test run, built by the real
+PostgreSQL tests get a uniquely named database per test run (per xdist worker), built by the real
 migrations and dropped afterwards. Tests that need a server that cannot be
 reached skip with the reason, unless ``BOURSE_REQUIRE_SERVICES`` is set: then they
 fail, and a run that skipped anything at all fails too.
@@ -42,6 +42,13 @@ def service_unavailable(service: str, reason: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that skipped anything while BOURSE_REQUIRE_SERVICES is set.
+
+    Under pytest-xdist only the controller counts: its terminal reporter has every
+    worker's reports, and its exit status is the run's. A worker sees only its share.
+    """
+    if hasattr(session.config, "workerinput"):
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if REQUIRE_SERVICES and skipped and exitstatus == 0:
