@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support.processes import clean_env
 
+pytestmark = pytest.mark.process
+
 EXIT_DATABASE = 3
 PASSWORD = "cli-errors password 1234"
 DB_PASSWORD = "db-pw-Lq4Zr8Xn2"

@@ -14,6 +14,8 @@ from bourse.migrations import upgrade
 from tests.conftest import make_settings
 from tests.support.processes import clean_env, free_port, start, stop, wait_for_status
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:

@@ -21,6 +21,8 @@ from bourse.settings import SettingsError, load_settings
 from tests.conftest import make_settings
 from tests.support.processes import clean_env, free_port, start, stop, wait_for_status
 
+pytestmark = pytest.mark.process
+
 CLIENT = "203.0.113.7"
 
 

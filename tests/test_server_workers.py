@@ -28,6 +28,8 @@ from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.processes import clean_env, free_port, stop, wait_for_status
 
+pytestmark = pytest.mark.process
+
 WORKERS = 3
 DRAIN_SECONDS = 2
 

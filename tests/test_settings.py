@@ -1141,6 +1141,7 @@ def test_unknown_names_in_the_environment_and_in_files_are_reported_together(
     ]
 
 
+@pytest.mark.process
 def test_config_show_exits_2_naming_an_unknown_variable(tmp_path: Path) -> None:
     env = clean_env(BOURSE_JWT_SECRETT="typo-value-Qq7", BOURSE_REQUIRE_SERVICES="1")
     result = run_bourse("config", "show", env=env, cwd=tmp_path)

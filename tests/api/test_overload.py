@@ -29,6 +29,9 @@ from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.support.load import LoadResult, run_hammer
 from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("overload")]
+
 THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
 CONNECTIONS = 10 * THREADS
 WALLETS = "/api/v1/wallets"

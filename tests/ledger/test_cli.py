@@ -20,6 +20,8 @@ from tests.support.auth import register_user
 from tests.support.ledger import fund
 from tests.support.processes import clean_env, run_bourse
 
+pytestmark = pytest.mark.process
+
 
 def _books(url: str) -> tuple[uuid.UUID, uuid.UUID]:
     """A small ledger: two users, funding, a transfer and a hold; returns (alice's account, a posting's entry)."""

@@ -10,6 +10,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 
@@ -20,6 +21,9 @@ from bourse.psp.registry import close_all
 from bourse.queue.registry import JobContext, load_jobs
 from tests.payments.conftest import RETRY_AFTER, Stack, wait_until
 from tests.support.processes import run_bourse
+
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("payments_flows")]
 
 
 def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from bourse.psp.connectors.base import PaymentState, PspRefused, TransactionKind
 from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.psp_sim.conftest import API_KEY, Receiver, Simulator, unique
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_api")]
+
 
 def _payout_body(**overrides: Any) -> dict[str, Any]:
     return {"reference": unique(), "amount": 500, "currency": "USD", "destination": "acct-1", **overrides}

@@ -5,10 +5,14 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2 as httpx
+import pytest
 
 from bourse.psp.connectors.base import EventKind
 from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.psp_sim.conftest import Receiver, Simulator, unique
+
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_checkout")]
 
 
 def test_page_shows_the_payment_escaped_with_both_forms(sim: Simulator) -> None:

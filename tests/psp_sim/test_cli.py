@@ -11,6 +11,9 @@ import pytest
 from tests.psp_sim.conftest import API_KEY, SECRET, Simulator
 from tests.support.processes import clean_env, run_bourse
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_cli")]
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -13,6 +13,9 @@ from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.psp_sim.conftest import API_KEY, SECRET, Receiver, Simulator, unique
 from tests.support.processes import free_port
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_faults")]
+
 
 def _payout(connector: SimulatorConnector, reference: str, key: str, amount: int = 800) -> Any:
     return connector.create_payout(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,8 @@ from bourse.queue.scheduler import Scheduler, latest_due_slot
 from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import record_job
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
+
+pytestmark = pytest.mark.process
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

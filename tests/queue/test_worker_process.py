@@ -22,6 +22,8 @@ from tests.queue.jobs_for_tests import gauge_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
 
+pytestmark = pytest.mark.process
+
 WORKER = ["-m", "bourse", "worker", "--import", TEST_JOBS, "--queue", "tests", "--sleep", "0.05", "--timeout", "5"]
 
 

@@ -37,6 +37,9 @@ from tests.conftest import create_postgres_database, drop_postgres_database, mak
 from tests.support.processes import clean_env, start, stop, wait_for_status
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("cross_instrument_race")]
+
 THREADS = 8
 # One trader per thread, half of each kind: few enough that a fill often meets a
 # counterparty whose own order is in flight on the other market (a deadlock came

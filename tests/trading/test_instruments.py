@@ -622,6 +622,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return clean_env(BOURSE_DATABASE_URL=url)
 
 
+@pytest.mark.process
 def test_cli_lists_the_seeded_instruments(cli_env: dict[str, str]) -> None:
     as_json = run_bourse("instruments", "list", "--json", env=cli_env)
     assert as_json.returncode == 0, as_json.stderr
@@ -633,6 +634,7 @@ def test_cli_lists_the_seeded_instruments(cli_env: dict[str, str]) -> None:
     assert rows["BTC-USD"]["last_price"] is None
 
 
+@pytest.mark.process
 def test_cli_create_halt_resume_and_refusals(cli_env: dict[str, str]) -> None:
     create = ["instruments", "create", "--symbol", "BTC-EUR", "--base", "BTC", "--quote", "EUR", "--price-scale", "2"]
     create += ["--tick", "0.05", "--lot", "0.001", "--min", "0.001", "--max", "50", "--band-bps", "750"]

@@ -46,6 +46,9 @@ from tests.support.ledger import verify
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
+# One worker runs this module: its module-scoped process stack starts once.
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("orders_http")]
+
 SYMBOL = "BTC-USD"
 THREADS = 8
 
