@@ -24,9 +24,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bourse.db import Database
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.processes import clean_env, free_port, stop, wait_for_status
+from tests.support.services import make_settings
 
 pytestmark = pytest.mark.process
 

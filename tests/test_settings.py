@@ -26,8 +26,8 @@ from bourse.settings import (
     parse_key_value_file,
     read_secrets_dirs,
 )
-from tests.conftest import TEST_ENV_KEEP
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import TEST_ENV_KEEP
 
 KNOWN = frozenset(env_name(name) for name in Settings.model_fields)
 JWT = "jwt-Q7vX2mP9kL4nR8tW1yZ5aB3cD6eF0gH"  # 35 characters, not a known default

@@ -29,8 +29,8 @@ from bourse.settings import (
     read_secrets_dirs,
     unknown_name_problem,
 )
-from tests.conftest import TEST_ENV_KEEP
 from tests.support.fuzz import FUZZ
+from tests.support.services import TEST_ENV_KEEP
 
 T = TypeVar("T")
 KNOWN = frozenset(env_name(name) for name in Settings.model_fields)

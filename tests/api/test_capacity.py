@@ -19,8 +19,8 @@ from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
 from bourse.settings import Settings
 from bourse.trading import service as trading_service
 from bourse.trading.errors import InstrumentBusy
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
+from tests.support.services import make_settings
 
 # --- ConnectionLeases ------------------------------------------------------------------------
 

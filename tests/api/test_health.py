@@ -10,7 +10,7 @@ from bourse.api.app import create_app, create_redis
 from bourse.db import Database
 from bourse.migrations import upgrade
 from bourse.settings import Settings
-from tests.conftest import make_settings
+from tests.support.services import make_settings
 
 UNREACHABLE_POSTGRES = "postgresql://bourse@127.0.0.1:1/bourse"
 

@@ -25,8 +25,8 @@ from bourse.errors import declared_refusals
 from bourse.identity.models import Role
 from bourse.inputs import INT64_MAX
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
+from tests.support.services import make_settings
 
 
 def within_64_bits(bound: object) -> bool:

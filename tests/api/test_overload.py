@@ -25,9 +25,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.support.load import LoadResult, run_hammer
 from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("overload")]

@@ -49,9 +49,9 @@ from bourse.identity.service import issue_tokens
 from bourse.ledger.models import AccountKind
 from bourse.logging import configure_logging
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import balance, fund
+from tests.support.services import make_settings
 
 # failure -> (error code, SQLSTATE, Retry-After)
 EXPECTED = {

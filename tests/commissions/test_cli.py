@@ -10,9 +10,9 @@ import pytest
 from bourse.db import Database
 from bourse.settings import Settings
 from tests.commissions.support import client_takes, hierarchy, payable, run_accrual
-from tests.conftest import make_settings
 from tests.support.ledger import balance, verify
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
 
 pytestmark = pytest.mark.process
 

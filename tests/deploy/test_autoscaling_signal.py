@@ -29,11 +29,11 @@ from sqlalchemy.engine import make_url
 from bourse.db import Database, unit_of_work
 from bourse.migrations import upgrade
 from bourse.queue import enqueue
-from tests.conftest import make_settings
 from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect
 from tests.support.auth import bearer, make_user
 from tests.support.k8s import Prometheus, config_env, container, one, rendered, wait_for_port
 from tests.support.processes import clean_env, wait_for_status
+from tests.support.services import make_settings
 
 PROMETHEUS_PORT = 18660
 API_PORT, API_METRICS_PORT = 18661, 18662

@@ -18,8 +18,8 @@ from bourse.queue.registry import load_jobs
 from bourse.queue.worker import DEFAULT_QUEUES
 from bourse.server import STOP_MARGIN_SECONDS
 from bourse.settings import Settings, env_name, is_secret_field
-from tests.conftest import make_settings
 from tests.support.k8s import DEPLOY, OVERLAYS, config_env, container, find, flag, one, pod_spec, rendered
+from tests.support.services import make_settings
 
 SETTINGS = frozenset(env_name(name) for name in Settings.model_fields)
 SECRET_SETTINGS = frozenset(env_name(name) for name in Settings.model_fields if is_secret_field(name))

@@ -38,11 +38,11 @@ import pytest
 
 from bourse.db import Database
 from bourse.migrations import upgrade
-from tests.conftest import make_settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.k8s import Nginx, config_env, container, one, pod_spec, rendered
 from tests.support.ledger import fund
 from tests.support.processes import ROOT, clean_env, run_bourse
+from tests.support.services import make_settings
 
 NGINX_PORT = 18630
 FIRST_POD_PORT = 18631

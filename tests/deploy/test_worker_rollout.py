@@ -23,10 +23,10 @@ from sqlalchemy import text
 from bourse.db import Database, unit_of_work
 from bourse.migrations import upgrade
 from bourse.queue import enqueue
-from tests.conftest import make_settings
 from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect, slow_effect_control
 from tests.support.k8s import config_env, container, one, pod_spec, rendered
 from tests.support.processes import clean_env
+from tests.support.services import make_settings
 
 JOB_SECONDS = 20
 JOBS_MODULE = "tests.deploy.jobs_for_k8s"

@@ -15,9 +15,9 @@ from bourse.identity import service, totp
 from bourse.identity.errors import InvalidTotpCode, TotpNotEnrolled, TotpRequired
 from bourse.identity.models import User
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.identity.helpers import PASSWORD, auth_header, login, register, unique_email
 from tests.support.auth import make_user
+from tests.support.services import make_settings
 
 AUTH = "/api/v1/auth"
 

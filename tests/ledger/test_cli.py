@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 from bourse.db import Database, unit_of_work
 from bourse.ledger import service
 from bourse.ledger.models import Posting
-from tests.conftest import make_settings
 from tests.support.auth import register_user
 from tests.support.ledger import fund
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
 
 pytestmark = pytest.mark.process
 

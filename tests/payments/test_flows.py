@@ -19,7 +19,7 @@ from bourse.identity.models import Role
 from bourse.payments.models import DepositState, ReconciliationReport, WithdrawalState
 from bourse.psp.registry import close_all
 from bourse.queue.registry import JobContext, load_jobs
-from tests.payments.conftest import RETRY_AFTER, Stack, wait_until
+from tests.support.payments import RETRY_AFTER, Stack, wait_until
 from tests.support.processes import run_bourse
 
 # One worker runs this module: its module-scoped process stack starts once.

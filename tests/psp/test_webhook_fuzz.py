@@ -29,8 +29,8 @@ from bourse.psp import signing
 from bourse.psp.connectors.base import ConnectorError, PaymentEvent
 from bourse.psp.connectors.simulator import EVENT_KINDS, SimulatorConnector
 from bourse.psp.connectors.stripe import StripeConnector
-from tests.conftest import make_settings
 from tests.support.fuzz import FUZZ, dumps, header_text, json_scalars, json_values
+from tests.support.services import make_settings
 
 SIM_SECRET = "fuzz-sim-webhook-secret-0123456789"
 STRIPE_SECRET = "whsec_fuzz_stripe_secret_0123456789"

@@ -11,7 +11,7 @@ import pytest
 
 from bourse.psp.connectors.base import PaymentState, PspRefused, TransactionKind
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import API_KEY, Receiver, Simulator, unique
+from tests.support.psp_sim import API_KEY, Receiver, Simulator, unique
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_api")]

@@ -9,7 +9,7 @@ import pytest
 
 from bourse.psp.connectors.base import EventKind
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import Receiver, Simulator, unique
+from tests.support.psp_sim import Receiver, Simulator, unique
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_checkout")]

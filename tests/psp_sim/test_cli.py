@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from tests.psp_sim.conftest import API_KEY, SECRET, Simulator
 from tests.support.processes import clean_env, run_bourse
+from tests.support.psp_sim import API_KEY, SECRET, Simulator
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_cli")]

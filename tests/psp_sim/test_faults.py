@@ -10,8 +10,8 @@ import pytest
 
 from bourse.psp.connectors.base import EventKind, PaymentState, PspRefused, PspUnavailable
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import API_KEY, SECRET, Receiver, Simulator, unique
 from tests.support.processes import free_port
+from tests.support.psp_sim import API_KEY, SECRET, Receiver, Simulator, unique
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_faults")]

@@ -12,7 +12,7 @@ import pytest
 from bourse.psp import signing
 from bourse.psp.connectors.base import EventKind, ExpiredSignature, InvalidSignature, MalformedEvent
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import SECRET, Receiver, Simulator
+from tests.support.psp_sim import SECRET, Receiver, Simulator
 
 # One worker runs this module: its module-scoped process stack starts once.
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_webhooks")]

@@ -12,8 +12,8 @@ from bourse.queue import InvalidJob, enqueue
 from bourse.queue.database_driver import complete_in
 from bourse.queue.driver import ReservationLost, Reserved
 from bourse.queue.models import QueueJob
-from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import deposit_job, record_job, unique_job
+from tests.support.queue_env import QueueEnv
 
 PRIORITY = ("deposits", "withdrawals", "commissions", "tests")
 

@@ -18,9 +18,9 @@ from bourse.queue import enqueue
 from bourse.queue.models import QueueJob, SchedulerClaim, SchedulerLease
 from bourse.queue.registry import TaskSpec
 from bourse.queue.scheduler import Scheduler, latest_due_slot
-from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import record_job
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
+from tests.support.queue_env import QueueEnv
 
 pytestmark = pytest.mark.process
 

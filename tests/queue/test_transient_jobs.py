@@ -24,8 +24,8 @@ from bourse.db import unit_of_work
 from bourse.logging import configure_logging
 from bourse.queue import enqueue
 from bourse.queue.worker import EXIT_OK
-from tests.queue.conftest import QueueEnv, build_env, teardown_env
 from tests.queue.jobs_for_tests import contended_job
+from tests.support.queue_env import QueueEnv, build_env, teardown_env
 
 LABELS = {"source": "job", "code": "transient_conflict", "sqlstate": "55P03"}
 

@@ -16,10 +16,10 @@ from bourse.logging import configure_logging
 from bourse.queue import enqueue, operations
 from bourse.queue.models import QueueJob
 from bourse.queue.worker import EXIT_OK, WorkerConfigError, WorkerOptions, check_config, parse_backoff, parse_queues
-from tests.queue.conftest import QueueEnv, build_env, clean_tables
 from tests.queue.jobs_for_tests import c_call_job, failing_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import free_port
+from tests.support.queue_env import QueueEnv, build_env, clean_tables
 
 
 def test_tries_and_backoff_then_failed_jobs_then_retry(queue: QueueEnv, tmp_path: Path) -> None:

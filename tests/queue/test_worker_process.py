@@ -17,10 +17,10 @@ from bourse.db import unit_of_work
 from bourse.logging import configure_logging
 from bourse.queue import enqueue
 from bourse.queue.redis_driver import check_eviction_policy
-from tests.queue.conftest import TEST_JOBS, QueueEnv, build_env, teardown_env
 from tests.queue.jobs_for_tests import gauge_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
+from tests.support.queue_env import TEST_JOBS, QueueEnv, build_env, teardown_env
 
 pytestmark = pytest.mark.process
 

@@ -33,8 +33,8 @@ from bourse.cli import main
 from bourse.db import Database
 from bourse.ledger.bench import funded_bench_users
 from bourse.migrations import upgrade
-from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.processes import clean_env, start, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
 # One worker runs this module: its module-scoped process stack starts once.

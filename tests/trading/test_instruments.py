@@ -31,8 +31,8 @@ from bourse.errors import BourseError
 from bourse.migrations import upgrade
 from bourse.trading import instruments as service
 from bourse.trading.models import Instrument, InstrumentStatus
-from tests.conftest import make_settings
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
 
 
 def new_pair(database: Database, base_scale: int = 8, quote_scale: int = 2) -> tuple[str, str]:

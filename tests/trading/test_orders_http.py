@@ -41,9 +41,9 @@ from bourse.trading.http_bench import (
 )
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 from bourse.trading.models import Order, OrderStatus, Trade
-from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.ledger import verify
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
 # One worker runs this module: its module-scoped process stack starts once.

@@ -26,9 +26,9 @@ from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
 from bourse.trading.stream import RedisRelay
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund
+from tests.support.services import make_settings
 from tests.trading.orders_support import market
 
 pytestmark = pytest.mark.timeout(60)
