@@ -88,7 +88,7 @@ format-check: $(STAMP) ## Check formatting without changing files
 	@$(BIN)/ruff format --check src tests migrations deploy
 
 .PHONY: typecheck
-typecheck: $(STAMP) ## Type-check src/bourse and deploy with mypy --strict
+typecheck: $(STAMP) ## Type-check src/bourse, deploy and tests with mypy --strict
 	@$(BIN)/mypy
 
 .PHONY: alembic-check

@@ -46,7 +46,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if REQUIRE_SERVICES and skipped and exitstatus == 0:
+    if REQUIRE_SERVICES and skipped and exitstatus == 0 and reporter is not None:
         reporter.write_line(f"BOURSE_REQUIRE_SERVICES is set but {skipped} test(s) skipped", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

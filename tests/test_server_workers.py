@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -46,7 +46,8 @@ class Pod:
     parent_killed: bool = False
 
     def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children()
+        children: list[psutil.Process] = psutil.Process(self.process.pid).children()
+        return children
 
     def metric(self, name: str) -> float:
         body = httpx.get(f"{self.metrics}/metrics", timeout=5).text

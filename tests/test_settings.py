@@ -833,9 +833,9 @@ def test_settings_constructor_errors_hide_inputs() -> None:
     with pytest.raises(ValidationError) as excinfo:
         Settings(
             env="production",
-            jwt_secret="short-jwt-Pp0Oo9",  # type: ignore[arg-type]
-            psp_api_key=PSP_KEY,  # type: ignore[arg-type]
-            psp_secret=PSP_SECRET,  # type: ignore[arg-type]
+            jwt_secret="short-jwt-Pp0Oo9",
+            psp_api_key=PSP_KEY,
+            psp_secret=PSP_SECRET,
             database_url=f"postgresql://bourse:{DB_PASSWORD}@db/bourse",
         )
     text = str(excinfo.value) + repr(excinfo.value)

@@ -37,7 +37,7 @@ KNOWN = frozenset(env_name(name) for name in Settings.model_fields)
 SETTING_NAMES = sorted(KNOWN - {"BOURSE_SECRETS_DIRS"})
 
 # What an environment variable can hold: no NUL, no lone surrogate.
-env_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
+env_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=60)
 names = st.one_of(
     st.sampled_from(SETTING_NAMES),
     st.sampled_from(["BOURSE_", "BOURSE_JWT_SECRETT", "BOURSE_API_PORT", "bourse_log_level", "OTHER_KEY"]),

@@ -184,7 +184,8 @@ def test_a_client_made_to_wait_is_admitted_if_room_appears_meanwhile() -> None:
 
         async with anyio.create_task_group() as group:
             group.start_soon(finish_soon)
-            return await admission.enter(("eager", 2))
+            admitted = await admission.enter(("eager", 2))
+        return admitted  # noqa: RET504 - returned after the task group, which could swallow an exit
 
     assert anyio.run(scenario) is True
 

@@ -108,6 +108,7 @@ def test_every_refusal_a_route_declares_is_documented(schema: dict[str, Any], tm
             dependant = pending.pop()
             calls.append(dependant.call)
             pending.extend(dependant.dependencies)
+        assert context.methods is not None
         for method in context.methods:
             operation = schema["paths"][context.path_format][method.lower()]
             for call in calls:

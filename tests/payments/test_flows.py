@@ -142,8 +142,7 @@ def test_a_failure_after_a_success_does_not_reverse_the_credit(stack: Stack) -> 
     assert response.status_code == 200, response.text
     wait_until(
         lambda: (
-            (stack.events_for("simulator", event_id=late["id"]) or [None])[0] is not None
-            and stack.events_for("simulator", event_id=late["id"])[0].processed_at is not None
+            bool(events := stack.events_for("simulator", event_id=late["id"])) and events[0].processed_at is not None
         ),
         20,
         "the late failure to be processed",

@@ -327,7 +327,7 @@ def post(client: TestClient, connector: str, body: bytes, signature: str | bytes
     response = client.post(
         f"/api/v1/psp/{connector}/webhook",
         content=body,
-        headers={"Content-Type": "application/json", header: signature},
+        headers={"Content-Type": "application/json", header: signature},  # type: ignore[arg-type]  # bytes on purpose
     )
     return response.status_code, response.json().get("error", "")
 

@@ -104,6 +104,8 @@ def test_at_most_one_job_per_unique_key_is_pending(queue: QueueEnv) -> None:
         enqueue(session, unique_job, {"key": "k1"})
     relay_all(queue)
     reserved = [queue.driver.reserve(PRIORITY), queue.driver.reserve(PRIORITY), queue.driver.reserve(PRIORITY)]
+    assert first is not None
+    assert other is not None
     assert sorted(j.id for j in reserved if j is not None) == sorted([first, other])
     assert reserved[2] is None
     for job in reserved:

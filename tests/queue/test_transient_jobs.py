@@ -78,6 +78,7 @@ def test_a_lock_timeout_in_a_job_is_retried_after_its_backoff_and_logged_as_tran
     counted = REGISTRY.get_sample_value("bourse_db_transient_errors_total", LABELS) or 0.0
     with unit_of_work(pg_queue.db) as session:
         job_id = enqueue(session, contended_job, {"table": table})
+    assert job_id is not None
 
     def release_after_the_first_attempt() -> None:
         deadline = time.monotonic() + 30
