@@ -10,9 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from bourse.settings import Settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.processes import ROOT, clean_env, free_port
 from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 PSP_KEY = "test-psp-api-key-0123456789"
 PSP_SECRET = "test-psp-webhook-secret-0123456789"
@@ -170,14 +169,16 @@ class Stack:
             return row
 
     def wait_deposit(self, deposit_id: str, state: DepositState, timeout: float = 20) -> Deposit:
-        wait_until(lambda: self.deposit_row(deposit_id).state is state, timeout, f"deposit {deposit_id} -> {state}")
+        wait_until(
+            lambda: self.deposit_row(deposit_id).state is state, f"deposit {deposit_id} -> {state}", timeout=timeout
+        )
         return self.deposit_row(deposit_id)
 
     def wait_withdrawal(self, withdrawal_id: str, state: str, timeout: float = 20) -> Withdrawal:
         wait_until(
             lambda: self.withdrawal_row(withdrawal_id).state.value == state,
-            timeout,
-            f"withdrawal {withdrawal_id} -> {state} (now {self.withdrawal_row(withdrawal_id).state})",
+            lambda: f"withdrawal {withdrawal_id} -> {state} (now {self.withdrawal_row(withdrawal_id).state})",
+            timeout=timeout,
         )
         return self.withdrawal_row(withdrawal_id)
 
@@ -204,12 +205,3 @@ class Stack:
             content=body,
             headers={"Content-Type": "application/json", signing.SIGNATURE_HEADER: header},
         )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

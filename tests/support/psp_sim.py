@@ -15,6 +15,7 @@ from typing import Any
 import httpx2 as httpx
 
 from tests.support.processes import clean_env, free_port, start, stop
+from tests.support.waiting import wait_until
 
 API_KEY = "test-psp-sim-api-key-4d1b7a"
 SECRET = "test-psp-sim-webhook-secret-93c2e0"
@@ -185,12 +186,25 @@ class Simulator:
         events = self.client.get("/admin/events").json()["data"]
         return next(e for e in events if e["id"] == event_id)
 
+    def wait_for_event(self, event_id: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """Wait until the simulator's record of an event satisfies ``done``; return it."""
+
+        def finished() -> dict[str, Any] | None:
+            event = self.event(event_id)
+            return event if done(event) else None
+
+        record = wait_until(finished, what)
+        assert record is not None
+        return record
+
     def wait_for_status(self, path: str, status: str, timeout: float = 5.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            current: dict[str, Any] = self.client.get(path).json()
-            if current.get("status") == status:
-                return current
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path} is {current.get('status')}, not {status}, after {timeout}s")
-            time.sleep(0.05)
+        last: dict[str, Any] = {}
+
+        def current() -> dict[str, Any] | None:
+            last.clear()
+            last.update(self.client.get(path).json())
+            return dict(last) if last.get("status") == status else None
+
+        found = wait_until(current, lambda: f"{path} to be {status} (it is {last.get('status')})", timeout=timeout)
+        assert found is not None
+        return found
