@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from bourse.db import Database
 from tests.support.auth import bearer, make_user
 from tests.support.processes import clean_env, free_port, stop, wait_for_status
 from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -155,11 +156,8 @@ class _Held:
         return sorted(self.statuses)
 
 
-def _wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.1)
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    wait_until(predicate, "the condition to hold", timeout=timeout, interval=0.1)
 
 
 def test_several_processes_serve_one_port_and_metrics_are_summed_over_them(pod: Pod) -> None:

@@ -21,6 +21,7 @@ from tests.queue.jobs_for_tests import gauge_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
 from tests.support.queue_env import TEST_JOBS, QueueEnv, build_env, teardown_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -28,13 +29,12 @@ WORKER = ["-m", "bourse", "worker", "--import", TEST_JOBS, "--queue", "tests", "
 
 
 def _wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    def started() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"worker exited ({process.returncode}) before the job started: {stop(process)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the job did not start within {timeout}s: {stop(process)}")
-        time.sleep(0.05)
+        return path.exists()
+
+    wait_until(started, lambda: f"the job to start: {stop(process)}", timeout=timeout)
 
 
 def test_the_worker_exits_12_when_over_its_memory_limit(sqlite_queue: QueueEnv) -> None:
@@ -165,9 +165,7 @@ def test_healthcheck_worker_follows_the_heartbeat_file(sqlite_queue: QueueEnv) -
     assert run_bourse("healthcheck", "--worker", env=env).returncode == 1  # no worker has run
     process = start(WORKER, env)
     try:
-        deadline = time.monotonic() + 30
-        while not heartbeat.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(heartbeat.exists, "the worker's first heartbeat")
         assert run_bourse("healthcheck", "--worker", env=env).returncode == 0
     finally:
         process.send_signal(signal.SIGTERM)
