@@ -66,6 +66,14 @@ def wait_for_status(url: str, status: int = 200, timeout: float = 30.0) -> None:
     wait_until(answers, lambda: f"{url} to answer {status} (last: {last[0]!r})", timeout=timeout, interval=0.1)
 
 
+def metric_value(base: str, name: str) -> float:
+    """One unlabelled sample from the Prometheus text at ``base``/metrics."""
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} is not in {base}/metrics")
+
+
 def wait_for_output(process: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
     """Read the process's output until ``text`` appears; return what was read.
 
