@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
+import psutil  # type: ignore[import-untyped]
 import pytest
 import redis
 
@@ -97,6 +98,14 @@ def short_expiry_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     teardown_env(env)
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie no one has reaped yet counts as exited)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     short_expiry_queue: QueueEnv, tmp_path: Path
 ) -> None:
@@ -107,12 +116,14 @@ def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     argv = [*WORKER[:-1], "2"]  # --timeout 2, under the 3 s retry_after
     process = start(argv, clean_env(**queue.env()))
     _wait_for_file(started, process)
+    wait_until(lambda: len(started.read_text().split()) == 2, "the job to name its runner")
+    runner = int(started.read_text().split()[1])
     killed_at = time.monotonic()
     process.kill()
     process.wait(timeout=10)
     stop(process)
-    time.sleep(1.5)
-    # The runner died with its worker: the job never got to commit.
+    # The runner dies with its worker, so the job (one second of sleep) never commits.
+    wait_until(lambda: _gone(runner), f"the runner {runner} to die with its worker")
     assert queue.runs("slept") == []
     relay_all(queue)
     assert queue.driver.reserve(PRIORITY) is None  # still reserved by the dead worker
