@@ -242,15 +242,14 @@ def test_a_redis_that_may_evict_keys_is_reported_loudly(tmp_path: Path, capfd: p
     )
     client = redis.Redis(port=port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, "the scratch redis-server to answer", timeout=10)
         assert check_eviction_policy(client) == "allkeys-lfu"
         captured = capfd.readouterr()
         assert "redis_may_evict_queued_jobs" in captured.out + captured.err
