@@ -61,13 +61,11 @@ def test_jobs_stuck_in_sleep_or_in_a_c_call_are_killed_at_the_timeout(queue: Que
         sleeper = enqueue(session, sleeping_job, {"seconds": 1000})
         c_call = enqueue(session, c_call_job, {})
         enqueue(session, record_job, {"marker": "after the timeouts"})
-    started = time.monotonic()
+    # The sleeper would take 1000 s and the C call forever: the worker gets through all
+    # three jobs only because both were killed (max_time is the worker's own cap).
     code, worker = queue.worker(timeout=1.0, tries=1, max_jobs=3, max_time=60)
-    elapsed = time.monotonic() - started
     assert code == EXIT_OK
     assert worker.processed == 3
-    # Two 1 s timeouts plus starting the runner (three times: the first, then after each kill).
-    assert elapsed < 20, elapsed
     failed = {row["uuid"]: row for row in queue.failed()}
     assert set(failed) == {sleeper, c_call}
     for row in failed.values():
