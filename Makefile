@@ -45,15 +45,18 @@ migrate: $(STAMP) ## Upgrade the configured database to the latest migration
 # stacks that need the cores themselves. Set a count to 0 to run that tier serially.
 TEST_WORKERS ?= 4
 PROCESS_WORKERS ?= 2
-# --dist loadgroup: a module marked xdist_group keeps its module-scoped process stack on one worker.
-XDIST = --dist loadgroup
+# In-process tests are spread one by one (--dist load). Process tests are spread by file
+# (--dist loadfile): a module's tests run on one worker in file order, so a module-scoped
+# process stack starts once, and the payments flows that build on each other keep their order.
+FAST_DIST = --dist load
+PROCESS_DIST = --dist loadfile
 
-# $(call pytest_tier,name,marker expression,workers): run one tier and print its duration.
+# $(call pytest_tier,name,marker expression,workers,xdist options): run one tier and print its duration.
 # Exit status 5 (nothing selected, e.g. PYTEST_ARGS names only files of the other tier) passes.
 define pytest_tier
-	@printf '==> %s tests: pytest -m "%s" -n %s %s\n' '$(1)' '$(2)' '$(3)' '$(PYTEST_ARGS)'; \
+	@printf '==> %s tests: pytest -m "%s" -n %s %s %s\n' '$(1)' '$(2)' '$(3)' '$(4)' '$(PYTEST_ARGS)'; \
 	started=$$SECONDS; status=0; \
-	$(BIN)/pytest -m '$(2)' -n $(3) $(XDIST) $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/pytest -m '$(2)' -n $(3) $(4) $(PYTEST_ARGS) || status=$$?; \
 	printf '    [%s tests: %d s]\n' '$(1)' "$$((SECONDS - started))"; \
 	if [ "$$status" -eq 5 ]; then echo "    (no $(1) tests selected)"; status=0; fi; \
 	exit "$$status"
@@ -68,11 +71,11 @@ test: $(STAMP) ## Run the whole suite: the in-process tier, then the process tie
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run only the in-process tests (not marked `process`), TEST_WORKERS in parallel
-	$(call pytest_tier,in-process,not process,$(TEST_WORKERS))
+	$(call pytest_tier,in-process,not process,$(TEST_WORKERS),$(FAST_DIST))
 
 .PHONY: test-process
 test-process: $(STAMP) ## Run only the tests marked `process` (real servers, workers, CLI), PROCESS_WORKERS in parallel
-	$(call pytest_tier,process,process,$(PROCESS_WORKERS))
+	$(call pytest_tier,process,process,$(PROCESS_WORKERS),$(PROCESS_DIST))
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff

@@ -29,8 +29,7 @@ from tests.support.load import LoadResult, run_hammer
 from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
 from tests.support.services import create_postgres_database, drop_postgres_database
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("overload")]
+pytestmark = pytest.mark.process
 
 THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
 CONNECTIONS = 10 * THREADS

@@ -23,8 +23,7 @@ from tests.support.payments import RETRY_AFTER, Stack
 from tests.support.processes import run_bourse
 from tests.support.waiting import wait_until
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("payments_flows")]
+pytestmark = pytest.mark.process
 
 
 def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from bourse.psp.connectors.base import PaymentState, PspRefused, TransactionKind
 from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.support.psp_sim import API_KEY, Receiver, Simulator, unique
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_api")]
+pytestmark = pytest.mark.process
 
 
 def _payout_body(**overrides: Any) -> dict[str, Any]:

@@ -11,8 +11,7 @@ from bourse.psp.connectors.base import EventKind
 from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.support.psp_sim import Receiver, Simulator, unique
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_checkout")]
+pytestmark = pytest.mark.process
 
 
 def test_page_shows_the_payment_escaped_with_both_forms(sim: Simulator) -> None:

@@ -11,8 +11,7 @@ import pytest
 from tests.support.processes import clean_env, run_bourse
 from tests.support.psp_sim import API_KEY, SECRET, Simulator
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_cli")]
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.parametrize(

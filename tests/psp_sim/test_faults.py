@@ -13,8 +13,7 @@ from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.support.processes import free_port
 from tests.support.psp_sim import API_KEY, SECRET, Receiver, Simulator, unique
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_faults")]
+pytestmark = pytest.mark.process
 
 
 def _payout(connector: SimulatorConnector, reference: str, key: str, amount: int = 800) -> Any:

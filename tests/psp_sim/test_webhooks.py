@@ -13,8 +13,7 @@ from bourse.psp.connectors.base import EventKind, ExpiredSignature, InvalidSigna
 from bourse.psp.connectors.simulator import SimulatorConnector
 from tests.support.psp_sim import SECRET, Receiver, Simulator
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("psp_sim_webhooks")]
+pytestmark = pytest.mark.process
 
 
 def test_a_delivery_verifies_and_parses(sim: Simulator, receiver: Receiver, connector: SimulatorConnector) -> None:

@@ -37,8 +37,7 @@ from tests.support.processes import clean_env, start, stop, wait_for_status
 from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("cross_instrument_race")]
+pytestmark = pytest.mark.process
 
 THREADS = 8
 # One trader per thread, half of each kind: few enough that a fill often meets a

@@ -46,8 +46,7 @@ from tests.support.processes import clean_env, free_port, run_bourse, start, sto
 from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
-# One worker runs this module: its module-scoped process stack starts once.
-pytestmark = [pytest.mark.process, pytest.mark.xdist_group("orders_http")]
+pytestmark = pytest.mark.process
 
 SYMBOL = "BTC-USD"
 THREADS = 8
