@@ -39,9 +39,43 @@ serve: $(STAMP) ## Serve only the HTTP API (expects a migrated database)
 migrate: $(STAMP) ## Upgrade the configured database to the latest migration
 	@$(BIN)/bourse migrate
 
+# The suite runs in two tiers, each in parallel with pytest-xdist (one PostgreSQL database
+# and one SQLite file per worker). In-process tests mostly wait on PostgreSQL, so they
+# take more workers than there are cores; tests marked `process` start real process
+# stacks that need the cores themselves. Set a count to 0 to run that tier serially.
+TEST_WORKERS ?= 4
+PROCESS_WORKERS ?= 2
+# In-process tests are spread one by one (--dist load). Process tests are spread by file
+# (--dist loadfile): a module's tests run on one worker in file order, so a module-scoped
+# process stack starts once, and the payments flows that build on each other keep their order.
+FAST_DIST = --dist load
+PROCESS_DIST = --dist loadfile
+
+# $(call pytest_tier,name,marker expression,workers,xdist options): run one tier and print its duration.
+# Exit status 5 (nothing selected, e.g. PYTEST_ARGS names only files of the other tier) passes.
+define pytest_tier
+	@printf '==> %s tests: pytest -m "%s" -n %s %s %s\n' '$(1)' '$(2)' '$(3)' '$(4)' '$(PYTEST_ARGS)'; \
+	started=$$SECONDS; status=0; \
+	$(BIN)/pytest -m '$(2)' -n $(3) $(4) $(PYTEST_ARGS) || status=$$?; \
+	printf '    [%s tests: %d s]\n' '$(1)' "$$((SECONDS - started))"; \
+	if [ "$$status" -eq 5 ]; then echo "    (no $(1) tests selected)"; status=0; fi; \
+	exit "$$status"
+endef
+
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip if unreachable, unless BOURSE_REQUIRE_SERVICES=1)
-	@$(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP) ## Run the whole suite: the in-process tier, then the process tier, both even if the first fails (services skip if unreachable, unless BOURSE_REQUIRE_SERVICES=1)
+	@status=0; \
+	$(MAKE) --no-print-directory test-fast || status=$$?; \
+	$(MAKE) --no-print-directory test-process || status=$$?; \
+	exit "$$status"
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## Run only the in-process tests (not marked `process`), TEST_WORKERS in parallel
+	$(call pytest_tier,in-process,not process,$(TEST_WORKERS),$(FAST_DIST))
+
+.PHONY: test-process
+test-process: $(STAMP) ## Run only the tests marked `process` (real servers, workers, CLI), PROCESS_WORKERS in parallel
+	$(call pytest_tier,process,process,$(PROCESS_WORKERS),$(PROCESS_DIST))
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff
@@ -57,7 +91,7 @@ format-check: $(STAMP) ## Check formatting without changing files
 	@$(BIN)/ruff format --check src tests migrations deploy
 
 .PHONY: typecheck
-typecheck: $(STAMP) ## Type-check src/bourse and deploy with mypy --strict
+typecheck: $(STAMP) ## Type-check src/bourse, deploy and tests with mypy --strict
 	@$(BIN)/mypy
 
 .PHONY: imports

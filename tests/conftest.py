@@ -1,50 +1,52 @@
-"""Shared fixtures: real PostgreSQL and Redis, SQLite files, and the API app.
+"""Shared fixtures and hooks: real PostgreSQL and Redis, SQLite files, and the API app.
 
-PostgreSQL tests get a uniquely named database per test run, built by the real
-migrations and dropped afterwards. Tests that need a server that cannot be
-reached skip with the reason, unless ``BOURSE_REQUIRE_SERVICES`` is set: then they
-fail, and a run that skipped anything at all fails too.
+PostgreSQL tests get a uniquely named database per test run (per xdist worker),
+built by the real migrations and dropped afterwards. Tests that need a server that
+cannot be reached skip with the reason, unless ``BOURSE_REQUIRE_SERVICES`` is set:
+then they fail, and a run that skipped anything at all fails too. The helpers
+behind these fixtures live in ``tests/support/``; no test imports this module.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 
 from bourse import lifecycle
 from bourse.app import create_app
 from bourse.db import Database
 from bourse.migrations import upgrade
 from bourse.settings import Settings
-from tests.support.processes import clean_env, run_bourse
-
-REQUIRE_SERVICES = bool(os.environ.get("BOURSE_REQUIRE_SERVICES"))
-POSTGRES_ADMIN_URL = os.environ.get("BOURSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("BOURSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEST_ENV_KEEP = {"BOURSE_REQUIRE_SERVICES", "BOURSE_TEST_POSTGRES_URL", "BOURSE_TEST_REDIS_URL"}
-
-
-def service_unavailable(service: str, reason: str) -> None:
-    message = f"{service} is unreachable: {reason}"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} (BOURSE_REQUIRE_SERVICES is set, so this is a failure)")
-    pytest.skip(message)
+from tests.support.services import (
+    REDIS_URL,
+    REQUIRE_SERVICES,
+    TEST_ENV_KEEP,
+    create_postgres_database,
+    drop_postgres_database,
+    make_settings,
+    service_unavailable,
+    verify_books_after_suite,
+)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that skipped anything while BOURSE_REQUIRE_SERVICES is set.
+
+    Under pytest-xdist only the controller counts: its terminal reporter has every
+    worker's reports, and its exit status is the run's. A worker sees only its share.
+    """
+    if hasattr(session.config, "workerinput"):
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if REQUIRE_SERVICES and skipped and exitstatus == 0:
+    if REQUIRE_SERVICES and skipped and exitstatus == 0 and reporter is not None:
         reporter.write_line(f"BOURSE_REQUIRE_SERVICES is set but {skipped} test(s) skipped", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -60,47 +62,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     lifecycle.reset()
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
-    return Settings(env="test", database_url=database_url, **overrides)  # type: ignore[arg-type]
-
-
 # --- PostgreSQL ---------------------------------------------------------------------------
-
-
-def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-
-
-def create_postgres_database(prefix: str = "bourse_test") -> str:
-    """Create an empty, uniquely named database; return its SQLAlchemy URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    try:
-        with _admin_connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        service_unavailable("PostgreSQL", str(exc).strip().splitlines()[0])
-    return (
-        make_url(POSTGRES_ADMIN_URL)
-        .set(drivername="postgresql+psycopg", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
-def drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
-    with _admin_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def verify_books_after_suite(url: str) -> None:
-    """Every test that shared this database has run: the books must still be right.
-
-    Runs the real ``bourse ledger verify`` command, so the suite ends by proving
-    that nothing it did (races and refusals included) left the ledger inconsistent.
-    """
-    result = run_bourse("ledger", "verify", env=clean_env(BOURSE_DATABASE_URL=url), timeout=120)
-    if result.returncode != 0:
-        pytest.fail(f"bourse ledger verify failed on the shared test database:\n{result.stdout}{result.stderr}")
 
 
 @pytest.fixture(scope="session")

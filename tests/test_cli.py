@@ -17,6 +17,8 @@ import pytest
 import bourse
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output, wait_for_status
 
+pytestmark = pytest.mark.process
+
 SUBCOMMANDS = ["up", "serve", "migrate", "config", "config show", "healthcheck", "version"]
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.processes import clean_env, free_port, run_bourse
 
+pytestmark = pytest.mark.process
+
 JWT = "cli-jwt-Kd83nfQ0xLz7Vb2Mw5Rt9Yp1Hs4Ga6Ue"  # 38 characters
 PSP_KEY = "cli-psp-key-Ah7Jq2Wn5Ep8"
 PSP_SECRET = "cli-psp-secret-Zc4Xv1Bn6Mm3"

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support.processes import clean_env
+from tests.support.services import POSTGRES_ADMIN_URL
+
+pytestmark = pytest.mark.process
 
 EXIT_DATABASE = 3
 PASSWORD = "cli-errors password 1234"

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bourse.db import SQLITE_BEGIN_OPTION, Database, unit_of_work
 from bourse.settings import Settings
-from tests.conftest import POSTGRES_ADMIN_URL, make_settings
+from tests.support.services import POSTGRES_ADMIN_URL, make_settings
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from bourse.migrations import (
     schema_state,
     upgrade,
 )
-from tests.conftest import make_settings
+from tests.support.services import make_settings
 
 
 def _is_at_head(url: str) -> bool:

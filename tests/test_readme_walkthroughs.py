@@ -24,6 +24,8 @@ from bourse.settings import Settings
 from tests.support.processes import run_bourse
 from tests.support.walkthrough import README, Instance, Shell, Step, bourse_up, outputs, walkthrough_steps
 
+pytestmark = pytest.mark.process
+
 SIM_PORT_IN_README = re.compile(r"^\| `(http://127\.0\.0\.1:\d+/?)` \| The PSP simulator", re.MULTILINE)
 
 

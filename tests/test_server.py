@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
 from bourse.migrations import upgrade
-from tests.conftest import make_settings
-from tests.support.processes import clean_env, free_port, start, stop, wait_for_status
+from tests.support.processes import clean_env, free_port, metric_value, start, stop, wait_for_status
+from tests.support.services import make_settings
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture
@@ -37,7 +39,9 @@ def test_sigterm_drains_then_finishes_in_flight_requests_and_exits_0(server_env:
 
         caller = threading.Thread(target=call_slow)
         caller.start()
-        time.sleep(0.3)  # the slow request is now in flight
+        wait_until(
+            lambda: metric_value(base, "bourse_http_requests_in_flight") == 1, "the slow request to be in flight"
+        )
         process.send_signal(signal.SIGTERM)
 
         # During the drain the pod is unready, but still serves everything else.

@@ -18,8 +18,10 @@ import pytest
 
 from bourse.migrations import upgrade
 from bourse.settings import SettingsError, load_settings
-from tests.conftest import make_settings
 from tests.support.processes import clean_env, free_port, start, stop, wait_for_status
+from tests.support.services import make_settings
+
+pytestmark = pytest.mark.process
 
 CLIENT = "203.0.113.7"
 

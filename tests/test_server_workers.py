@@ -13,20 +13,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
 from bourse.db import Database
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.processes import clean_env, free_port, stop, wait_for_status
+from tests.support.services import make_settings
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 WORKERS = 3
 DRAIN_SECONDS = 2
@@ -44,7 +47,8 @@ class Pod:
     parent_killed: bool = False
 
     def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children()
+        children: list[psutil.Process] = psutil.Process(self.process.pid).children()
+        return children
 
     def metric(self, name: str) -> float:
         body = httpx.get(f"{self.metrics}/metrics", timeout=5).text
@@ -152,11 +156,8 @@ class _Held:
         return sorted(self.statuses)
 
 
-def _wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.1)
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    wait_until(predicate, "the condition to hold", timeout=timeout, interval=0.1)
 
 
 def test_several_processes_serve_one_port_and_metrics_are_summed_over_them(pod: Pod) -> None:

@@ -24,8 +24,8 @@ from bourse.settings.model import KNOWN_DEFAULT_SECRETS, MIN_JWT_SECRET_LENGTH
 from bourse.settings.names import NON_SETTING_VARIABLES
 from bourse.settings.secrets_dirs import read_secrets_dirs
 from bourse.settings.urls import normalise_database_url
-from tests.conftest import TEST_ENV_KEEP
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import TEST_ENV_KEEP
 
 KNOWN = frozenset(env_name(name) for name in Settings.model_fields)
 JWT = "jwt-Q7vX2mP9kL4nR8tW1yZ5aB3cD6eF0gH"  # 35 characters, not a known default
@@ -831,9 +831,9 @@ def test_settings_constructor_errors_hide_inputs() -> None:
     with pytest.raises(ValidationError) as excinfo:
         Settings(
             env="production",
-            jwt_secret="short-jwt-Pp0Oo9",  # type: ignore[arg-type]
-            psp_api_key=PSP_KEY,  # type: ignore[arg-type]
-            psp_secret=PSP_SECRET,  # type: ignore[arg-type]
+            jwt_secret="short-jwt-Pp0Oo9",
+            psp_api_key=PSP_KEY,
+            psp_secret=PSP_SECRET,
             database_url=f"postgresql://bourse:{DB_PASSWORD}@db/bourse",
         )
     text = str(excinfo.value) + repr(excinfo.value)
@@ -1139,6 +1139,7 @@ def test_unknown_names_in_the_environment_and_in_files_are_reported_together(
     ]
 
 
+@pytest.mark.process
 def test_config_show_exits_2_naming_an_unknown_variable(tmp_path: Path) -> None:
     env = clean_env(BOURSE_JWT_SECRETT="typo-value-Qq7", BOURSE_REQUIRE_SERVICES="1")
     result = run_bourse("config", "show", env=env, cwd=tmp_path)

@@ -23,15 +23,15 @@ from bourse.settings import Settings, SettingsError, describe, env_name, load_se
 from bourse.settings.keyvalue import parse_key_value_file
 from bourse.settings.names import unknown_name_problem
 from bourse.settings.secrets_dirs import read_secrets_dirs
-from tests.conftest import TEST_ENV_KEEP
 from tests.support.fuzz import FUZZ
+from tests.support.services import TEST_ENV_KEEP
 
 T = TypeVar("T")
 KNOWN = frozenset(env_name(name) for name in Settings.model_fields)
 SETTING_NAMES = sorted(KNOWN - {"BOURSE_SECRETS_DIRS"})
 
 # What an environment variable can hold: no NUL, no lone surrogate.
-env_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
+env_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=60)
 names = st.one_of(
     st.sampled_from(SETTING_NAMES),
     st.sampled_from(["BOURSE_", "BOURSE_JWT_SECRETT", "BOURSE_API_PORT", "bourse_log_level", "OTHER_KEY"]),

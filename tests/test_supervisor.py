@@ -7,7 +7,11 @@ import sys
 import threading
 import time
 
+import pytest
+
 from bourse.supervisor import ChildSpec, Supervisor
+
+pytestmark = pytest.mark.process
 
 
 def test_crashing_child_is_restarted_with_growing_backoff() -> None:

@@ -19,8 +19,8 @@ from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
 from bourse.settings import Settings
 from bourse.trading import book_cache
 from bourse.trading.errors import InstrumentBusy
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
+from tests.support.services import make_settings
 
 # --- ConnectionLeases ------------------------------------------------------------------------
 
@@ -184,7 +184,8 @@ def test_a_client_made_to_wait_is_admitted_if_room_appears_meanwhile() -> None:
 
         async with anyio.create_task_group() as group:
             group.start_soon(finish_soon)
-            return await admission.enter(("eager", 2))
+            admitted = await admission.enter(("eager", 2))
+        return admitted  # noqa: RET504 - returned after the task group, which could swallow an exit
 
     assert anyio.run(scenario) is True
 

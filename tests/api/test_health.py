@@ -11,7 +11,7 @@ from bourse.db import Database
 from bourse.migrations import upgrade
 from bourse.redis_client import create_redis
 from bourse.settings import Settings
-from tests.conftest import make_settings
+from tests.support.services import make_settings
 
 UNREACHABLE_POSTGRES = "postgresql://bourse@127.0.0.1:1/bourse"
 

@@ -25,8 +25,8 @@ from bourse.errors import declared_refusals
 from bourse.identity.models import Role
 from bourse.inputs import INT64_MAX
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
+from tests.support.services import make_settings
 
 
 def within_64_bits(bound: object) -> bool:
@@ -108,6 +108,7 @@ def test_every_refusal_a_route_declares_is_documented(schema: dict[str, Any], tm
             dependant = pending.pop()
             calls.append(dependant.call)
             pending.extend(dependant.dependencies)
+        assert context.methods is not None
         for method in context.methods:
             operation = schema["paths"][context.path_format][method.lower()]
             for call in calls:

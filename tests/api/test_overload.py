@@ -25,9 +25,11 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.support.load import LoadResult, run_hammer
 from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database
+
+pytestmark = pytest.mark.process
 
 THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
 CONNECTIONS = 10 * THREADS

@@ -86,7 +86,7 @@ def probe_client(app: FastAPI, probe_table: Table, events: list[str]) -> Iterato
 
         await app(scope, receive, send_wrapper)
 
-    with TestClient(record_response_start, raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+    with TestClient(record_response_start, raise_server_exceptions=False) as client:
         yield client
 
 

@@ -28,7 +28,6 @@ import json
 import socket
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,9 +48,10 @@ from bourse.identity.service import issue_tokens
 from bourse.ledger.models import AccountKind
 from bourse.logging import configure_logging
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import balance, fund
+from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 # failure -> (error code, SQLSTATE, Retry-After)
 EXPECTED = {
@@ -87,11 +87,7 @@ def logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_until(condition, what, timeout=timeout, interval=0.01)
 
 
 def waiting_for_a_lock(watch: psycopg.Connection[Any], pid: int) -> bool:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support.processes import clean_env, free_port, run_bourse
+
+pytestmark = pytest.mark.process
 
 
 def test_bench_deposits_on_postgres(empty_postgres_url: str) -> None:

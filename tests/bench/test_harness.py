@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -26,6 +24,7 @@ from bourse.bench.harness import (
 )
 from tests.support.bench import ERRORS_OF_SEED_1, record_worker
 from tests.support.processes import ROOT
+from tests.support.waiting import wait_until
 
 
 def test_percentile_is_the_nearest_rank_and_zero_for_nothing() -> None:
@@ -47,6 +46,7 @@ def test_a_tally_counts_every_error_and_keeps_the_first_few() -> None:
     assert tally.samples == [f"error {index}" for index in range(WORKER_SAMPLES)]
 
 
+@pytest.mark.process
 def test_run_processes_gives_each_process_its_arguments_and_seed_and_combines_the_tallies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -68,6 +68,7 @@ def test_emit_prints_json_a_summary_or_one_line_per_key(capsys: pytest.CaptureFi
     assert capsys.readouterr().out == " benchmark: x\n    p50_ms: 1.5\n"
 
 
+@pytest.mark.process
 def test_children_log_their_output_and_account_cpu_by_role(tmp_path: Path) -> None:
     with Children(os.environ, tmp_path) as children:
         printer = children.start("printer-1", [sys.executable, "-c", "print('hello')"], role="printer")
@@ -77,6 +78,7 @@ def test_children_log_their_output_and_account_cpu_by_role(tmp_path: Path) -> No
     assert set(cpu) >= {"printer", "bench client"}
 
 
+@pytest.mark.process
 def test_stopping_children_ends_each_ones_whole_session(tmp_path: Path) -> None:
     # A child that starts a grandchild and ignores nothing: stop() must end both.
     script = (
@@ -91,31 +93,25 @@ def test_stopping_children_ends_each_ones_whole_session(tmp_path: Path) -> None:
     grandchild_pid = _wait_for_pid(log)
     children.stop()
     assert child.returncode == -signal.SIGTERM
-    _wait_until(lambda: not _alive(grandchild_pid), "the grandchild to end")
+    wait_until(lambda: not _alive(grandchild_pid), "the grandchild to end")
 
 
+@pytest.mark.process
 def test_a_worker_that_dies_before_it_is_ready_fails_the_run_at_once() -> None:
     # Nothing on the spawned interpreters' path has tests.support.bench: they die importing it.
     with pytest.raises(click.ClickException, match="exited before it was ready"):
         run_processes(record_worker, [("a",)], seconds=1)
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.05)
-
-
 def _wait_for_pid(log: Path) -> int:
     """The pid the child wrote to its log, once it has."""
-    _wait_until(lambda: log.read_text().strip().isdigit(), f"a pid in {log}")
+    wait_until(lambda: log.read_text().strip().isdigit(), f"a pid in {log}")
     return int(log.read_text().strip())
 
 
 def _alive(pid: int) -> bool:
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
+
+pytestmark = pytest.mark.process
 
 
 def _check(result: dict[str, object], name: str) -> None:

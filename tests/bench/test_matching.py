@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support.processes import run_bourse
+
+pytestmark = pytest.mark.process
 
 
 def test_bench_matching_reports_a_consistent_run() -> None:

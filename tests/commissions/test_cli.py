@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from bourse.db import Database
 from bourse.settings import Settings
 from tests.commissions.support import client_takes, hierarchy, payable, run_accrual
-from tests.conftest import make_settings
 from tests.support.ledger import balance, verify
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
+
+pytestmark = pytest.mark.process
 
 
 def test_the_payout_command_pays_each_ib_once(postgres_url: str) -> None:

@@ -19,21 +19,21 @@ import threading
 from pathlib import Path
 
 import httpx2 as httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bourse.db import Database, unit_of_work
 from bourse.migrations import upgrade
 from bourse.queue import enqueue
-from tests.conftest import make_settings
 from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect
 from tests.support.auth import bearer, make_user
 from tests.support.k8s import Prometheus, config_env, container, one, rendered, wait_for_port
 from tests.support.processes import clean_env, wait_for_status
+from tests.support.services import make_settings
 
 PROMETHEUS_PORT = 18660
 API_PORT, API_METRICS_PORT = 18661, 18662
@@ -49,7 +49,7 @@ def _adapter_query(pod: str) -> str:
     rule = yaml.safe_load(config["data"]["config.yaml"])["rules"][0]
     series = re.match(r"^([a-z_:]+)\{", rule["seriesQuery"])
     assert series is not None
-    return (
+    return str(
         rule["metricsQuery"]
         .replace("<<.Series>>", series.group(1))
         .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{pod}"')
@@ -75,7 +75,7 @@ def database_url(empty_postgres_url: str) -> str:
 
 def _pss_mib(pid: int) -> float:
     root = psutil.Process(pid)
-    return sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)]) / 2**20
+    return float(sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)]) / 2**20)
 
 
 def test_the_adapter_and_keda_queries_return_in_flight_requests_and_queue_depth_under_load(  # noqa: PLR0915 - one scenario, step by step

@@ -18,8 +18,8 @@ from bourse.queue.registry import load_jobs
 from bourse.queue.worker import DEFAULT_QUEUES
 from bourse.server import STOP_MARGIN_SECONDS
 from bourse.settings import Settings, env_name, is_secret_field
-from tests.conftest import make_settings
 from tests.support.k8s import DEPLOY, OVERLAYS, config_env, container, find, flag, one, pod_spec, rendered
+from tests.support.services import make_settings
 
 SETTINGS = frozenset(env_name(name) for name in Settings.model_fields)
 SECRET_SETTINGS = frozenset(env_name(name) for name in Settings.model_fields if is_secret_field(name))
@@ -203,7 +203,7 @@ def test_the_hpa_metric_is_what_the_adapter_rule_produces_from_a_series_metrics_
     hpa = one(rendered(), "HorizontalPodAutoscaler", "bourse-api")["spec"]
     wanted = next(m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods")
     config = one(rendered("platform/prometheus-adapter"), "ConfigMap", "bourse-adapter-rules")
-    import yaml  # noqa: PLC0415 - the adapter's config is YAML inside the ConfigMap
+    import yaml  # type: ignore[import-untyped]  # noqa: PLC0415 - the adapter's config is YAML inside the ConfigMap
 
     rules = yaml.safe_load(config["data"]["config.yaml"])["rules"]
     rule = next(r for r in rules if re.fullmatch(r["name"]["matches"], wanted) and r["name"]["as"] == wanted)

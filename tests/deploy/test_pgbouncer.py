@@ -26,11 +26,11 @@ from sqlalchemy.exc import DBAPIError
 
 from bourse.db import Database, create_db_engine
 from bourse.queue.database_driver import commit_asynchronously
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.k8s import PgBouncer, config_env, one, pgbouncer, pooler_parameters, rendered
 from tests.support.ledger import fund
 from tests.support.processes import clean_env, run_bourse, wait_for_status
+from tests.support.services import make_settings
 
 PGBOUNCER_PORT = 18610
 SERVE_PORT = 18620

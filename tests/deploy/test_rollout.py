@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,11 @@ import pytest
 
 from bourse.db import Database
 from bourse.migrations import upgrade
-from tests.conftest import make_settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.k8s import Nginx, config_env, container, one, pod_spec, rendered
 from tests.support.ledger import fund
 from tests.support.processes import ROOT, clean_env, run_bourse
+from tests.support.services import make_settings
 
 NGINX_PORT = 18630
 FIRST_POD_PORT = 18631
@@ -350,7 +349,7 @@ def _save(name: str, result: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Iterator[Path]:
+def work(tmp_path: Path) -> Path:
     return tmp_path
 
 

@@ -23,10 +23,10 @@ from sqlalchemy import text
 from bourse.db import Database, unit_of_work
 from bourse.migrations import upgrade
 from bourse.queue import enqueue
-from tests.conftest import make_settings
 from tests.deploy.jobs_for_k8s import EFFECTS_DDL, slow_effect, slow_effect_control
 from tests.support.k8s import config_env, container, one, pod_spec, rendered
 from tests.support.processes import clean_env
+from tests.support.services import make_settings
 
 JOB_SECONDS = 20
 JOBS_MODULE = "tests.deploy.jobs_for_k8s"
@@ -114,6 +114,7 @@ def test_sigterm_during_a_job_lets_it_finish_within_the_grace_period(
     started = tmp_path / "started"
     with unit_of_work(database) as session:
         job_id = enqueue(session, slow_effect, {"seconds": JOB_SECONDS, "started_file": str(started)})
+        assert job_id is not None
     worker = _start(pod, empty_postgres_url, tmp_path, "worker")
     try:
         _wait_for_start(started, worker)
@@ -150,6 +151,7 @@ def test_control_a_grace_period_shorter_than_the_job_kills_it_and_it_is_retried_
     started = tmp_path / "started"
     with unit_of_work(database) as session:
         job_id = enqueue(session, slow_effect_control, {"seconds": JOB_SECONDS, "started_file": str(started)})
+        assert job_id is not None
     first = _start(pod, empty_postgres_url, tmp_path, "first")
     try:
         _wait_for_start(started, first)

@@ -20,9 +20,9 @@ from bourse.idempotency.models import IdempotencyRecord
 from bourse.ledger.models import JournalEntry
 from bourse.settings import Settings
 from bourse.sqltypes import utcnow
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import balance, fund, verify
+from tests.support.services import make_settings
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ by one test (in the session-wide databases) never throttle another.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI
@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from bourse.app import create_app
 from bourse.db import Database
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.identity.helpers import FAST_HASH, unique_ip
+from tests.support.clients import ClientFactory
+from tests.support.services import make_settings
 
 
 @pytest.fixture
@@ -28,9 +29,6 @@ def settings(database_url: str) -> Settings:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False, client=(unique_ip(), 50000)) as test_client:
         yield test_client
-
-
-ClientFactory = Callable[..., TestClient]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -28,10 +29,10 @@ def register(client: TestClient, email: str | None = None, password: str = PASSW
     return body
 
 
-def login(client: TestClient, email: str, password: str = PASSWORD, **extra: object) -> dict[str, str]:
+def login(client: TestClient, email: str, password: str = PASSWORD, **extra: object) -> dict[str, Any]:
     response = client.post("/api/v1/auth/login", json={"email": email, "password": password, **extra})
     assert response.status_code == 200, response.text
-    body: dict[str, str] = response.json()
+    body: dict[str, Any] = response.json()
     return body
 
 

@@ -208,7 +208,10 @@ def test_every_identity_endpoint_acts_on_the_caller_only(client: TestClient) -> 
     assert client.get(f"{AUTH}/me", headers=as_alice).json()["id"] == alice_id
     assert client.get(f"{AUTH}/me", headers=as_bob).json()["id"] == bob_id
     # Query parameters naming someone else change nothing.
-    assert client.get(f"{AUTH}/me", params={"id": bob_id, "user_id": bob_id}, headers=as_alice).json()["id"] == alice_id
+    assert (
+        client.get(f"{AUTH}/me", params={"id": str(bob_id), "user_id": str(bob_id)}, headers=as_alice).json()["id"]
+        == alice_id
+    )
 
     # Alice turns on two-factor: Bob's sign-in and second factor are untouched.
     assert client.post(f"{AUTH}/totp/enrol", headers=as_alice).status_code == 200

@@ -19,6 +19,8 @@ from bourse.identity.models import Role, User, UserStatus
 from tests.identity.helpers import PASSWORD, login, unique_email
 from tests.support.processes import ROOT, clean_env
 
+pytestmark = pytest.mark.process
+
 LOGIN = "/api/v1/auth/login"
 
 

@@ -22,10 +22,10 @@ from bourse.identity.throttle import (
     prune_login_attempts,
 )
 from bourse.settings import Settings
-from tests.conftest import make_settings
-from tests.identity.conftest import ClientFactory
 from tests.identity.helpers import FAST_HASH, PASSWORD, register, unique_email, unique_ip
+from tests.support.clients import ClientFactory
 from tests.support.processes import free_port
+from tests.support.services import make_settings
 
 LOGIN = "/api/v1/auth/login"
 WINDOW = 600

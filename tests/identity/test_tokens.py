@@ -18,8 +18,8 @@ from bourse.identity.errors import InvalidToken
 from bourse.identity.models import Role
 from bourse.identity.tokens import decode_access_token, issue_access_token
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.identity.helpers import auth_header, login, register, unique_email
+from tests.support.services import make_settings
 
 SECRET = "s" * 40
 ME = "/api/v1/auth/me"

@@ -15,23 +15,32 @@ from bourse.identity import service, totp
 from bourse.identity.errors import InvalidTotpCode, TotpNotEnrolled, TotpRequired
 from bourse.identity.models import User
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.identity.helpers import PASSWORD, auth_header, login, register, unique_email
 from tests.support.auth import make_user
+from tests.support.services import make_settings
 
 AUTH = "/api/v1/auth"
 
 
-def _start_of_a_step() -> float:
-    """A time early in a 30-second step, so that the codes for the previous, current
-    and next steps all stay inside the server's window for the rest of the test."""
-    elapsed = time.time() % 30
-    if elapsed > 15:
-        time.sleep(30 - elapsed + 0.2)
-    return time.time()
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The identity service's clock, stopped one second into a 30-second step.
+
+    So the codes for the previous, current and next steps all stay inside the
+    server's window for the whole test, however long it takes, and nothing waits for
+    a step to begin. The step is the current one, or the one before if this one has
+    barely started: the stopped clock is never ahead of the real one, which tokens
+    issued on it are checked against.
+    """
+    now = time.time()
+    stopped = now - now % 30 + 1
+    if stopped > now:
+        stopped -= 30
+    monkeypatch.setattr(service, "_now", lambda: datetime.fromtimestamp(stopped, UTC))
+    return stopped
 
 
-def test_enrol_confirm_login_disable(client: TestClient, database: Database) -> None:
+def test_enrol_confirm_login_disable(client: TestClient, database: Database, frozen_clock: float) -> None:
     email = unique_email()
     user_id = uuid.UUID(str(register(client, email=email)["id"]))
     headers = auth_header(login(client, email)["access_token"])
@@ -46,7 +55,7 @@ def test_enrol_confirm_login_disable(client: TestClient, database: Database) -> 
     # Not in force before confirmation: login needs no code yet.
     assert login(client, email)["access_token"]
 
-    t0 = _start_of_a_step()
+    t0 = frozen_clock
     previous, current, following = (pyotp.TOTP(secret).at(t0, counter_offset=n) for n in (-1, 0, 1))
     wrong = next(code for code in ("000000", "111111") if code not in {previous, current, following})
     refused = client.post(f"{AUTH}/totp/confirm", headers=headers, json={"code": wrong})

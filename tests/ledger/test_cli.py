@@ -18,10 +18,12 @@ from bourse.ledger.holds import place_hold
 from bourse.ledger.models import Posting
 from bourse.ledger.posting import Context
 from bourse.ledger.transfers import transfer
-from tests.conftest import make_settings
 from tests.support.auth import register_user
 from tests.support.ledger import fund
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
+
+pytestmark = pytest.mark.process
 
 
 def _books(url: str) -> tuple[uuid.UUID, uuid.UUID]:

@@ -22,9 +22,9 @@ from bourse.ledger.jobs import DISCREPANCIES, VERIFIED_AT, verify_job
 from bourse.migrations import upgrade
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JobContext, load_tasks
-from tests.conftest import make_settings
 from tests.support.auth import register_user
 from tests.support.ledger import fund
+from tests.support.services import make_settings
 
 
 @pytest.fixture

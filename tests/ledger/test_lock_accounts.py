@@ -10,9 +10,9 @@ from sqlalchemy.engine import make_url
 from bourse.db import Database, unit_of_work
 from bourse.ledger.accounts import account_balances, lock_accounts, owes_money, user_account
 from bourse.ledger.models import Account, AccountKind
-from tests.conftest import make_settings
 from tests.support.auth import register_user
 from tests.support.ledger import fund
+from tests.support.services import make_settings
 
 
 def test_missing_accounts_are_created(database: Database) -> None:

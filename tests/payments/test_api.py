@@ -43,9 +43,9 @@ from bourse.psp import signing
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JobContext, load_jobs
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.ledger import balance, fund, verify
+from tests.support.services import make_settings
 
 PSP_SECRET = "payments-api-test-webhook-secret-0123456789"
 STRIPE_SECRET = "whsec_payments_api_test_0123456789"

@@ -10,6 +10,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 
@@ -18,8 +19,11 @@ from bourse.identity.models import Role
 from bourse.payments.models import DepositState, ReconciliationReport, WithdrawalState
 from bourse.psp.registry import close_all
 from bourse.queue.registry import JobContext, load_jobs
-from tests.payments.conftest import RETRY_AFTER, Stack, wait_until
+from tests.support.payments import RETRY_AFTER, Stack
 from tests.support.processes import run_bourse
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 
 def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +117,8 @@ def test_the_same_event_delivered_five_times_credits_once(stack: Stack) -> None:
     assert len(ours) == 1
     wait_until(
         lambda: stack.sim("GET", "/admin/events").json()["data"] and _attempts(stack, ours[0]["id"]) >= 5,
-        20,
         "5 deliveries",
+        timeout=20,
     )
     stored = stack.events_for("simulator", psp_reference=deposit["psp_reference"])
     assert len(stored) == 1
@@ -138,11 +142,10 @@ def test_a_failure_after_a_success_does_not_reverse_the_credit(stack: Stack) -> 
     assert response.status_code == 200, response.text
     wait_until(
         lambda: (
-            (stack.events_for("simulator", event_id=late["id"]) or [None])[0] is not None
-            and stack.events_for("simulator", event_id=late["id"])[0].processed_at is not None
+            bool(events := stack.events_for("simulator", event_id=late["id"])) and events[0].processed_at is not None
         ),
-        20,
         "the late failure to be processed",
+        timeout=20,
     )
     assert stack.events_for("simulator", event_id=late["id"])[0].outcome == "recorded"
     assert stack.deposit_row(deposit["id"]).state is DepositState.succeeded
@@ -182,7 +185,18 @@ def test_an_amount_mismatch_goes_to_review_and_credits_nothing(stack: Stack) -> 
     assert deposit["id"] in {d["id"] for d in listed}
     # The real success that follows stays recorded, not credited.
     stack.pay(deposit)
-    time.sleep(1.0)
+    # Wait until the simulator's own success has reached the inbox and been handled:
+    # only then can "nothing changed" mean the event was seen and left the deposit be.
+    real = wait_until(
+        lambda: [
+            event
+            for event in stack.events_for("simulator", psp_reference=deposit["psp_reference"])
+            if event.event_id != wrong["id"] and event.processed_at is not None
+        ],
+        "the simulator's success to be processed",
+        timeout=20,
+    )
+    assert [event.provider_type for event in real] == ["deposit.succeeded"]
     assert stack.deposit_row(deposit["id"]).state is DepositState.needs_review
     assert stack.wallet(user)["available"] == "0.00"
 
@@ -235,8 +249,8 @@ def test_a_worker_killed_in_the_middle_of_a_payout_does_not_pay_twice(stack: Sta
     created = _withdraw(stack, user, "70.00").json()
     wait_until(
         lambda: len(stack.sim("GET", "/admin/payouts", params={"reference": created["id"]}).json()["data"]) == 1,
-        20,
         "the provider to accept the payout",
+        timeout=20,
     )
     stack.kill("worker")
     assert stack.withdrawal_row(created["id"]).state is WithdrawalState.approved

@@ -29,8 +29,8 @@ from bourse.psp import signing
 from bourse.psp.connectors.base import ConnectorError, PaymentEvent
 from bourse.psp.connectors.simulator import EVENT_KINDS, SimulatorConnector
 from bourse.psp.connectors.stripe import StripeConnector
-from tests.conftest import make_settings
 from tests.support.fuzz import FUZZ, dumps, header_text, json_scalars, json_values
+from tests.support.services import make_settings
 
 SIM_SECRET = "fuzz-sim-webhook-secret-0123456789"
 STRIPE_SECRET = "whsec_fuzz_stripe_secret_0123456789"
@@ -327,7 +327,7 @@ def post(client: TestClient, connector: str, body: bytes, signature: str | bytes
     response = client.post(
         f"/api/v1/psp/{connector}/webhook",
         content=body,
-        headers={"Content-Type": "application/json", header: signature},
+        headers={"Content-Type": "application/json", header: signature},  # type: ignore[arg-type]  # bytes on purpose
     )
     return response.status_code, response.json().get("error", "")
 

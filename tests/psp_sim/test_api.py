@@ -11,7 +11,9 @@ import pytest
 
 from bourse.psp.connectors.base import PaymentState, PspRefused, TransactionKind
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import API_KEY, Receiver, Simulator, unique
+from tests.support.psp_sim import API_KEY, Receiver, Simulator, unique
+
+pytestmark = pytest.mark.process
 
 
 def _payout_body(**overrides: Any) -> dict[str, Any]:

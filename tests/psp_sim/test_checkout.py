@@ -5,10 +5,13 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2 as httpx
+import pytest
 
 from bourse.psp.connectors.base import EventKind
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import Receiver, Simulator, unique
+from tests.support.psp_sim import Receiver, Simulator, unique
+
+pytestmark = pytest.mark.process
 
 
 def test_page_shows_the_payment_escaped_with_both_forms(sim: Simulator) -> None:

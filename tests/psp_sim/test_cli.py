@@ -8,8 +8,10 @@ import socket
 
 import pytest
 
-from tests.psp_sim.conftest import API_KEY, SECRET, Simulator
 from tests.support.processes import clean_env, run_bourse
+from tests.support.psp_sim import API_KEY, SECRET, Simulator
+
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.parametrize(

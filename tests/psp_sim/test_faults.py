@@ -10,8 +10,10 @@ import pytest
 
 from bourse.psp.connectors.base import EventKind, PaymentState, PspRefused, PspUnavailable
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.psp_sim.conftest import API_KEY, SECRET, Receiver, Simulator, unique
 from tests.support.processes import free_port
+from tests.support.psp_sim import API_KEY, SECRET, Receiver, Simulator, unique
+
+pytestmark = pytest.mark.process
 
 
 def _payout(connector: SimulatorConnector, reference: str, key: str, amount: int = 800) -> Any:

@@ -66,7 +66,8 @@ def failing_job(ctx: JobContext) -> None:
 def sleeping_job(ctx: JobContext) -> None:
     started = ctx.payload.get("started_file")
     if started:
-        Path(started).write_text(str(ctx.attempt))
+        # Written whole in one call: the attempt, and the runner process running it.
+        Path(started).write_text(f"{ctx.attempt} {os.getpid()}")
     time.sleep(float(ctx.payload["seconds"]))
     record(ctx, "slept")
 

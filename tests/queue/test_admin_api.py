@@ -15,9 +15,9 @@ from bourse.identity.models import Role
 from bourse.identity.service import create_user
 from bourse.identity.tokens import issue_access_token
 from bourse.queue import enqueue
-from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import record_job
 from tests.queue.test_drivers import PRIORITY, relay_all
+from tests.support.queue_env import QueueEnv
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 

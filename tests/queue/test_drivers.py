@@ -12,8 +12,8 @@ from bourse.queue import InvalidJob, enqueue
 from bourse.queue.database_driver import complete_in
 from bourse.queue.driver import ReservationLost, Reserved
 from bourse.queue.models import QueueJob
-from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import deposit_job, record_job, unique_job
+from tests.support.queue_env import QueueEnv
 
 PRIORITY = ("deposits", "withdrawals", "commissions", "tests")
 
@@ -104,6 +104,8 @@ def test_at_most_one_job_per_unique_key_is_pending(queue: QueueEnv) -> None:
         enqueue(session, unique_job, {"key": "k1"})
     relay_all(queue)
     reserved = [queue.driver.reserve(PRIORITY), queue.driver.reserve(PRIORITY), queue.driver.reserve(PRIORITY)]
+    assert first is not None
+    assert other is not None
     assert sorted(j.id for j in reserved if j is not None) == sorted([first, other])
     assert reserved[2] is None
     for job in reserved:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -17,9 +18,12 @@ from bourse.queue import enqueue
 from bourse.queue.models import QueueJob, SchedulerClaim, SchedulerLease
 from bourse.queue.registry import TaskSpec
 from bourse.queue.scheduler import Scheduler, latest_due_slot
-from tests.queue.conftest import QueueEnv
 from tests.queue.jobs_for_tests import record_job
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
+from tests.support.queue_env import QueueEnv
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -163,9 +167,7 @@ def test_schedule_list_and_run_and_the_scheduler_process(sqlite_queue: QueueEnv)
     process = start(["-m", "bourse", "scheduler"], clean_env(**queue.env(), BOURSE_SCHEDULER_METRICS_PORT=str(port)))
     try:
         wait_for_output(process, "scheduler_started", timeout=30)
-        deadline = time.monotonic() + 30
-        while not queue.settings.scheduler_heartbeat_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(queue.settings.scheduler_heartbeat_path.exists, "the scheduler's first heartbeat")
         assert run_bourse("healthcheck", "--scheduler", env=env).returncode == 0
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert "bourse_queue_depth" in metrics

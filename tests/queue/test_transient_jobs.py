@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,9 @@ from bourse.db import unit_of_work
 from bourse.logging import configure_logging
 from bourse.queue import enqueue
 from bourse.queue.worker import EXIT_OK
-from tests.queue.conftest import QueueEnv, build_env, teardown_env
 from tests.queue.jobs_for_tests import contended_job
+from tests.support.queue_env import QueueEnv, build_env, teardown_env
+from tests.support.waiting import wait_until
 
 LABELS = {"source": "job", "code": "transient_conflict", "sqlstate": "55P03"}
 
@@ -78,12 +78,13 @@ def test_a_lock_timeout_in_a_job_is_retried_after_its_backoff_and_logged_as_tran
     counted = REGISTRY.get_sample_value("bourse_db_transient_errors_total", LABELS) or 0.0
     with unit_of_work(pg_queue.db) as session:
         job_id = enqueue(session, contended_job, {"table": table})
+    assert job_id is not None
 
     def release_after_the_first_attempt() -> None:
-        deadline = time.monotonic() + 30
-        while not _attempted(pg_queue, job_id) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        holder.rollback()
+        try:
+            wait_until(lambda: _attempted(pg_queue, job_id), "the job's first attempt", interval=0.02)
+        finally:
+            holder.rollback()
 
     releaser = threading.Thread(target=release_after_the_first_attempt, daemon=True)
     releaser.start()

@@ -16,10 +16,10 @@ from bourse.logging import configure_logging
 from bourse.queue import enqueue, operations
 from bourse.queue.models import QueueJob
 from bourse.queue.worker import EXIT_OK, WorkerConfigError, WorkerOptions, check_config, parse_backoff, parse_queues
-from tests.queue.conftest import QueueEnv, build_env, clean_tables
 from tests.queue.jobs_for_tests import c_call_job, failing_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import free_port
+from tests.support.queue_env import QueueEnv, build_env, clean_tables
 
 
 def test_tries_and_backoff_then_failed_jobs_then_retry(queue: QueueEnv, tmp_path: Path) -> None:
@@ -61,13 +61,11 @@ def test_jobs_stuck_in_sleep_or_in_a_c_call_are_killed_at_the_timeout(queue: Que
         sleeper = enqueue(session, sleeping_job, {"seconds": 1000})
         c_call = enqueue(session, c_call_job, {})
         enqueue(session, record_job, {"marker": "after the timeouts"})
-    started = time.monotonic()
+    # The sleeper would take 1000 s and the C call forever: the worker gets through all
+    # three jobs only because both were killed (max_time is the worker's own cap).
     code, worker = queue.worker(timeout=1.0, tries=1, max_jobs=3, max_time=60)
-    elapsed = time.monotonic() - started
     assert code == EXIT_OK
     assert worker.processed == 3
-    # Two 1 s timeouts plus starting the runner (three times: the first, then after each kill).
-    assert elapsed < 20, elapsed
     failed = {row["uuid"]: row for row in queue.failed()}
     assert set(failed) == {sleeper, c_call}
     for row in failed.values():

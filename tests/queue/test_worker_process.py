@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
+import psutil  # type: ignore[import-untyped]
 import pytest
 import redis
 
@@ -17,22 +18,24 @@ from bourse.db import unit_of_work
 from bourse.logging import configure_logging
 from bourse.queue import enqueue
 from bourse.queue.redis_driver import check_eviction_policy
-from tests.queue.conftest import TEST_JOBS, QueueEnv, build_env, teardown_env
 from tests.queue.jobs_for_tests import gauge_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
+from tests.support.queue_env import TEST_JOBS, QueueEnv, build_env, teardown_env
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.process
 
 WORKER = ["-m", "bourse", "worker", "--import", TEST_JOBS, "--queue", "tests", "--sleep", "0.05", "--timeout", "5"]
 
 
 def _wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    def started() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"worker exited ({process.returncode}) before the job started: {stop(process)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the job did not start within {timeout}s: {stop(process)}")
-        time.sleep(0.05)
+        return path.exists()
+
+    wait_until(started, lambda: f"the job to start: {stop(process)}", timeout=timeout)
 
 
 def test_the_worker_exits_12_when_over_its_memory_limit(sqlite_queue: QueueEnv) -> None:
@@ -95,6 +98,14 @@ def short_expiry_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     teardown_env(env)
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie no one has reaped yet counts as exited)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     short_expiry_queue: QueueEnv, tmp_path: Path
 ) -> None:
@@ -105,12 +116,14 @@ def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     argv = [*WORKER[:-1], "2"]  # --timeout 2, under the 3 s retry_after
     process = start(argv, clean_env(**queue.env()))
     _wait_for_file(started, process)
+    wait_until(lambda: len(started.read_text().split()) == 2, "the job to name its runner")
+    runner = int(started.read_text().split()[1])
     killed_at = time.monotonic()
     process.kill()
     process.wait(timeout=10)
     stop(process)
-    time.sleep(1.5)
-    # The runner died with its worker: the job never got to commit.
+    # The runner dies with its worker, so the job (one second of sleep) never commits.
+    wait_until(lambda: _gone(runner), f"the runner {runner} to die with its worker")
     assert queue.runs("slept") == []
     relay_all(queue)
     assert queue.driver.reserve(PRIORITY) is None  # still reserved by the dead worker
@@ -163,9 +176,7 @@ def test_healthcheck_worker_follows_the_heartbeat_file(sqlite_queue: QueueEnv) -
     assert run_bourse("healthcheck", "--worker", env=env).returncode == 1  # no worker has run
     process = start(WORKER, env)
     try:
-        deadline = time.monotonic() + 30
-        while not heartbeat.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(heartbeat.exists, "the worker's first heartbeat")
         assert run_bourse("healthcheck", "--worker", env=env).returncode == 0
     finally:
         process.send_signal(signal.SIGTERM)
@@ -231,15 +242,14 @@ def test_a_redis_that_may_evict_keys_is_reported_loudly(tmp_path: Path, capfd: p
     )
     client = redis.Redis(port=port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, "the scratch redis-server to answer", timeout=10)
         assert check_eviction_policy(client) == "allkeys-lfu"
         captured = capfd.readouterr()
         assert "redis_may_evict_queued_jobs" in captured.out + captured.err

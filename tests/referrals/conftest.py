@@ -15,9 +15,10 @@ from bourse.app import create_app
 from bourse.db import Database
 from bourse.identity.models import Role
 from bourse.settings import Settings
-from tests.conftest import make_settings
 from tests.identity.helpers import FAST_HASH
 from tests.support.auth import TestUser, bearer, make_user
+from tests.support.clients import AppFactory
+from tests.support.services import make_settings
 
 
 @pytest.fixture
@@ -31,9 +32,6 @@ def headers(settings: Settings) -> Callable[[TestUser], dict[str, str]]:
         return bearer(settings, user)
 
     return build
-
-
-AppFactory = Callable[..., TestClient]
 
 
 @pytest.fixture

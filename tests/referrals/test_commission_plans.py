@@ -15,9 +15,9 @@ from bourse.identity.models import Role
 from bourse.referrals import service
 from bourse.referrals.errors import PlanExceedsFee, PlanInvalid, PlanTooDeep
 from bourse.referrals.models import CommissionPlan, PlanKind
-from tests.referrals.conftest import AppFactory
 from tests.referrals.helpers import Headers
 from tests.support.auth import TestUser, make_user
+from tests.support.clients import AppFactory
 
 T0 = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
 

@@ -21,9 +21,9 @@ from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role
 from bourse.referrals import service
 from bourse.referrals.models import Referral, ReferralCode
-from tests.referrals.conftest import AppFactory
 from tests.referrals.helpers import Headers, create_code, register, set_role, unique_code
 from tests.support.auth import TestUser, make_user
+from tests.support.clients import AppFactory
 
 
 @dataclass(frozen=True)

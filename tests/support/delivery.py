@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from bourse.queue.worker import DEFAULT_QUEUES
 from bourse.settings import Settings, env_name, is_secret_field

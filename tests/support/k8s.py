@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.support.processes import ROOT
 

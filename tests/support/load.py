@@ -83,16 +83,19 @@ async def _connection(
             if writer is None:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             assert reader is not None
+            assert writer is not None
             sent = time.monotonic()
             writer.write(request)
             status, headers = await asyncio.wait_for(_read_response(reader), timeout)
         except TimeoutError:
             result.timeouts += 1
-            writer = _close(writer)
+            _close(writer)
+            writer = None
             continue
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             result.errors[type(exc).__name__] += 1
-            writer = _close(writer)
+            _close(writer)
+            writer = None
             await asyncio.sleep(0.05)
             continue
         done = time.monotonic()
@@ -101,7 +104,8 @@ async def _connection(
         if "retry-after" in headers:
             result.retry_after[headers["retry-after"]] += 1
         if headers.get("connection", "").lower() == "close":
-            writer = _close(writer)
+            _close(writer)
+            writer = None
         if honour_retry_after and status == 503 and "retry-after" in headers:
             await asyncio.sleep(min(float(headers["retry-after"]), max(0.0, deadline - time.monotonic())))
     _close(writer)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,17 +54,24 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subp
 
 
 def wait_for_status(url: str, status: int = 200, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def answers() -> bool:
         try:
-            last = httpx.get(url, timeout=1.0).status_code
-            if last == status:
-                return
+            last[0] = httpx.get(url, timeout=1.0).status_code
         except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer {status} within {timeout}s (last: {last!r})")
+            last[0] = exc
+        return last[0] == status
+
+    wait_until(answers, lambda: f"{url} to answer {status} (last: {last[0]!r})", timeout=timeout, interval=0.1)
+
+
+def metric_value(base: str, name: str) -> float:
+    """One unlabelled sample from the Prometheus text at ``base``/metrics."""
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} is not in {base}/metrics")
 
 
 def wait_for_output(process: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:

@@ -83,20 +83,22 @@ def fees(database: Database, asset: str) -> int:
 def asset_total(database: Database, asset: str) -> int:
     """Every account's balance of ``asset`` summed: always zero in a double-entry ledger."""
     with unit_of_work(database) as session:
-        return int(session.scalar(select(func.coalesce(func.sum(Account.balance), 0)).where(Account.asset == asset)))
+        total = session.scalar(select(func.coalesce(func.sum(Account.balance), 0)).where(Account.asset == asset))
+        assert total is not None
+        return int(total)
 
 
 def user_total(database: Database, asset: str) -> int:
     """What users own of ``asset`` (available and held) plus the fees collected: what was funded."""
     with unit_of_work(database) as session:
-        return int(
-            session.scalar(
-                select(func.coalesce(func.sum(Account.balance), 0)).where(
-                    Account.asset == asset,
-                    Account.kind.in_([AccountKind.available, AccountKind.held, AccountKind.fees]),
-                )
+        total = session.scalar(
+            select(func.coalesce(func.sum(Account.balance), 0)).where(
+                Account.asset == asset,
+                Account.kind.in_([AccountKind.available, AccountKind.held, AccountKind.fees]),
             )
         )
+        assert total is not None
+        return int(total)
 
 
 def check_consistent(database: Database, symbol: str) -> None:
@@ -110,20 +112,20 @@ def check_consistent(database: Database, symbol: str) -> None:
         for hold in session.scalars(select(Hold)):
             assert hold.remaining >= 0
         for order in queries.open_orders(session, symbol):
-            hold = session.get(Hold, order.hold_id)
-            assert hold is not None
-            assert hold.state is HoldState.open
+            order_hold = session.get(Hold, order.hold_id)
+            assert order_hold is not None
+            assert order_hold.state is HoldState.open
             if order.side == "sell":
-                assert hold.remaining >= order.remaining
+                assert order_hold.remaining >= order.remaining
             else:
                 needed = orders.buy_hold(instrument, order.price or 0, order.remaining, orders.DEFAULT_FEES)
                 # The reserve is rounded up once for the whole order, so a partly filled buy
                 # may hold up to a unit or two less than a fresh order for its remainder would.
                 exact = order.price * order.remaining * 10**instrument.quote_scale * (10_000 + 20)  # type: ignore[operator]
                 denominator = 10 ** (instrument.price_scale + instrument.base_scale) * 10_000
-                assert hold.remaining * denominator >= exact, (hold.remaining, needed)
+                assert order_hold.remaining * denominator >= exact, (order_hold.remaining, needed)
         for order in session.scalars(select(Order).where(Order.instrument == symbol)):
             if order.status.value in {"filled", "cancelled"}:
-                hold = session.get(Hold, order.hold_id)
-                assert hold is not None
-                assert hold.remaining == 0
+                closed_hold = session.get(Hold, order.hold_id)
+                assert closed_hold is not None
+                assert closed_hold.remaining == 0

@@ -33,9 +33,11 @@ from bourse.bench.users import funded_bench_users
 from bourse.cli import main
 from bourse.db import Database
 from bourse.migrations import upgrade
-from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.processes import clean_env, start, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
+
+pytestmark = pytest.mark.process
 
 THREADS = 8
 # One trader per thread, half of each kind: few enough that a fill often meets a

@@ -31,8 +31,9 @@ from bourse.errors import BourseError
 from bourse.migrations import upgrade
 from bourse.trading import instruments as service
 from bourse.trading.models import Instrument, InstrumentStatus
-from tests.conftest import make_settings
 from tests.support.processes import clean_env, run_bourse
+from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 
 def new_pair(database: Database, base_scale: int = 8, quote_scale: int = 2) -> tuple[str, str]:
@@ -531,16 +532,18 @@ def postgres_database(postgres_url: str) -> Iterator[Database]:
 def _wait_until_blocked_on_a_lock(database: Database, pids: queue.Queue[int]) -> None:
     """Return once PostgreSQL reports the backend ``pids`` names as waiting for a lock."""
     pid = pids.get(timeout=20)
-    deadline = time.monotonic() + 20
     with unit_of_work(database) as watcher:
-        while time.monotonic() < deadline:
-            waiting = watcher.execute(
-                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
-            ).scalar_one_or_none()
-            if waiting == "Lock":
-                return
-            time.sleep(0.01)
-    pytest.fail(f"backend {pid} never waited for a lock")
+        wait_until(
+            lambda: (
+                watcher.execute(
+                    text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                ).scalar_one_or_none()
+                == "Lock"
+            ),
+            f"backend {pid} to wait for a lock",
+            timeout=20,
+            interval=0.01,
+        )
 
 
 def test_lock_instrument_makes_a_second_writer_wait_on_postgres(postgres_database: Database) -> None:
@@ -622,6 +625,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return clean_env(BOURSE_DATABASE_URL=url)
 
 
+@pytest.mark.process
 def test_cli_lists_the_seeded_instruments(cli_env: dict[str, str]) -> None:
     as_json = run_bourse("instruments", "list", "--json", env=cli_env)
     assert as_json.returncode == 0, as_json.stderr
@@ -633,6 +637,7 @@ def test_cli_lists_the_seeded_instruments(cli_env: dict[str, str]) -> None:
     assert rows["BTC-USD"]["last_price"] is None
 
 
+@pytest.mark.process
 def test_cli_create_halt_resume_and_refusals(cli_env: dict[str, str]) -> None:
     create = ["instruments", "create", "--symbol", "BTC-EUR", "--base", "BTC", "--quote", "EUR", "--price-scale", "2"]
     create += ["--tick", "0.05", "--lot", "0.001", "--min", "0.001", "--max", "50", "--band-bps", "750"]

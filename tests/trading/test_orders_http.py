@@ -41,10 +41,12 @@ from bourse.ledger.models import JournalEntry
 from bourse.trading.book_cache import rebuild_book
 from bourse.trading.instruments import format_price, format_quantity, get_instrument
 from bourse.trading.models import OPEN_STATUSES, Order, OrderStatus, Trade
-from tests.conftest import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.ledger import verify
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
+from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.trading.orders_support import asset_total, check_consistent, user_total
+
+pytestmark = pytest.mark.process
 
 SYMBOL = "BTC-USD"
 THREADS = 8

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from bourse.db import Database
 from bourse.errors import BourseError
-from tests.conftest import make_settings
 from tests.support.ledger import fund, verify
+from tests.support.services import make_settings
 from tests.trading.orders_support import cancel, check_consistent, market, new_user, place, user_total
 
 FUNDED_BASE = 5 * 10**8

@@ -26,9 +26,10 @@ from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
 from bourse.trading.feed import RedisRelay
-from tests.conftest import make_settings
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund
+from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 from tests.trading.orders_support import market
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,10 +56,7 @@ def _relay(app: FastAPI) -> RedisRelay:
 
 
 def _wait_subscribed(app: FastAPI) -> None:
-    deadline = time.monotonic() + 10
-    while not _relay(app).connected.is_set():
-        assert time.monotonic() < deadline, "the market data subscriber never subscribed"
-        time.sleep(0.02)
+    wait_until(_relay(app).connected.is_set, "the market data subscriber to subscribe", timeout=10, interval=0.02)
 
 
 @pytest.fixture
