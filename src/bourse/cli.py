@@ -1,32 +1,26 @@
 """The ``bourse`` command.
 
-Heavy modules are imported inside each command, so ``bourse healthcheck`` (run
-as an exec probe every few seconds) starts quickly.
+Heavy modules are imported inside each command, and each domain's command group
+(and the benchmarks) only when it is the one invoked: ``bourse healthcheck`` (an
+exec probe every few seconds) and ``bourse serve`` import none of the others.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
 import bourse
-from bourse.bench.commands import bench
 from bourse.cli_support import check_cli_database, configure_cli_logging, fail_config, read_settings
-from bourse.commissions.cli import commissions
-from bourse.identity.cli import users
-from bourse.ledger.cli import assets, ledger
-from bourse.payments.cli import psp
-from bourse.psp.sim.cli import psp_sim
-from bourse.queue.cli import jobs, schedule, scheduler, worker
-from bourse.trading.cli import instruments
 
 if TYPE_CHECKING:
     from bourse.settings import Settings
@@ -63,7 +57,48 @@ port_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The command groups that live beside their domains, by name: "module:attribute".
+LAZY_COMMANDS = {
+    "users": "bourse.identity.cli:users",
+    "ledger": "bourse.ledger.cli:ledger",
+    "assets": "bourse.ledger.cli:assets",
+    "instruments": "bourse.trading.cli:instruments",
+    "commissions": "bourse.commissions.cli:commissions",
+    "worker": "bourse.queue.cli:worker",
+    "scheduler": "bourse.queue.cli:scheduler",
+    "schedule": "bourse.queue.cli:schedule",
+    "jobs": "bourse.queue.cli:jobs",
+    "psp-sim": "bourse.psp.sim.cli:psp_sim",
+    "psp": "bourse.payments.cli:psp",
+    "bench": "bourse.bench.commands:bench",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose listed subcommands are imported only when looked up.
+
+    ``bourse --help`` still lists every command with its help (it looks each one up);
+    running one imports only the module that defines it.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module_name, attribute = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command) or command.name != cmd_name:
+                raise TypeError(f"{self.lazy[cmd_name]} is not the click command {cmd_name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(bourse.__version__, prog_name="bourse")
 def main() -> None:
     """Bourse: a trading platform for brokerages."""
@@ -261,17 +296,3 @@ def up(host: str | None, port: int | None) -> None:
         children.append(ChildSpec("psp-sim", sim_argv))
     supervisor = Supervisor(children, stop_timeout=UP_STOP_SECONDS - 1)
     sys.exit(supervisor.run(on_tick=_announce_when_ready(host, port)))
-
-
-main.add_command(users)
-main.add_command(ledger)
-main.add_command(assets)
-main.add_command(instruments)
-main.add_command(commissions)
-main.add_command(worker)
-main.add_command(scheduler)
-main.add_command(schedule)
-main.add_command(jobs)
-main.add_command(psp_sim)
-main.add_command(psp)
-main.add_command(bench)
