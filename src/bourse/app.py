@@ -36,7 +36,7 @@ from bourse.redis_client import create_async_redis, create_redis
 from bourse.referrals import api as referrals_api
 from bourse.referrals import service as referrals_service
 from bourse.settings import Settings, load_settings
-from bourse.trading import feed
+from bourse.trading import fanout
 from bourse.trading.api import admin as trading_admin_api
 from bourse.trading.api import instruments as instruments_api
 from bourse.trading.api import market_data as market_data_api
@@ -49,12 +49,12 @@ API_PREFIX = "/api/v1"
 THREADS_BEYOND_LEASES = 20
 
 
-def _market_relay(settings: Settings, hub: feed.Hub, client: Redis | None) -> feed.RedisRelay | None:
+def _market_relay(settings: Settings, hub: fanout.Hub, client: Redis | None) -> fanout.RedisRelay | None:
     """With Redis, commits are published through it so that every replica's clients see them."""
     redis_url = settings.redis_url
     if redis_url is None or client is None:
         return None
-    return feed.RedisRelay(
+    return fanout.RedisRelay(
         hub,
         client,
         lambda: create_async_redis(settings, redis_url),
@@ -156,7 +156,7 @@ def create_app(
     app.state.db_leases = leases
     app.state.progress = progress
     app.state.redis = redis_client
-    hub = feed.Hub()
+    hub = fanout.Hub()
     app.state.market_hub = hub
     relay = _market_relay(settings, hub, redis_client)
     app.state.market_relay = relay

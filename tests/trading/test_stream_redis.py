@@ -25,7 +25,7 @@ from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.settings import Settings
 from bourse.trading import instruments
-from bourse.trading.feed import RedisRelay
+from bourse.trading.fanout import RedisRelay
 from tests.support.auth import bearer, make_user
 from tests.support.ledger import fund
 from tests.support.services import make_settings

@@ -4,7 +4,7 @@ A connection may authenticate (``{"op": "auth", "token": ...}``, checked as ever
 request's bearer token is, by :func:`bourse.identity.dependencies.authenticate`) and
 subscribe to an instrument's ``book`` and ``trades`` and to its own ``orders``. Each
 subscription starts with a snapshot read from the database, then follows the
-messages :mod:`bourse.trading.feed` publishes after each command commits; the
+messages :mod:`bourse.trading.feed` publishes after each command commits (routed by :mod:`bourse.trading.fanout`); the
 sequence numbers, the slow-client resync and the Redis fan-out are described there.
 """
 
@@ -26,7 +26,7 @@ from bourse.identity.dependencies import authenticate
 from bourse.logging import get_logger
 from bourse.settings import Settings
 from bourse.trading import market_data
-from bourse.trading.feed import Connection, Hub, Key
+from bourse.trading.fanout import Connection, Hub, Key
 from bourse.trading.instruments import get_instrument
 
 log = get_logger("bourse.trading.api.stream")
