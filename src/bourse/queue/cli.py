@@ -215,8 +215,12 @@ def jobs_failed(limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
         return
+    if not rows:
+        click.echo("no failed jobs")
+        return
+    click.echo(f"{'id':<8} {'uuid':<36}  {'queue':<12} {'job':<32} {'failed at':<32}  exception")
     for row in rows:
-        click.echo(f"{row.id:<8} {row.uuid}  {row.queue:<12} {row.job:<32} {row.failed_at}  {row.exception[:80]}")
+        click.echo(f"{row.id:<8} {row.uuid}  {row.queue:<12} {row.job:<32} {row.failed_at!s:<32}  {row.exception[:80]}")
 
 
 @jobs.command("retry")
