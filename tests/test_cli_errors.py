@@ -104,7 +104,12 @@ def test_a_sqlite_file_that_is_not_migrated(tmp_path: Path) -> None:
 
 def test_an_unreachable_postgres_is_one_line_with_the_password_masked(tmp_path: Path) -> None:
     url = f"postgresql://bourse:{DB_PASSWORD}@127.0.0.1:{CLOSED_PORT}/bourse"
-    for args in (["instruments", "list"], ["users", "lock", "--email", "ada@example.com"], ["migrate"]):
+    for args in (
+        ["instruments", "list"],
+        ["users", "lock", "--email", "ada@example.com"],
+        ["migrate"],
+        ["bench", "pgbench", "--seconds", "1"],
+    ):
         result = bourse(*args, env=clean_env(BOURSE_DATABASE_URL=url), cwd=tmp_path)
         line = assert_one_database_line(result, f"postgresql://bourse:***@127.0.0.1:{CLOSED_PORT}/bourse")
         assert re.search(r"cannot reach the database .*: .*refused", line), line

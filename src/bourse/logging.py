@@ -92,6 +92,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces each of its built-in plugins at info whenever it loads; its
+    # migration steps ("Running upgrade ...", logger alembic.runtime.migration) stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

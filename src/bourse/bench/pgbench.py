@@ -17,6 +17,7 @@ import uuid
 import click
 
 from bourse.bench.harness import command_settings, emit, json_option, machine, seconds_option
+from bourse.cli_support import check_cli_database
 
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
@@ -35,6 +36,7 @@ def bench_pgbench(clients: int, seconds: float, scale: int, as_json: bool) -> No
     url = settings.database
     if url.get_backend_name() != "postgresql":
         raise click.UsageError("pgbench needs BOURSE_DATABASE_URL to point at PostgreSQL")
+    check_cli_database(settings, require_migrated=False)  # one line and exit 3, not a driver's traceback
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         raise click.UsageError("pgbench is not installed (Debian: postgresql-client)")
@@ -45,14 +47,14 @@ def bench_pgbench(clients: int, seconds: float, scale: int, as_json: bool) -> No
     env = {**os.environ, "PGPASSWORD": url.password} if url.password else {**os.environ}
     base = [pgbench, "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
     try:
-        subprocess.run([*base, "-i", "-q", "-s", str(scale), scratch], check=True, capture_output=True, env=env)  # noqa: S603 - fixed argv
-        run = subprocess.run(  # noqa: S603 - fixed argv
+        for argv in (
+            [*base, "-i", "-q", "-s", str(scale), scratch],
             [*base, "-M", "prepared", "-c", str(clients), "-j", str(clients), "-T", str(int(seconds)), scratch],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        ):
+            run = subprocess.run(argv, check=False, capture_output=True, text=True, env=env)  # noqa: S603 - fixed argv
+            if run.returncode != 0:
+                click.echo(f"bourse: pgbench failed (exit {run.returncode}):\n{run.stderr.strip()}", err=True)
+                sys.exit(1)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
