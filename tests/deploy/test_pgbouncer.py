@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,15 +166,15 @@ def test_the_api_works_through_pgbouncer_with_lock_timeouts_per_transaction(
         direct = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(direct) as locker:
             locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-            started = time.monotonic()
+            # Answered while the lock is still held (it goes with the rollback below):
+            # the server gave up on the lock instead of waiting for it.
             response = httpx.get(f"{base}/api/v1/wallets", headers=bearer(settings, alice), timeout=15)
-            waited = time.monotonic() - started
             locker.rollback()
-        # Refused after the 1 s lock_timeout rather than waiting the 15 s out. (The
-        # refusal is a 500 today: LockNotAvailable is not mapped to a retryable 503
-        # on this path, with or without the pooler; reported, not fixed here.)
+        # Refused by the lock_timeout, not by the 15 s client timeout (that would have
+        # raised) nor by any other error. (The refusal is a 500 today: LockNotAvailable
+        # is not mapped to a retryable 503 on this path, with or without the pooler;
+        # reported, not fixed here.)
         assert response.status_code != 200
-        assert waited < 5
     assert "canceling statement due to lock timeout" in (tmp_path / "serve-True.log").read_text()
 
 

@@ -2,7 +2,7 @@
 
 Real nginx (Debian's package) stands in for the ingress controller and balances
 ``bourse serve`` pods (each with the manifest's server processes) on PostgreSQL.
-Under a steady load of more than 100 requests a second, reads and transfers with
+Under a steady offered load of 150 requests a second, reads and transfers with
 Idempotency-Keys, a driver replaces the three pods one by one, with the timings read
 from the rendered manifest:
 
@@ -13,9 +13,11 @@ from the rendered manifest:
   with which endpoint removal reaches the ingress controller;
 - maxSurge and maxUnavailable bound how many pods run and serve at every step.
 
-Required: no failed request, and ``bourse ledger verify`` passes. The control runs the
-same rollout without the pause and the drain (seed review, flaw 3) and must fail
-requests. Each run writes its figures to var/k8s/rollout-<variant>.json.
+Required: no failed request, requests completing while every old pod was going away
+(the load overlapped each termination), and ``bourse ledger verify`` passes. The
+control runs the same rollout without the pause and the drain (seed review, flaw 3)
+and must fail requests. Each run writes its figures (requests per second served, how
+long the rollout took) to var/k8s/rollout-<variant>.json, which CI prints.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +45,15 @@ from tests.support.k8s import Nginx, config_env, container, one, pod_spec, rende
 from tests.support.ledger import fund
 from tests.support.processes import ROOT, clean_env, run_bourse
 from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 NGINX_PORT = 18630
 FIRST_POD_PORT = 18631
 RATE = 150  # requests per second, offered
 CLIENTS = 32
+# Requests completed through nginx before the rollout begins, and again once the last
+# old pod is gone, so that the load is flowing on both sides of the rollout.
+STEADY_REQUESTS = 300
 # Settings a pod takes from the manifest's ConfigMap (the rest is about the cluster).
 POD_SETTINGS = (
     "BOURSE_SERVER_WORKERS",
@@ -72,6 +79,7 @@ class Plan:
     readiness_period: float
     readiness_successes: int
     readiness_failures: int
+    progress_deadline: float
     ingress_next_upstream: str
     env: dict[str, str]
 
@@ -95,6 +103,7 @@ class Plan:
             readiness_period=float(readiness["periodSeconds"]),
             readiness_successes=int(readiness.get("successThreshold", 1)),
             readiness_failures=int(readiness["failureThreshold"]),
+            progress_deadline=float(api["spec"].get("progressDeadlineSeconds", 600)),
             ingress_next_upstream=ingress["nginx.ingress.kubernetes.io/proxy-next-upstream"],
             env={k: env[k] for k in POD_SETTINGS},
         )
@@ -108,6 +117,9 @@ class Pod:
     log: Path
     exit_code: int | None = None
     killed: bool = False
+    # Requests the load had completed when the pod's termination began, and when it exited.
+    completed_at_termination: int | None = None
+    completed_at_exit: int | None = None
 
     def probe(self, path: str) -> bool:
         try:
@@ -173,7 +185,13 @@ class Load:
 
     @property
     def total(self) -> int:
-        return sum(self.statuses.values())
+        with self.lock:
+            return sum(self.statuses.values())
+
+    def wait_for_requests(self, count: int, what: str) -> None:
+        """Until ``count`` more requests have completed, whatever their outcome."""
+        target = self.total + count
+        wait_until(lambda: self.total >= target, lambda: f"{count} requests to complete {what} ({self.total} in all)")
 
 
 class Cluster:
@@ -223,15 +241,31 @@ class Cluster:
             assert attempt < plan.startup_failures, f"{pod.name} failed its startup probe: the kubelet restarts it"
             time.sleep(plan.startup_period)
         successes = 0
-        while successes < plan.readiness_successes:
+
+        def ready() -> bool:
+            nonlocal successes
+            assert pod.process.poll() is None, f"{pod.name} exited with {pod.process.returncode}"
             successes = successes + 1 if pod.probe("/readyz") else 0
-            if successes < plan.readiness_successes:
-                time.sleep(plan.readiness_period)
+            return successes >= plan.readiness_successes
+
+        # The probe's own period; the Deployment gives up on a rollout that makes no
+        # progress for progressDeadlineSeconds.
+        wait_until(
+            ready,
+            f"{pod.name} to pass its readiness probe",
+            timeout=plan.progress_deadline,
+            interval=plan.readiness_period,
+        )
         assert pod.process.poll() is None
 
-    def terminate(self, pod: Pod) -> None:
-        """preStop pause, SIGTERM, and SIGKILL once the grace period has run out."""
+    def terminate(self, pod: Pod, completed: Callable[[], int]) -> None:
+        """preStop pause, SIGTERM, and SIGKILL once the grace period has run out.
+
+        ``completed`` counts the load's completed requests; the pod keeps that count
+        when its termination begins and when it has exited.
+        """
         self.terminating.add(pod.name)
+        pod.completed_at_termination = completed()
 
         def run() -> None:
             deadline = time.monotonic() + self.plan.grace
@@ -243,6 +277,7 @@ class Cluster:
                 pod.killed = True
                 pod.process.kill()
                 pod.exit_code = pod.process.wait()
+            pod.completed_at_exit = completed()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -289,7 +324,7 @@ def _rollout(database_url: str, work: Path, *, pause: float, drain: str) -> dict
         nginx.start(serving)
         load = Load(f"http://127.0.0.1:{NGINX_PORT}", [bearer(settings, u) for u in users], [str(u.id) for u in users])
         threads = load.run()
-        time.sleep(3)  # steady state before the rollout
+        load.wait_for_requests(STEADY_REQUESTS, "before the rollout")
         began = time.monotonic()
         surge_seen = 0
         for victim in old:
@@ -301,7 +336,7 @@ def _rollout(database_url: str, work: Path, *, pause: float, drain: str) -> dict
             cluster.wait_ready(new)
             serving.append(new.port)
             nginx.set_upstreams(serving)
-            cluster.terminate(victim)
+            cluster.terminate(victim, lambda: load.total)
             lag = rng.uniform(0.0, 2.0)
             lags.append(round(lag, 3))
             time.sleep(lag)
@@ -312,7 +347,7 @@ def _rollout(database_url: str, work: Path, *, pause: float, drain: str) -> dict
         for thread in cluster.terminations:
             thread.join(timeout=plan.grace + 10)
         finished = time.monotonic()
-        time.sleep(2)
+        load.wait_for_requests(STEADY_REQUESTS, "by the new pods alone")
         load.stop.set()
         for thread in threads:
             thread.join(timeout=40)
@@ -337,6 +372,12 @@ def _rollout(database_url: str, work: Path, *, pause: float, drain: str) -> dict
         "rollout_seconds_until_new_pods_ready": round(ready_at - began, 1),
         "rollout_seconds_until_old_pods_gone": round(finished - began, 1),
         "old_pods": [{"exit_code": p.exit_code, "killed": p.killed} for p in old],
+        "requests_completed_while_each_old_pod_terminated": [
+            None
+            if p.completed_at_exit is None or p.completed_at_termination is None
+            else p.completed_at_exit - p.completed_at_termination
+            for p in old
+        ],
         "ledger_verify_exit_code": verify.returncode,
         "ledger_verify_output": (verify.stdout + verify.stderr)[-500:],
     }
@@ -348,6 +389,15 @@ def _save(name: str, result: dict[str, Any]) -> None:
     (out / f"rollout-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _assert_under_load(result: dict[str, Any]) -> None:
+    """Every old pod went away while requests kept completing: the rollout ran
+    under load. (How many requests a second, ``requests_per_second``, is a figure of
+    the run, printed by CI, not a pass mark: it depends on the machine.)"""
+    during = result["requests_completed_while_each_old_pod_terminated"]
+    assert len(during) == len(result["old_pods"]), result
+    assert all(count is not None and count > 0 for count in during), result
+
+
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     return tmp_path
@@ -357,7 +407,7 @@ def test_a_rolling_update_fails_no_request(rollout_database: str, work: Path) ->
     plan = Plan.from_manifests()
     result = _rollout(rollout_database, work, pause=plan.pause, drain=plan.env["BOURSE_SHUTDOWN_DRAIN_SECONDS"])
     _save("with-pause-and-drain", result)
-    assert result["requests_per_second"] >= 100, result
+    _assert_under_load(result)
     assert result["failed"] == 0, result
     assert all(pod == {"exit_code": 0, "killed": False} for pod in result["old_pods"]), result
     assert result["ledger_verify_exit_code"] == 0, result
@@ -368,6 +418,6 @@ def test_control_without_the_pause_and_the_drain_the_same_rollout_fails_requests
 ) -> None:
     result = _rollout(rollout_database, work, pause=0.0, drain="0")
     _save("control-without-pause-and-drain", result)
-    assert result["requests_per_second"] >= 100, result
+    _assert_under_load(result)
     assert result["failed"] > 0, result
     assert result["ledger_verify_exit_code"] == 0, result

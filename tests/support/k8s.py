@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tests.support.processes import ROOT
+from tests.support.waiting import wait_until
 
 DEPLOY = ROOT / "deploy" / "k8s"
 OVERLAYS = ("production-sealed", "production-vault", "staging")
@@ -116,17 +116,15 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
 def wait_for_port(
     port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None, log: Path | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process is not None and process.poll() is not None:
             detail = log.read_text()[-2000:] if log is not None and log.exists() else ""
             raise AssertionError(f"the server for port {port} exited with {process.returncode}: {detail}")
         with socket.socket() as sock:
             sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, f"something to listen on 127.0.0.1:{port}", timeout=timeout)
 
 
 @dataclass
@@ -321,14 +319,19 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_until(self, expr: str, predicate: Any, timeout: float = 60.0) -> float | None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = self.value(expr)
-            if predicate(last):
-                return last
-            time.sleep(0.5)
-        raise AssertionError(f"{expr} never met the condition within {timeout}s; last value {last}")
+        """The value of ``expr`` once ``predicate`` accepts it (it may accept None)."""
+        last: list[float | None] = []
+
+        def met() -> list[float | None]:  # the value in a list: 0 and None may be what is awaited
+            last[:] = [self.value(expr)]
+            return last if predicate(last[0]) else []
+
+        return wait_until(
+            met,
+            lambda: f"{expr} to meet the condition; last value {last[0] if last else None}",
+            timeout=timeout,
+            interval=0.5,
+        )[0]
 
     def stop(self) -> None:
         if self.process is not None:

@@ -18,7 +18,6 @@ import re
 import select
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.processes import ROOT, clean_env, free_port, start, stop, wait_for_output
+from tests.support.waiting import wait_until
 
 README = ROOT / "README.md"
 _MARKER = re.compile(r"<!--\s*walkthrough:\s*(?P<name>[a-z][a-z0-9-]*)\s*-->")
@@ -176,22 +176,32 @@ class Shell:
         self._process.stdin.flush()
         fd = self._process.stdout.fileno()
         end = re.compile(rb"\n" + self._sentinel.encode() + rb" (\d+)\n")
-        deadline = time.monotonic() + timeout
-        while (done := end.search(self._pending)) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.close()
-                stderr = errors.read_text() if errors.exists() else ""
-                raise AssertionError(
-                    f"{step.walkthrough} step {step.number} did not finish within {timeout}s; it printed:\n"
-                    f"{self._pending.decode(errors='replace')}\nstderr:\n{stderr}"
-                )
-            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+
+        def finished() -> re.Match[bytes] | None:
+            """The sentinel, once the step has printed it; reads what the shell has printed so far."""
+            if (found := end.search(self._pending)) is not None:
+                return found
+            ready, _, _ = select.select([fd], [], [], 0.5)  # blocks for output: no sleep between reads
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     raise AssertionError(f"the shell exited during {step.walkthrough} step {step.number}")
                 self._pending += chunk
+            return end.search(self._pending)
+
+        def unfinished() -> str:
+            stderr = errors.read_text() if errors.exists() else ""
+            return (
+                f"{step.walkthrough} step {step.number} to finish; it printed:\n"
+                f"{self._pending.decode(errors='replace')}\nstderr:\n{stderr}"
+            )
+
+        try:
+            done = wait_until(finished, unfinished, timeout=timeout, interval=0)
+        except AssertionError:
+            self.close()
+            raise
+        assert done is not None
         output = self._pending[: done.start()].decode()
         self._pending = self._pending[done.end() :]
         stderr = errors.read_text()
