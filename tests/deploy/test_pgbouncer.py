@@ -171,10 +171,10 @@ def test_the_api_works_through_pgbouncer_with_lock_timeouts_per_transaction(
             response = httpx.get(f"{base}/api/v1/wallets", headers=bearer(settings, alice), timeout=15)
             locker.rollback()
         # Refused by the lock_timeout, not by the 15 s client timeout (that would have
-        # raised) nor by any other error. (The refusal is a 500 today: LockNotAvailable
-        # is not mapped to a retryable 503 on this path, with or without the pooler;
-        # reported, not fixed here.)
-        assert response.status_code != 200
+        # raised): a retryable 503 that says so, as on a direct connection.
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "transient_conflict"
+        assert response.headers["retry-after"] == "1"
     assert "canceling statement due to lock timeout" in (tmp_path / "serve-True.log").read_text()
 
 
