@@ -1,19 +1,27 @@
-"""Admission, connection leases and the liveness heartbeat (bourse.api.capacity)."""
+"""Admission, connection leases and the liveness heartbeat (bourse.api.capacity).
+
+What each mechanism waits for is shown on a :class:`ManualClock`, whose time moves
+only when a test moves it: the test sees the exact wait asked for, and whether a
+waiter is still waiting just before its time is up and done just after, with no
+interval measured on the wall clock. The tests through the app use the real clock
+and wait on state (``wait_until``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 
-from bourse.api.capacity import Admission, ConnectionLeases, DatabaseBusy, ProgressMonitor, run_with_lease
+from bourse.api.capacity import Admission, Clock, ConnectionLeases, DatabaseBusy, ProgressMonitor, run_with_lease
 from bourse.app import create_app
 from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
 from bourse.settings import Settings
@@ -21,8 +29,63 @@ from bourse.trading import book_cache
 from bourse.trading.errors import InstrumentBusy
 from tests.support.auth import bearer, make_user
 from tests.support.services import make_settings
+from tests.support.waiting import wait_until, wait_until_async
+
+
+class ManualClock(Clock):
+    """A clock that stands still until :meth:`advance`; its sleeps and deadlines fire then."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.time = start
+        self.slept: list[float] = []  # every sleep asked for, in order
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+
+    @property
+    def pending(self) -> int:
+        """Sleeps and deadlines that have not fired yet."""
+        return len(self._timers)
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        woken = anyio.Event()
+        timer = (self.time + seconds, woken.set)
+        self._timers.append(timer)
+        try:
+            await woken.wait()
+        finally:
+            with contextlib.suppress(ValueError):
+                self._timers.remove(timer)
+
+    @contextlib.contextmanager
+    def fail_after(self, seconds: float) -> Iterator[anyio.CancelScope]:
+        with anyio.CancelScope() as scope:
+            timer = (self.time + seconds, scope.cancel)
+            self._timers.append(timer)
+            try:
+                yield scope
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._timers.remove(timer)
+        if scope.cancelled_caught:
+            raise TimeoutError
+
+    def advance(self, seconds: float) -> None:
+        """Move time on, and fire what has come due (the woken tasks run at their next turn)."""
+        self.time += seconds
+        due = [timer for timer in self._timers if timer[0] <= self.time]
+        for timer in due:
+            self._timers.remove(timer)
+            timer[1]()
+
 
 # --- ConnectionLeases ------------------------------------------------------------------------
+
+
+async def _queued(leases: ConnectionLeases, count: int) -> None:
+    await wait_until_async(lambda: leases.waiting == count, f"{count} request(s) queued for a lease")
 
 
 def test_leases_are_granted_first_come_first_served_and_handed_over_on_release() -> None:
@@ -34,13 +97,13 @@ def test_leases_are_granted_first_come_first_served_and_handed_over_on_release()
         async def waiter(name: str) -> None:
             await leases.acquire()
             order.append(name)
-            await anyio.sleep(0.01)
+            await anyio.lowlevel.checkpoint()
             leases.release()
 
         async with anyio.create_task_group() as group:
-            for name in ("first", "second", "third"):
+            for queued, name in enumerate(("first", "second", "third"), start=1):
                 group.start_soon(waiter, name)
-                await anyio.sleep(0.01)  # they queue in this order
+                await _queued(leases, queued)  # they queue in this order
             assert leases.in_use == 1
             leases.release()
         assert leases.in_use == 0
@@ -50,22 +113,37 @@ def test_leases_are_granted_first_come_first_served_and_handed_over_on_release()
 
 
 def test_a_lease_wait_is_bounded_and_refused_with_a_retryable_503() -> None:
-    async def scenario() -> tuple[DatabaseBusy, float, int]:
-        leases = ConnectionLeases(size=1, timeout=0.2)
+    async def scenario() -> tuple[bool, DatabaseBusy, int, int]:
+        clock = ManualClock()
+        leases = ConnectionLeases(size=1, timeout=5, clock=clock)
         await leases.acquire()
-        started = time.monotonic()
-        with pytest.raises(DatabaseBusy) as refused:
-            await leases.acquire()
-        waited = time.monotonic() - started
-        leases.release()
-        return refused.value, waited, leases.in_use
+        outcome: list[DatabaseBusy] = []
 
-    refusal, waited, in_use = anyio.run(scenario)
-    assert 0.19 <= waited < 1.0
+        async def wait_for_a_lease() -> None:
+            try:
+                await leases.acquire()
+            except DatabaseBusy as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait_for_a_lease)
+            await _queued(leases, 1)
+            assert clock.pending == 1  # its deadline
+            clock.advance(4.5)
+            await anyio.wait_all_tasks_blocked()
+            still_waiting_before_the_timeout = leases.waiting == 1 and not outcome
+            clock.advance(0.5)  # the timeout, to the tick
+            await wait_until_async(lambda: outcome, "the waiter to be refused at its timeout")
+        leases.release()
+        return still_waiting_before_the_timeout, outcome[0], leases.waiting, leases.in_use
+
+    still_waiting_before_the_timeout, refusal, waiting, in_use = anyio.run(scenario)
+    assert still_waiting_before_the_timeout
     assert refusal.status_code == 503
     assert refusal.code == "database_busy"
     assert refusal.headers == {"Retry-After": "1"}
-    assert in_use == 0  # the refused waiter took nothing
+    assert waiting == 0  # the refused waiter left the queue...
+    assert in_use == 0  # ...and took nothing
 
 
 def test_a_cancelled_waiter_loses_no_lease() -> None:
@@ -103,9 +181,9 @@ def test_a_lease_handed_to_a_waiter_that_is_cancelled_in_the_same_instant_is_pas
         scope = anyio.CancelScope()
         async with anyio.create_task_group() as group:
             group.start_soon(doomed, scope)
-            await anyio.sleep(0.01)
+            await _queued(leases, 1)
             group.start_soon(patient)
-            await anyio.sleep(0.01)
+            await _queued(leases, 2)
             scope.cancel()  # `doomed` is cancelled, and before it runs...
             leases.release()  # ...is handed the lease: it must pass it on to `patient`
         return leases.in_use, got_it
@@ -114,28 +192,29 @@ def test_a_lease_handed_to_a_waiter_that_is_cancelled_in_the_same_instant_is_pas
 
 
 def test_run_with_lease_gives_the_lease_back_only_after_the_thread_finished() -> None:
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int]:
         leases = ConnectionLeases(size=1, timeout=5)
+        started = threading.Event()
         release_worker = threading.Event()
 
         def work() -> None:
-            release_worker.wait(5)
+            started.set()
+            release_worker.wait(30)
 
         # Cancelled the way a server cancels its requests at shutdown (a native
         # cancellation, which anyio's shielding does not stop): the thread goes on.
         caller = asyncio.ensure_future(run_with_lease(leases, work))
-        await asyncio.sleep(0.1)
+        await wait_until_async(started.is_set, "the function to start in its thread")
         caller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         while_running = leases.in_use
         release_worker.set()
-        await asyncio.sleep(0.2)
-        after = leases.in_use
+        await wait_until_async(lambda: leases.in_use == 0, "the lease to come back once the thread finished")
         await run_with_lease(leases, lambda: None)
-        return while_running, after, leases.in_use
+        return while_running, leases.in_use
 
-    assert asyncio.run(scenario()) == (1, 0, 0)
+    assert asyncio.run(scenario()) == (1, 0)
 
 
 # --- Admission -------------------------------------------------------------------------------
@@ -152,54 +231,118 @@ def test_admission_refuses_beyond_the_limit_and_admits_again_after_leave() -> No
     assert anyio.run(scenario) == [True, True, False, True]
 
 
-def test_a_client_back_before_its_retry_after_waits_it_out_before_being_considered() -> None:
-    async def scenario() -> tuple[bool, float, bool, float]:
-        admission = Admission(limit=1, retry_after=1)
-        assert await admission.enter(("busy", 1))
-        assert not await admission.enter(("eager", 2))  # refused at once
-        started = time.monotonic()
-        refused_again = await admission.enter(("eager", 2))  # came straight back: waits ~1 s
-        waited = time.monotonic() - started
-        # A client that has not been refused lately is answered at once.
-        started = time.monotonic()
-        other = await admission.enter(("polite", 3))
-        return refused_again, waited, other, time.monotonic() - started
+async def _enter_in_background(
+    group: anyio.abc.TaskGroup, admission: Admission, clock: ManualClock, client: object
+) -> list[bool]:
+    """Start ``admission.enter(client)`` in ``group``; return the list its answer will be put in,
+    once it is waiting out its Retry-After on ``clock``."""
+    answer: list[bool] = []
+    sleeps = len(clock.slept)
 
-    refused_again, waited, other, other_waited = anyio.run(scenario)
-    assert refused_again is False
-    assert 0.9 <= waited < 1.5
-    assert other is False
-    assert other_waited < 0.1
+    async def enter() -> None:
+        answer.append(await admission.enter(client))
+
+    group.start_soon(enter)
+    await wait_until_async(lambda: len(clock.slept) > sleeps and clock.pending == 1, f"{client} to be made to wait")
+    return answer
+
+
+def test_a_client_back_before_its_retry_after_waits_it_out_before_being_considered() -> None:
+    async def scenario() -> tuple[list[float], bool, list[bool], list[bool], list[float]]:
+        clock = ManualClock()
+        admission = Admission(limit=1, retry_after=1, clock=clock)
+        assert await admission.enter(("busy", 1))
+        assert not await admission.enter(("eager", 2))  # refused at once, with no wait
+        assert clock.slept == []
+        clock.advance(0.25)
+        async with anyio.create_task_group() as group:
+            # Came back a quarter of a second later: made to wait the other three quarters.
+            answer = await _enter_in_background(group, admission, clock, ("eager", 2))
+            waits = list(clock.slept)
+            clock.advance(0.5)
+            await anyio.wait_all_tasks_blocked()
+            unanswered_before_its_retry_after = not answer
+            clock.advance(0.25)
+            await wait_until_async(lambda: answer, "an answer once its Retry-After is over")
+        # A client that has not been refused lately is answered at once.
+        other = [await admission.enter(("polite", 3))]
+        return waits, unanswered_before_its_retry_after, answer, other, clock.slept
+
+    waits, unanswered_before_its_retry_after, answer, other, slept = anyio.run(scenario)
+    assert waits == [0.75]
+    assert unanswered_before_its_retry_after
+    assert answer == [False]  # still no room once it had waited: refused
+    assert other == [False]
+    assert slept == [0.75]  # the polite client was not made to wait
 
 
 def test_a_client_made_to_wait_is_admitted_if_room_appears_meanwhile() -> None:
-    async def scenario() -> bool:
-        admission = Admission(limit=1, retry_after=1)
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        clock = ManualClock()
+        admission = Admission(limit=1, retry_after=1, clock=clock)
         assert await admission.enter(("busy", 1))
         assert not await admission.enter(("eager", 2))
-
-        async def finish_soon() -> None:
-            await anyio.sleep(0.3)
-            admission.leave()
-
         async with anyio.create_task_group() as group:
-            group.start_soon(finish_soon)
-            admitted = await admission.enter(("eager", 2))
-        return admitted  # noqa: RET504 - returned after the task group, which could swallow an exit
+            answer = await _enter_in_background(group, admission, clock, ("eager", 2))
+            admission.leave()  # room appears while it waits...
+            await anyio.wait_all_tasks_blocked()
+            before_its_retry_after = list(answer)  # ...but it is considered only once its wait is over
+            clock.advance(1)
+            await wait_until_async(lambda: answer, "an answer once its Retry-After is over")
+        return before_its_retry_after, answer
 
-    assert anyio.run(scenario) is True
+    assert anyio.run(scenario) == ([], [True])
 
 
 def test_admission_forgets_refused_clients_once_their_retry_after_has_passed() -> None:
-    async def scenario() -> int:
-        admission = Admission(limit=0, retry_after=1)
+    async def scenario() -> tuple[int, int]:
+        clock = ManualClock()
+        admission = Admission(limit=0, retry_after=1, clock=clock)
         for port in range(1000):
             await admission.enter(("10.0.0.1", port))
-        await anyio.sleep(1.05)
+        clock.advance(0.5)
         await admission.enter(("10.0.0.2", 1))
-        return len(admission._refused)
+        remembered_within = len(admission._refused)
+        clock.advance(0.5)  # the first thousand's Retry-After has passed; not the last one's
+        await admission.enter(("10.0.0.2", 2))
+        return remembered_within, len(admission._refused)
 
-    assert anyio.run(scenario) == 1
+    assert anyio.run(scenario) == (1001, 2)
+
+
+# --- ProgressMonitor -------------------------------------------------------------------------
+
+
+def test_the_heartbeat_reports_a_stall_only_past_the_limit_and_recovers_when_a_thread_comes_back() -> None:
+    async def scenario() -> list[float | None]:
+        clock = ManualClock()
+        progress = ProgressMonitor(stall_seconds=20, interval=1, clock=clock)
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 1  # this event loop's worker threads: one, so one task can take them all
+        unblock = threading.Event()
+        seen: list[float | None] = []
+        progress.start()
+        try:
+            await wait_until_async(lambda: clock.slept == [1], "the first beat to come back")
+            async with anyio.create_task_group() as group:
+                group.start_soon(lambda: anyio.to_thread.run_sync(unblock.wait, 30, abandon_on_cancel=True))
+                await wait_until_async(lambda: limiter.borrowed_tokens == 1, "the worker thread to be taken")
+                clock.advance(1)  # the next beat is due, and finds no thread
+                await wait_until_async(lambda: limiter.statistics().tasks_waiting == 1, "the beat to wait")
+                seen.append(progress.stalled_for())
+                clock.advance(19)
+                seen.append(progress.stalled_for())  # exactly the limit: not yet a stall
+                clock.advance(1)
+                seen.append(progress.stalled_for())
+                unblock.set()
+                await wait_until_async(lambda: clock.slept == [1, 1], "the stalled beat to come back")
+                seen.append(progress.stalled_for())
+        finally:
+            unblock.set()
+            await progress.stop()
+        return seen
+
+    assert anyio.run(scenario) == [None, None, 21.0, None]
 
 
 # --- Through the app -------------------------------------------------------------------------
@@ -259,37 +402,54 @@ def test_livez_fails_when_the_worker_threads_make_no_progress(postgres_url: str)
         for _ in range(tokens):
             client.portal.start_task_soon(occupy)
         try:
-            deadline = time.monotonic() + 15
-            while (stalled := client.get("/livez")).status_code == 200:
-                assert time.monotonic() < deadline, "livez never noticed the stalled threads"
-                time.sleep(0.2)
-            assert stalled.status_code == 503
-            assert stalled.json()["error"] == "stalled"
+            wait_until(
+                lambda: client.get("/livez").status_code == 503,
+                "livez to notice the stalled threads",
+                interval=0.2,
+            )
+            assert client.get("/livez").json()["error"] == "stalled"
         finally:
             unblock.set()
-        deadline = time.monotonic() + 10
-        while client.get("/livez").status_code != 200:
-            assert time.monotonic() < deadline, "livez did not recover once the threads were free"
-            time.sleep(0.2)
+        wait_until(
+            lambda: client.get("/livez").status_code == 200,
+            "livez to recover once the threads were free",
+            interval=0.2,
+        )
 
 
-def test_an_instruments_turn_is_waited_for_no_longer_than_a_lock(postgres_url: str) -> None:
+class _RecordedTurn:
+    """An instrument's writer mutex that records how long each taker offered to wait."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.waits: list[float] = []
+
+    def acquire(self, *, timeout: float = -1) -> bool:
+        self.waits.append(timeout)
+        return self.mutex.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self.mutex.release()
+
+
+def test_an_instruments_turn_is_waited_for_no_longer_than_a_lock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_settings(postgres_url, database_lock_timeout_ms=200)
     database = Database.from_settings(settings)
+    turn = _RecordedTurn()
+    monkeypatch.setattr(book_cache, "_writer", lambda _symbol: turn)
     try:
-        mutex = book_cache._writer("WAIT-TEST")
-        mutex.acquire()
+        turn.mutex.acquire()  # another writer has the turn, and keeps it
         try:
             with database.sessions() as session:
                 assert session.info[LOCK_WAIT_SECONDS] == 0.2
-                started = time.monotonic()
                 with pytest.raises(InstrumentBusy) as refused:
                     book_cache.take_turn(session, "WAIT-TEST")
-                waited = time.monotonic() - started
         finally:
-            mutex.release()
+            turn.mutex.release()
     finally:
         database.dispose()
-    assert 0.15 <= waited < 2
+    assert turn.waits == [0.2]  # the session's lock wait, never an unbounded one (-1)
     assert refused.value.status_code == 503
     assert refused.value.code == "instrument_busy"

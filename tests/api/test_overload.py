@@ -6,7 +6,13 @@ by requests that waited for a worker thread, while every worker thread waited fo
 a connection. These tests put ten times the thread pool (400 connections) on the
 same endpoint, with clients that honour ``Retry-After`` and with clients that
 ignore it as ``wrk`` does, and check that the server keeps serving, sheds the rest
-with a fast 503, recovers at once, and stops on SIGTERM within its budget.
+with a 503 from admission control (never after waiting for a connection), recovers as
+soon as the load stops, and stops on SIGTERM within its budget.
+
+Recovery and shutdown are waited for as states, with their budgets as the timeouts:
+the server answering normally with every connection idle, the process having exited.
+How long each took is printed and written to ``var/bench`` (docs/benchmarks.md quotes
+the figures), never asserted beyond its budget.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx2 as httpx
@@ -28,6 +34,7 @@ from sqlalchemy.engine import make_url
 from tests.support.load import LoadResult, run_hammer
 from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop, wait_for_status
 from tests.support.services import create_postgres_database, drop_postgres_database
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -37,6 +44,10 @@ WALLETS = "/api/v1/wallets"
 PASSWORD = "correct-horse-battery-staple"
 DRAIN_SECONDS = 1
 SHUTDOWN_TIMEOUT_SECONDS = 5
+# Before connection leases the process never answered again; after, it does at once.
+RECOVERY_BUDGET_SECONDS = 5
+# SIGTERM to exit: the drain, the shutdown timeout, and some slack for a loaded machine.
+SHUTDOWN_BUDGET_SECONDS = DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 3
 
 
 @dataclass
@@ -168,38 +179,39 @@ def _report(label: str, result: LoadResult) -> str:
     )
 
 
+def _wait_for_recovery(server: Server, deployment: Deployment) -> None:
+    """Until a request is answered 200 and every pooled connection is idle, within the budget."""
+    seen: list[object] = [None]
+
+    def recovered() -> bool:
+        try:
+            status: object = httpx.get(
+                f"{server.base}{WALLETS}", headers={"Authorization": f"Bearer {server.token}"}, timeout=5
+            ).status_code
+        except httpx.HTTPError as exc:
+            status = exc
+        connections = _connections(deployment)
+        seen[0] = (status, connections)
+        return status == 200 and {state for state, _ in connections} <= {"idle"}
+
+    wait_until(
+        recovered,
+        lambda: f"a 200 with every pooled connection idle after the load stopped (last: {seen[0]!r})",
+        timeout=RECOVERY_BUDGET_SECONDS,
+        interval=0.2,
+    )
+
+
 def test_overload_sheds_the_excess_keeps_serving_and_recovers_at_once(server: Server, deployment: Deployment) -> None:
     unloaded = server.hammer(8, 4, honour_retry_after=True)
     overload = server.hammer(CONNECTIONS, 10, honour_retry_after=True)
     stopped = time.monotonic()
+
+    # As soon as the load stops it answers normally, and every pooled connection is idle.
+    _wait_for_recovery(server, deployment)
+    recovered = time.monotonic() - stopped
     print(_report("unloaded", unloaded))  # noqa: T201 - the figures the issue asks for, in the test log
     print(_report("overload", overload))  # noqa: T201
-
-    assert unloaded.statuses.keys() == {200}, _report("unloaded", unloaded)
-    # It kept completing requests in every second of the overload after the first (in
-    # which 400 connections are opened at once on two cores), at no less than half the
-    # unloaded rate. Before connection leases, no second after the first had any.
-    assert all(count > 0 for count in overload.per_second(200)[1:]), _report("overload", overload)
-    assert overload.rate(200) >= 0.5 * unloaded.rate(200), _report("overload", overload)
-    # The excess got a fast 503 with Retry-After; nothing timed out, nothing failed.
-    assert overload.statuses.keys() <= {200, 503}, _report("overload", overload)
-    assert overload.statuses[503] > 0
-    assert overload.retry_after == {"1": overload.statuses[503]}
-    assert overload.quantile(503, 0.99) < 1.0, _report("overload", overload)
-    assert overload.timeouts == 0
-    assert not overload.errors
-    assert _metric(server.base, "bourse_http_requests_shed_total") > 0
-
-    # Within 5 s of the end it answers normally, and every pooled connection is idle.
-    deadline = stopped + 5
-    while True:
-        response = httpx.get(f"{server.base}{WALLETS}", headers={"Authorization": f"Bearer {server.token}"}, timeout=5)
-        states = {state for state, _ in _connections(deployment)}
-        if response.status_code == 200 and states <= {"idle"}:
-            break
-        assert time.monotonic() < deadline, (response.status_code, _connections(deployment))
-        time.sleep(0.2)
-    recovered = time.monotonic() - stopped
     print(f"recovered {recovered:.2f}s after the load stopped")  # noqa: T201
     _figures(
         "honouring-retry-after",
@@ -208,6 +220,27 @@ def test_overload_sheds_the_excess_keeps_serving_and_recovers_at_once(server: Se
         overload=_summary(overload),
         recovered_seconds=round(recovered, 2),
     )
+
+    assert unloaded.statuses.keys() == {200}, _report("unloaded", unloaded)
+    # It kept completing requests in every second of the overload after the first (in
+    # which 400 connections are opened at once on two cores), at no less than half the
+    # unloaded rate. Before connection leases, no second after the first had any.
+    assert all(count > 0 for count in overload.per_second(200)[1:]), _report("overload", overload)
+    assert overload.rate(200) >= 0.5 * unloaded.rate(200), _report("overload", overload)
+    # The excess got a 503 with Retry-After; nothing timed out, nothing failed.
+    assert overload.statuses.keys() <= {200, 503}, _report("overload", overload)
+    assert overload.statuses[503] > 0
+    assert overload.retry_after == {"1": overload.statuses[503]}
+    assert overload.timeouts == 0
+    assert not overload.errors
+    # Every 503 was admission control's, which refuses before any of the request's work
+    # (the server's shed count is the clients' 503 count: this server shed nothing else),
+    # and none came from a request that had queued for a connection until it gave up.
+    # Those two are what made the 503s fast; their p99 is in the figures.
+    assert _metric(server.base, "bourse_http_requests_shed_total") == overload.statuses[503]
+    assert _metric(server.base, "bourse_db_lease_timeouts_total") == 0
+
+    # Recovered: nothing holds or waits for a lease, and the probes pass.
     assert _metric(server.base, "bourse_db_leases_in_use") == 0
     assert _metric(server.base, "bourse_db_lease_waiting") == 0
     assert httpx.get(f"{server.base}/livez", timeout=5).status_code == 200
@@ -220,21 +253,21 @@ def test_clients_that_ignore_retry_after_do_not_starve_the_server_and_sigterm_st
     unloaded = server.hammer(8, 4, honour_retry_after=True)
 
     sigterm_at = 6.0
-    budget = DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 3
-    exit_code: list[int] = []
-    exited_after: list[float] = []
-
-    def terminate_later() -> None:
+    budget = SHUTDOWN_BUDGET_SECONDS
+    with ThreadPoolExecutor(max_workers=1) as load:
+        # The load runs on until after the budget, so the server is shut down under it.
+        running = load.submit(server.hammer, CONNECTIONS, sigterm_at + budget, honour_retry_after=False)
+        # The scenario's schedule, not a wait for a state: SIGTERM 6 s into the overload.
+        # What the load saw before then is checked below.
         time.sleep(sigterm_at)
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        exit_code.append(server.process.wait(timeout=budget + 30))
-        exited_after.append(time.monotonic() - signalled)
-
-    killer = threading.Thread(target=terminate_later, daemon=True)
-    killer.start()
-    overload = server.hammer(CONNECTIONS, sigterm_at + budget, honour_retry_after=False)
-    killer.join()
+        try:
+            exit_code = server.process.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {budget}s after SIGTERM under overload (its budget)") from None
+        exited_after = time.monotonic() - signalled
+        overload = running.result()
     print(_report("unloaded", unloaded))  # noqa: T201
     print(_report("overload without backoff", overload))  # noqa: T201
 
@@ -243,16 +276,16 @@ def test_clients_that_ignore_retry_after_do_not_starve_the_server_and_sigterm_st
     assert all(count > 0 for count in overload.per_second(200)[1 : int(sigterm_at)]), _report("overload", overload)
     assert overload.timeouts == 0, _report("overload", overload)
 
-    # SIGTERM under overload: drained, stopped and exited 0 within its budget.
-    print(f"exited {exited_after[0]:.2f}s after SIGTERM with code {exit_code[0]}")  # noqa: T201
+    # SIGTERM under overload: drained, stopped and exited within its budget (the wait
+    # above), and exited 0.
+    print(f"exited {exited_after:.2f}s after SIGTERM with code {exit_code}")  # noqa: T201
     _figures(
         "ignoring-retry-after",
         connections=CONNECTIONS,
         unloaded=_summary(unloaded),
         overload_before_sigterm=_summary(overload, 1, sigterm_at),
-        sigterm_exit_code=exit_code[0],
-        exited_seconds_after_sigterm=round(exited_after[0], 2),
+        sigterm_exit_code=exit_code,
+        exited_seconds_after_sigterm=round(exited_after, 2),
         budget_seconds=budget,
     )
-    assert exit_code == [0]
-    assert exited_after[0] <= budget, f"exited {exited_after[0]:.1f}s after SIGTERM; budget {budget}s"
+    assert exit_code == 0

@@ -20,6 +20,10 @@ Three mechanisms keep a process answering under any load
   second. ``/livez`` fails when none has come back for
   ``BOURSE_LIVENESS_STALL_SECONDS``, so a process that can no longer make progress is
   restarted, without the probe touching PostgreSQL or Redis.
+
+All three read time, and wait on it, through a :class:`Clock`: the monotonic clock and
+the event loop's waits in production, a clock moved by hand in the tests, which can
+then show what each waits for without measuring the wall clock.
 """
 
 from __future__ import annotations
@@ -53,6 +57,28 @@ class DatabaseBusy(TemporarilyUnavailable):
     code = "database_busy"
 
 
+class Clock:
+    """Monotonic time, and the two kinds of wait that are measured on it.
+
+    The mechanisms here take one (``clock=``) and default to this one, which is
+    ``time.monotonic`` and the event loop's own timers. A test passes a subclass
+    whose time moves only when told to.
+    """
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def fail_after(self, seconds: float) -> contextlib.AbstractContextManager[anyio.CancelScope]:
+        """A scope that is cancelled after ``seconds`` and then raises :class:`TimeoutError`."""
+        return anyio.fail_after(seconds)
+
+
+SYSTEM_CLOCK = Clock()
+
+
 class Admission:
     """Counts admitted API requests; refuses beyond the limit.
 
@@ -66,24 +92,25 @@ class Admission:
     # tell, and a scrape under load is exactly when metrics matter.
     EXEMPT: ClassVar[frozenset[str]] = frozenset({"/livez", "/readyz", "/metrics"})
 
-    def __init__(self, limit: int, retry_after: int = 1) -> None:
+    def __init__(self, limit: int, retry_after: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         self.limit = limit
         self.retry_after = retry_after
+        self.clock = clock
         self.in_flight = 0
         # client address -> when it was last refused, oldest first
         self._refused: dict[object, float] = {}
         self._shed_since_log = 0
-        self._last_log = 0.0
+        self._last_log = float("-inf")  # never: the first refusal is logged
 
     async def enter(self, client: object) -> bool:
         """Admit the request (True) or refuse it (False); the caller calls
         :meth:`leave` after an admitted request."""
         if self._try_enter():
             return True
-        now = time.monotonic()
+        now = self.clock.now()
         last = self._refused.get(client)
         if last is not None and now - last < self.retry_after:
-            await asyncio.sleep(self.retry_after - (now - last))
+            await self.clock.sleep(self.retry_after - (now - last))
             if self._try_enter():
                 return True
         self._note_refusal(client)
@@ -99,7 +126,7 @@ class Admission:
         return True
 
     def _note_refusal(self, client: object) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         self._refused.pop(client, None)
         self._refused[client] = now
         while self._refused:
@@ -124,15 +151,21 @@ class ConnectionLeases:
     longest waiter.
     """
 
-    def __init__(self, size: int, timeout: float) -> None:
+    def __init__(self, size: int, timeout: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.size = size
         self.timeout = timeout
+        self.clock = clock
         self._free = size
         self._waiters: deque[anyio.Event] = deque()
 
     @property
     def in_use(self) -> int:
         return self.size - self._free
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a lease (a cancelled one leaves the queue at once)."""
+        return len(self._waiters)
 
     async def acquire(self) -> None:
         """Take a lease, waiting at most ``timeout``; :class:`DatabaseBusy` after that."""
@@ -143,9 +176,9 @@ class ConnectionLeases:
         granted = anyio.Event()
         self._waiters.append(granted)
         DB_LEASE_WAITING.inc()
-        started = time.monotonic()
+        started = self.clock.now()
         try:
-            with anyio.fail_after(self.timeout):
+            with self.clock.fail_after(self.timeout):
                 await granted.wait()
         except BaseException as exc:
             if granted.is_set():
@@ -158,9 +191,9 @@ class ConnectionLeases:
                 DB_LEASE_TIMEOUTS.inc()
                 log.warning(
                     "database_lease_timeout",
-                    waited_seconds=round(time.monotonic() - started, 3),
+                    waited_seconds=round(self.clock.now() - started, 3),
                     leases=self.size,
-                    waiting=len(self._waiters),
+                    waiting=self.waiting,
                 )
                 raise DatabaseBusy(
                     f"No database connection became free within {self.timeout:g} s; retry shortly",
@@ -216,12 +249,19 @@ async def run_with_lease(leases: ConnectionLeases, func: Callable[..., T], *args
 class ProgressMonitor:
     """The worker threads' heartbeat, read by ``/livez``."""
 
-    def __init__(self, stall_seconds: float, interval: float = 1.0, heartbeat_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        stall_seconds: float,
+        interval: float = 1.0,
+        heartbeat_path: Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.stall_seconds = stall_seconds
         self.interval = interval
         # Touched on every beat, for a supervising process (``serve --workers``).
         self.heartbeat_path = heartbeat_path
-        self.last_progress = time.monotonic()
+        self.clock = clock
+        self.last_progress = clock.now()
         self._task: asyncio.Task[None] | None = None
         self._reported = False
 
@@ -233,7 +273,7 @@ class ProgressMonitor:
         """Seconds since the last heartbeat if that is past the limit, else None."""
         if not self.running:
             return None
-        age = time.monotonic() - self.last_progress
+        age = self.clock.now() - self.last_progress
         if age <= self.stall_seconds:
             if self._reported:
                 log.info("worker_threads_recovered")
@@ -245,7 +285,7 @@ class ProgressMonitor:
         return age
 
     def start(self) -> None:
-        self.last_progress = time.monotonic()
+        self.last_progress = self.clock.now()
         self._task = asyncio.get_running_loop().create_task(self._beat(), name="bourse-progress-monitor")
 
     async def stop(self) -> None:
@@ -265,5 +305,5 @@ class ProgressMonitor:
         while True:
             # abandon_on_cancel: stopping must not wait for a thread that may never come.
             await anyio.to_thread.run_sync(self._touch, abandon_on_cancel=True)
-            self.last_progress = time.monotonic()
-            await asyncio.sleep(self.interval)
+            self.last_progress = self.clock.now()
+            await self.clock.sleep(self.interval)
