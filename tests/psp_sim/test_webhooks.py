@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
+from typing import Any
 
 import pytest
 
 from bourse.psp import signing
 from bourse.psp.connectors.base import EventKind, ExpiredSignature, InvalidSignature, MalformedEvent
 from bourse.psp.connectors.simulator import SimulatorConnector
-from tests.support.psp_sim import SECRET, Receiver, Simulator
+from bourse.psp.sim.delivery import EventRecord, WebhookDispatcher
+from bourse.psp.sim.faults import FaultSwitchboard
+from tests.support.psp_sim import SECRET, Receiver, Simulator, unique
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.process
 
@@ -140,23 +145,91 @@ def test_duplicate_webhooks_fault(sim: Simulator, receiver: Receiver) -> None:
 
 
 def test_out_of_order_fault_delivers_newest_first(sim: Simulator, receiver: Receiver) -> None:
-    sim.set_faults(out_of_order_window_seconds=0.5)
+    # How long the window holds them is checked in process below, with the dispatcher's sleep held.
+    sim.set_faults(out_of_order_window_seconds=1.0)  # the three approvals land in one window
     deposits = [sim.deposit() for _ in range(3)]
-    started = time.monotonic()
     for deposit in deposits:
         sim.approve(deposit["id"])
     references = {d["reference"] for d in deposits}
     deliveries = receiver.wait(lambda d: d.reference in references, count=3)
     assert [d.reference for d in deliveries] == [d["reference"] for d in reversed(deposits)]
-    assert deliveries[0].at - started >= 0.45
+    records = [sim.event(d.event["id"]) for d in deliveries]
+    assert [(r["window_seconds"], r["delay_seconds"]) for r in records] == [(1.0, 0.0)] * 3
 
 
 def test_webhook_delay_fault(sim: Simulator, receiver: Receiver) -> None:
-    sim.set_faults(webhook_delay_seconds=1.0)
+    # That nothing is sent before the delay is over is checked in process below.
+    sim.set_faults(webhook_delay_seconds=0.5)
     deposit = sim.deposit()
-    approved_at = time.monotonic()
     sim.approve(deposit["id"])
-    time.sleep(0.5)
-    assert receiver.matching(lambda d: d.reference == deposit["reference"]) == []
-    delivery = receiver.for_reference(deposit["reference"], timeout=5)[0]
-    assert delivery.at - approved_at >= 0.95
+    delivery = receiver.for_reference(deposit["reference"])[0]
+    record = sim.event(delivery.event["id"])
+    assert (record["delay_seconds"], record["window_seconds"], record["attempts"]) == (0.5, 0.0, 1)
+
+
+# --- The dispatcher in this process, its sleep held by the test -------------------------------
+
+
+class HeldSleep:
+    """The dispatcher's ``sleep``: records each wait it is asked for, and lets none end until released."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self._released = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        await self._released.wait()
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def _dispatch_held(
+    receiver: Receiver, faults: dict[str, Any], references: list[str]
+) -> tuple[list[EventRecord], list[float]]:
+    """Emit one event per reference under ``faults`` with every sleep held, check none is sent, release.
+
+    Returns the records, once all are delivered, and the waits the dispatcher asked for.
+    """
+    switchboard = FaultSwitchboard()
+    switchboard.update(faults)
+    sleep = HeldSleep()
+
+    async def scenario() -> list[EventRecord]:
+        dispatcher = WebhookDispatcher(receiver.url, SECRET, switchboard, sleep=sleep)
+        await dispatcher.start()
+        try:
+            records = [
+                dispatcher.emit("deposit.succeeded", {"id": unique("dep"), "reference": reference})
+                for reference in references
+            ]
+            # An event emitted after them without the fault goes out meanwhile; they are not even tried.
+            switchboard.reset()
+            control = dispatcher.emit("deposit.succeeded", {"id": unique("dep"), "reference": unique()})
+            await wait_until_async(lambda: control.delivered, "an event without the fault to be delivered")
+            assert [record.attempts for record in records] == [0] * len(records)
+            sleep.release()
+            await wait_until_async(lambda: all(record.delivered for record in records), "every event to be delivered")
+            return records
+        finally:
+            await dispatcher.stop()
+
+    return asyncio.run(scenario()), sleep.asked
+
+
+def test_the_delay_fault_waits_its_seconds_before_the_first_attempt(receiver: Receiver) -> None:
+    reference = unique()
+    [record], asked = _dispatch_held(receiver, {"webhook_delay_seconds": 1.5}, [reference])
+    assert asked == [1.5]
+    assert (record.delay_seconds, record.attempts) == (1.5, 1)
+    assert len(receiver.for_reference(reference)) == 1
+
+
+def test_the_out_of_order_window_holds_every_event_then_sends_the_newest_first(receiver: Receiver) -> None:
+    references = [unique() for _ in range(3)]
+    records, asked = _dispatch_held(receiver, {"out_of_order_window_seconds": 0.5}, references)
+    assert asked == [0.5]  # one window for all three, opened by the first
+    assert [(record.window_seconds, record.attempts) for record in records] == [(0.5, 1)] * 3
+    deliveries = receiver.wait(lambda d: d.reference in references, count=3)
+    assert [d.reference for d in deliveries] == list(reversed(references))

@@ -50,7 +50,7 @@ class Receiver:
     """Records every webhook delivery; answers 500 to a reference's first N deliveries."""
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self.deliveries: list[Delivery] = []
         self._failures: dict[str, int] = {}
         receiver = self
@@ -77,7 +77,6 @@ class Receiver:
     def _record(self, delivery: Delivery) -> int:
         with self._lock:
             self.deliveries.append(delivery)
-            self._lock.notify_all()
             try:
                 reference = delivery.reference
             except (ValueError, KeyError, TypeError):
@@ -98,16 +97,14 @@ class Receiver:
 
     def wait(self, predicate: Callable[[Delivery], bool], count: int = 1, timeout: float = 10.0) -> list[Delivery]:
         """Wait until ``count`` deliveries match; return them in arrival order."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                found = [d for d in self.deliveries if predicate(d)]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{len(found)} of {count} deliveries arrived within {timeout}s")
-                self._lock.wait(remaining)
+        found: list[Delivery] = []
+
+        def arrived() -> bool:
+            found[:] = self.matching(predicate)
+            return len(found) >= count
+
+        wait_until(arrived, lambda: f"{count} matching deliveries ({len(found)} arrived)", timeout=timeout)
+        return found
 
     def for_reference(self, reference: str, count: int = 1, timeout: float = 10.0) -> list[Delivery]:
         return self.wait(lambda d: d.reference == reference, count, timeout)

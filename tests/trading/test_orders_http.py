@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,12 +43,15 @@ from bourse.trading.models import OPEN_STATUSES, Order, OrderStatus, Trade
 from tests.support.ledger import verify
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
 from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
+from tests.support.waiting import wait_until
 from tests.trading.orders_support import asset_total, check_consistent, user_total
 
 pytestmark = pytest.mark.process
 
 SYMBOL = "BTC-USD"
 THREADS = 8
+CONCURRENT_ORDERS = 50  # accepted before the concurrency test stops its clients
+CRASH_AFTER_ORDERS = 25  # accepted before the server is killed, with requests in flight
 
 
 @dataclass
@@ -97,27 +99,50 @@ def _server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 class _Clients:
-    """``THREADS`` threads, each with its own traders, stepping an OrderFlow until stopped."""
+    """``THREADS`` threads, each with its own traders, stepping an OrderFlow until stopped.
+
+    A thread whose request got no answer (the server is down) sends nothing more until
+    the test gives it another server's address, or stops it.
+    """
 
     def __init__(self, traders: Traders, url: str) -> None:
-        self.url = url
-        self.halt = threading.Event()
+        self._url = url
+        self._halted = False
+        self._changed = threading.Condition()  # guards the address and the halt
         self.outcomes: Counter[tuple[str, int, str | None]] = Counter()
         self.fills = 0
         self._guard = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(traders, i), daemon=True) for i in range(THREADS)]
 
+    @property
+    def url(self) -> str:
+        with self._changed:
+            return self._url
+
+    @url.setter
+    def url(self, url: str) -> None:
+        """Send to the server at ``url`` from now on (a restarted server answers at a new address)."""
+        with self._changed:
+            self._url = url
+            self._changed.notify_all()
+
+    def _next_address(self, unanswered: str | None) -> str | None:
+        """The address to send to, once it is not ``unanswered``; None once stopped."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._halted or self._url != unanswered)
+            return None if self._halted else self._url
+
     def _run(self, traders: Traders, index: int) -> None:
         share = {trader: traders.tokens[trader] for trader in traders.user_ids[index::THREADS]}
         flow = OrderFlow(self.url, traders.market, share, seed=index, timeout=10)
-        while not self.halt.is_set():
-            flow.url = self.url  # a restarted server answers at a new address
+        unanswered: str | None = None
+        while (url := self._next_address(unanswered)) is not None:
+            flow.url = url
             outcome = flow.step()
             with self._guard:
                 self.outcomes[outcome.action, outcome.status, outcome.error] += 1
                 self.fills += outcome.fills
-            if outcome.status == 0:
-                time.sleep(0.05)  # the server is down: retry, but do not spin
+            unanswered = url if outcome.status == 0 else None
         flow.close()
 
     def __enter__(self) -> _Clients:
@@ -130,17 +155,42 @@ class _Clients:
 
     def stop(self) -> None:
         """Stop the clients and wait until every request they sent is answered."""
-        self.halt.set()
+        with self._changed:
+            self._halted = True
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
             assert not thread.is_alive()
 
     def count(self, action: str | None = None, status: int | None = None) -> int:
-        return sum(
-            n
-            for (act, code, _), n in self.outcomes.items()
-            if (action is None or act == action) and (status is None or code == status)
-        )
+        with self._guard:
+            return sum(
+                n
+                for (act, code, _), n in self.outcomes.items()
+                if (action is None or act == action) and (status is None or code == status)
+            )
+
+    def tally(self) -> dict[str, int]:
+        """Accepted limit and market orders, cancels, all accepted orders, and fills, so far."""
+        with self._guard:
+            fills = self.fills
+        return {
+            "limit": self.count("limit", 201),
+            "market": self.count("market", 201),
+            "cancel": self.count("cancel", 200),
+            "accepted": self.count(status=201),
+            "fills": fills,
+        }
+
+    def wait_for_traffic(self, accepted: int) -> None:
+        """Until ``accepted`` orders in all were accepted, and limits, markets, cancels and fills have happened."""
+        last: dict[str, int] = {}
+
+        def enough() -> bool:
+            last.update(self.tally())
+            return all(last.values()) and last["accepted"] >= accepted
+
+        wait_until(enough, lambda: f"{accepted} accepted orders of every kind, and fills (so far {last})", timeout=120)
 
     def failures(self) -> dict[tuple[str, int, str | None], int]:
         """Outcomes that are neither a success nor a refusal with a code."""
@@ -234,7 +284,7 @@ def test_bench_orders_http_refuses_bad_arguments(args: list[str]) -> None:
 def test_concurrent_orders_and_cancels_keep_book_and_ledger_consistent(stack: _Stack) -> None:
     traders = stack.add_traders(2 * THREADS)
     with _Clients(traders, stack.base_url) as clients:
-        time.sleep(3)
+        clients.wait_for_traffic(accepted=CONCURRENT_ORDERS)
     assert clients.failures() == {}
     assert clients.count("limit", 201) > 0
     assert clients.count("market", 201) > 0
@@ -276,37 +326,49 @@ def _max_order_id(stack: _Stack) -> int:
         database.dispose()
 
 
-def test_sigkilled_server_loses_and_duplicates_nothing(stack: _Stack) -> None:
-    traders = stack.add_traders(2 * THREADS)
-    with _Clients(traders, stack.base_url) as clients:
-        time.sleep(1.5)
-        stop(stack.server)  # SIGKILL, with requests in flight
-        before_crash = _max_order_id(stack)
-        with _server(stack.env) as (_, url):
-            clients.url = url
-            time.sleep(1.5)
-            clients.stop()
-            served = httpx.get(f"{url}/api/v1/instruments/{SYMBOL}/book", params={"depth": 200}).json()
-            recovered_traffic = clients.count(status=201)
-    assert before_crash > 0
-    # No request had an error answer; besides refused connections while no server ran,
-    # only the requests in flight at the kill went unanswered.
-    failures = clients.failures()
-    assert all(status == 0 for (_, status, _) in failures), failures
-    cut_off = sum(n for (_, _, error), n in failures.items() if error != "ConnectionRefusedError")
-    assert 0 < cut_off <= 2 * THREADS, failures
-    assert recovered_traffic > 0
-    _check_database(stack)
-    assert {"bids": served["bids"], "asks": served["asks"]} == _book_from_database(stack)
-    database = stack.database()
-    try:
-        with unit_of_work(database) as session:
-            # The new server matched new orders against orders resting from before the crash.
-            recovered = session.scalar(
+def _trades_across_the_crash(database: Database, before_crash: int) -> int:
+    """Trades in which an order placed after the crash took one that rested from before it."""
+    with unit_of_work(database) as session:
+        return int(
+            session.scalar(
                 select(func.count())
                 .select_from(Trade)
                 .where(Trade.maker_order_id <= before_crash, Trade.taker_order_id > before_crash)
             )
+            or 0
+        )
+
+
+def test_sigkilled_server_loses_and_duplicates_nothing(stack: _Stack) -> None:
+    traders = stack.add_traders(2 * THREADS)
+    database = stack.database()
+    try:
+        with _Clients(traders, stack.base_url) as clients:
+            clients.wait_for_traffic(accepted=CRASH_AFTER_ORDERS)
+            stop(stack.server)  # SIGKILL, with requests in flight
+            before_crash = _max_order_id(stack)
+            accepted_before = clients.count(status=201)
+            with _server(stack.env) as (_, url):
+                clients.url = url
+
+                def recovered() -> bool:
+                    # The new server accepted orders and matched them against orders resting from before the crash.
+                    accepted_since = clients.count(status=201) - accepted_before
+                    return accepted_since > 0 and _trades_across_the_crash(database, before_crash) > 0
+
+                wait_until(recovered, "the new server to trade against orders from before the crash", timeout=120)
+                clients.stop()
+                served = httpx.get(f"{url}/api/v1/instruments/{SYMBOL}/book", params={"depth": 200}).json()
     finally:
         database.dispose()
-    assert recovered
+    assert before_crash > 0
+    # No request had an error answer. Each thread sent nothing after its first unanswered request
+    # (cut off by the kill, or sent to the dead server) until the new server was up, and the
+    # kill cut some off.
+    failures = clients.failures()
+    assert all(status == 0 for (_, status, _) in failures), failures
+    assert sum(failures.values()) <= THREADS, failures
+    cut_off = sum(n for (_, _, error), n in failures.items() if error != "ConnectionRefusedError")
+    assert cut_off > 0, failures
+    _check_database(stack)
+    assert {"bids": served["bids"], "asks": served["asks"]} == _book_from_database(stack)

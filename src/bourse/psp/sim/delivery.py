@@ -10,7 +10,9 @@ until a 2xx or until the event is 24 hours old.
 Faults shape delivery: duplicates (1 + N copies, each with its own retries), a
 delay before the first attempt, and an out-of-order window that buffers events
 and then sends their first attempts newest first, one after another, so the
-receiver really sees them reversed.
+receiver really sees them reversed. Each event records the delay and the window
+it was scheduled with (``GET /admin/events``), and every wait goes through the
+dispatcher's ``sleep``, which a test can replace to hold and release it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,9 @@ CONCURRENCY = 32
 _JITTER = 0.1
 _SUCCESS_FIRST, _SUCCESS_END = 200, 300
 
+#: How the dispatcher waits (a delay, a window, a backoff): ``asyncio.sleep`` unless a test injects its own.
+Sleep = Callable[[float], Awaitable[None]]
+
 
 def backoff(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failed attempt (1-based)."""
@@ -56,6 +61,8 @@ class EventRecord:
     body: bytes
     created: int
     sequence: int
+    delay_seconds: float = 0.0  # waited before the first attempt (the webhook_delay_seconds fault)
+    window_seconds: float = 0.0  # then held to be sent newest first (the out_of_order_window_seconds fault)
     attempts: int = 0
     delivered: bool = False
     last_status: int | None = None
@@ -66,6 +73,8 @@ class EventRecord:
             "id": self.id,
             "type": self.type,
             "object_id": self.object_id,
+            "delay_seconds": self.delay_seconds,
+            "window_seconds": self.window_seconds,
             "attempts": self.attempts,
             "delivered": self.delivered,
             "last_status": self.last_status,
@@ -76,11 +85,20 @@ class EventRecord:
 class WebhookDispatcher:
     """Owns every event and its delivery tasks; lives on the server's event loop."""
 
-    def __init__(self, url: str, secret: str, faults: FaultSwitchboard, *, concurrency: int = CONCURRENCY) -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        faults: FaultSwitchboard,
+        *,
+        concurrency: int = CONCURRENCY,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self._url = url
         self._secret = secret
         self._faults = faults
         self._concurrency = concurrency
+        self._sleep = sleep
         self._events: dict[str, EventRecord] = {}
         self._sequence = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,14 +138,19 @@ class WebhookDispatcher:
         event_id = new_id("evt")
         payload = {"id": event_id, "object": "event", "type": event_type, "created": created, "data": {"object": obj}}
         body = json.dumps(payload, separators=(",", ":")).encode()
-        record = EventRecord(event_id, event_type, str(obj["id"]), body, created, next(self._sequence))
-        self._events[event_id] = record
         faults = self._faults.current
-        self.spawn(
-            self._dispatch(
-                record, 1 + faults.duplicate_webhooks, faults.webhook_delay_seconds, faults.out_of_order_window_seconds
-            )
+        record = EventRecord(
+            event_id,
+            event_type,
+            str(obj["id"]),
+            body,
+            created,
+            next(self._sequence),
+            delay_seconds=faults.webhook_delay_seconds,
+            window_seconds=faults.out_of_order_window_seconds,
         )
+        self._events[event_id] = record
+        self.spawn(self._dispatch(record, 1 + faults.duplicate_webhooks))
         return record
 
     def events(self) -> list[dict[str, Any]]:
@@ -143,20 +166,20 @@ class WebhookDispatcher:
 
     # --- Delivery -------------------------------------------------------------------
 
-    async def _dispatch(self, record: EventRecord, copies: int, delay: float, window: float) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if window > 0:
+    async def _dispatch(self, record: EventRecord, copies: int) -> None:
+        if record.delay_seconds > 0:
+            await self._sleep(record.delay_seconds)
+        if record.window_seconds > 0:
             self._buffer.append((record, copies))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                self.spawn(self._flush_after(window))
+                self.spawn(self._flush_after(record.window_seconds))
             return
         for _ in range(copies):
             self.spawn(self._deliver(record))
 
     async def _flush_after(self, window: float) -> None:
-        await asyncio.sleep(window)
+        await self._sleep(window)
         batch, self._buffer, self._flush_scheduled = self._buffer, [], False
         batch.sort(key=lambda item: item[0].sequence, reverse=True)
         # First attempts one after another, so the receiver sees this exact order;
@@ -173,7 +196,7 @@ class WebhookDispatcher:
                 return
             failures = 1
         while time.monotonic() - started < GIVE_UP_AFTER_SECONDS:
-            await asyncio.sleep(backoff(failures))
+            await self._sleep(backoff(failures))
             if await self._attempt(record):
                 return
             failures += 1
