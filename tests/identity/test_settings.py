@@ -28,6 +28,8 @@ def test_defaults() -> None:
     assert settings.access_token_ttl_seconds == 900
     assert (settings.jwt_issuer, settings.jwt_audience, settings.jwt_key_id) == ("bourse", "bourse-api", "k1")
     assert settings.previous_jwt_keys == {}
+    assert settings.auth_cache_seconds == 1.0
+    assert load_settings(auth_cache_seconds="0").auth_cache_seconds == 0.0  # off
 
 
 def test_previous_keys_are_parsed_and_validated() -> None:
@@ -59,6 +61,8 @@ def test_secrets_never_appear_in_errors() -> None:
         ({"jwt_key_id": "has space"}, "BOURSE_JWT_KEY_ID"),
         ({"jwt_issuer": ""}, "BOURSE_JWT_ISSUER"),
         ({"password_hash_memory_kib": 8}, "BOURSE_PASSWORD_HASH_MEMORY_KIB"),
+        ({"auth_cache_seconds": 1.5}, "BOURSE_AUTH_CACHE_SECONDS"),
+        ({"auth_cache_seconds": -0.1}, "BOURSE_AUTH_CACHE_SECONDS"),
     ],
 )
 def test_invalid_values(overrides: dict[str, object], message: str) -> None:

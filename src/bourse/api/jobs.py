@@ -12,7 +12,7 @@ which FastAPI could not resolve from a string.
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -67,7 +67,7 @@ def close_driver(app: FastAPI) -> None:
         driver.close()
 
 
-def jobs_router(staff: Callable[..., Staff]) -> APIRouter:
+def jobs_router(staff: Callable[..., Awaitable[Staff]]) -> APIRouter:
     """The admin jobs endpoints, each admitting the callers ``staff`` admits.
 
     ``staff`` is a FastAPI dependency (identity's ``require_roles(Role.operator,

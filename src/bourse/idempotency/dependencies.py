@@ -83,7 +83,7 @@ class IdempotentRequest:
     errors.IdempotencyKeyReused,
     errors.IdempotencyInProgress,
 )
-def _idempotent_request(
+async def _idempotent_request(
     request: Request,
     session: DbSession,
     principal: CurrentPrincipal,

@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     jwt_audience: str = Field(default="bourse-api", min_length=1)
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
     refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=3600, le=90 * 86400)
+    # How long each process may serve a user's role and status as it last read them
+    # (docs/decisions/0023-principal-cache.md): a lock, demotion or deletion takes
+    # effect everywhere within this, at once in the process that made it. 0: off.
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
     # Encrypts TOTP secrets at rest, so a database dump alone does not reveal them.
     totp_key: SecretStr = SecretStr("dev-only-insecure-totp-key-change-me")
     # Failed logins allowed per account and per client IP in one fixed window.
