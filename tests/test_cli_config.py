@@ -8,12 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.processes import clean_env, free_port, run_bourse
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -156,15 +156,20 @@ def test_production_serves_with_secrets_from_a_vault_file(tmp_path: Path, postgr
             stderr=stderr,
         )
         try:
-            deadline = time.monotonic() + 20
-            status = None
-            while time.monotonic() < deadline and process.poll() is None:
-                status = _ready_status(port)
-                if status == 200:
-                    break
-                time.sleep(0.1)
-            logs = stderr_path.read_text(errors="replace")
-            assert status == 200, f"not ready (status {status}, exit {process.poll()}):\n{logs}"
+            status: list[int | None] = [None]
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    logs = stderr_path.read_text(errors="replace")
+                    raise AssertionError(f"bourse serve exited ({process.returncode}) before it was ready:\n{logs}")
+                status[0] = _ready_status(port)
+                return status[0] == 200
+
+            wait_until(
+                ready,
+                lambda: f"/readyz to answer 200 (last: {status[0]}):\n{stderr_path.read_text(errors='replace')}",
+                interval=0.1,
+            )
             process.send_signal(signal.SIGTERM)
             exit_code = process.wait(timeout=20)
         finally:

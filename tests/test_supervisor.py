@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
-import time
+from pathlib import Path
 
 import pytest
 
@@ -35,25 +34,33 @@ def test_crashing_child_is_restarted_with_growing_backoff() -> None:
     assert supervisor.children[0].restarts >= 4
 
 
-def test_stop_escalates_to_kill_for_a_child_that_ignores_sigterm() -> None:
-    stubborn = ChildSpec(
-        "stubborn",
-        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"],
+# A supervisor that never stopped its child would hang here: fail instead.
+@pytest.mark.timeout(120)
+def test_stop_escalates_to_kill_for_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    ignoring = tmp_path / "ignoring"
+    # The child says once it ignores SIGTERM. Left alone it exits 0 after its sleep,
+    # so only a SIGKILL from the supervisor gives it the return code checked below.
+    code = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
     )
+    stubborn = ChildSpec("stubborn", [sys.executable, "-c", code, str(ignoring)])
     supervisor = Supervisor([stubborn], stop_timeout=0.5, poll_interval=0.02)
-    timer = threading.Timer(0.5, supervisor.request_stop)
-    timer.start()
-    started = time.monotonic()
-    assert supervisor.run() == 0
-    process = supervisor.children[0].process
-    assert process is not None
-    assert process.returncode == -signal.SIGKILL
-    assert time.monotonic() - started < 10
+
+    def stop_once_ignoring() -> None:
+        if ignoring.exists():
+            supervisor.request_stop()
+
+    # Signals can only be installed from the main thread, so run it here.
+    assert supervisor.run(on_tick=stop_once_ignoring) == 0
+    child = supervisor.children[0]
+    assert child.process is not None
+    assert child.process.returncode == -signal.SIGKILL
+    assert child.restarts == 0  # the SIGKILL was the stop's, not a crash and a restart
 
 
 def test_signal_handlers_are_restored_after_run() -> None:
     before = signal.getsignal(signal.SIGTERM)
     supervisor = Supervisor([ChildSpec("sleep", [sys.executable, "-c", "import time; time.sleep(30)"])])
-    threading.Timer(0.3, supervisor.request_stop).start()
-    supervisor.run()
+    supervisor.run(on_tick=supervisor.request_stop)
     assert signal.getsignal(signal.SIGTERM) == before

@@ -8,7 +8,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +17,7 @@ from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role, User, UserStatus
 from tests.identity.helpers import PASSWORD, login, unique_email
 from tests.support.processes import ROOT, clean_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -105,21 +105,26 @@ class Terminal:
 
     def expect(self, text: str, timeout: float = 30.0) -> None:
         """Wait until ``text`` appears after everything matched so far."""
-        deadline = time.monotonic() + timeout
-        while (found := self.seen.find(text.encode(), self.position)) < 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{text!r} not shown; got {self.seen.decode(errors='replace')!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(remaining, 0.5))
+
+        def shown() -> bool:
+            if self.seen.find(text.encode(), self.position) >= 0:
+                return True
+            ready, _, _ = select.select([self.fd], [], [], 0.05)  # waits briefly for output itself
             if ready:
                 try:
                     chunk = os.read(self.fd, 4096)
                 except OSError:  # the child closed the terminal
                     chunk = b""
                 if not chunk:
-                    raise AssertionError(f"{text!r} not shown before exit; got {self.seen.decode(errors='replace')!r}")
+                    raise AssertionError(f"{text!r} not shown before exit; got {self.shown()!r}")
                 self.seen += chunk
-        self.position = found + len(text)
+            return self.seen.find(text.encode(), self.position) >= 0
+
+        wait_until(shown, lambda: f"{text!r} to be shown; got {self.shown()!r}", timeout=timeout, interval=0)
+        self.position = self.seen.find(text.encode(), self.position) + len(text)
+
+    def shown(self) -> str:
+        return self.seen.decode(errors="replace")
 
     def type(self, line: str) -> None:
         os.write(self.fd, f"{line}\n".encode())
@@ -137,6 +142,14 @@ def test_interactive_prompt_is_hidden_and_confirmed(database_url: str, database:
             clean_env(BOURSE_DATABASE_URL=database_url, BOURSE_LOG_LEVEL="warning"),
         )
     terminal = Terminal(fd)
+    exited: list[int] = []  # the child's wait status, once reaped
+
+    def reaped() -> bool:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            exited.append(status)
+        return bool(exited)
+
     try:
         terminal.expect("Password: ")
         terminal.type(PASSWORD)
@@ -148,19 +161,14 @@ def test_interactive_prompt_is_hidden_and_confirmed(database_url: str, database:
         terminal.expect("Repeat for confirmation: ")
         terminal.type(PASSWORD)
         terminal.expect("created operator")
+        wait_until(reaped, lambda: f"bourse users to exit after creating the user; got {terminal.shown()!r}")
     finally:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if not finished:
-            deadline = time.monotonic() + 10
-            while not finished and time.monotonic() < deadline:
-                time.sleep(0.05)
-                finished, status = os.waitpid(pid, os.WNOHANG)
-            if not finished:
-                os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
+        if not exited:  # the test failed while the child still ran: end it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         os.close(fd)
-    output = terminal.seen.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, output
+    output = terminal.shown()
+    assert os.waitstatus_to_exitcode(exited[0]) == 0, output
     assert PASSWORD not in output  # hidden input: never echoed
     with unit_of_work(database) as session:
         assert session.scalars(sql_select(User.role).where(User.email == email)).one() == Role.operator

@@ -80,16 +80,36 @@ def test_a_job_enqueued_in_a_transaction_that_rolls_back_does_not_exist(queue: Q
     assert job.id == committed
 
 
+class StoppedClock:
+    """A driver's clock that reads ``now`` until a test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_delayed_job_becomes_available_at_its_time(queue: QueueEnv) -> None:
+    delay = 60.0
+    # Enqueueing reads the wall clock: the job is due ``delay`` after some moment
+    # between these two readings, so it is certainly not due before ``earliest``
+    # and certainly due at ``latest``, however long the enqueue took.
+    clock = StoppedClock(time.time())
+    queue.driver.clock = clock
     with unit_of_work(queue.db) as session:
-        job_id = enqueue(session, record_job, {}, delay=1.0)
+        job_id = enqueue(session, record_job, {}, delay=delay)
+    earliest, latest = clock.now + delay, time.time() + delay
     relay_all(queue)
     assert queue.driver.reserve(PRIORITY) is None
     assert {d.queue: d.delayed for d in queue.driver.depths(PRIORITY)}["tests"] == 1
-    time.sleep(1.1)
+    clock.now = earliest - 0.001
+    assert queue.driver.reserve(PRIORITY) is None
+    clock.now = latest
     job = queue.driver.reserve(PRIORITY)
     assert job is not None
     assert job.id == job_id
+    assert {d.queue: d.reserved for d in queue.driver.depths(PRIORITY)}["tests"] == 1
 
 
 def test_at_most_one_job_per_unique_key_is_pending(queue: QueueEnv) -> None:

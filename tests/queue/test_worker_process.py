@@ -18,6 +18,7 @@ from bourse.db import unit_of_work
 from bourse.logging import configure_logging
 from bourse.queue import enqueue
 from bourse.queue.redis_driver import check_eviction_policy
+from bourse.queue.worker import Worker, WorkerOptions
 from tests.queue.jobs_for_tests import gauge_job, record_job, sleeping_job
 from tests.queue.test_drivers import PRIORITY, relay_all
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_output
@@ -72,14 +73,17 @@ def test_a_second_signal_stops_hard_and_returns_the_job_to_the_queue(queue: Queu
     with unit_of_work(queue.db) as session:
         job_id = enqueue(session, sleeping_job, {"seconds": 4, "started_file": str(started)})
     process = start(WORKER, clean_env(**queue.env()))
+    output = ""
     try:
         _wait_for_file(started, process)
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # The second signal only once the first was taken as a request to stop.
+        output = wait_for_output(process, "worker_stopping")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 1
     finally:
-        output = stop(process)
+        output += stop(process)
+    assert "worker_hard_stop" in output
     assert "job_returned_to_queue" in output
     assert queue.runs("slept") == []
     job = queue.driver.reserve(PRIORITY)
@@ -113,12 +117,15 @@ def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     started = tmp_path / "started"
     with unit_of_work(queue.db) as session:
         job_id = enqueue(session, sleeping_job, {"seconds": 1, "started_file": str(started)})
+    retry_after = queue.settings.queue_retry_after_seconds
     argv = [*WORKER[:-1], "2"]  # --timeout 2, under the 3 s retry_after
+    # After the enqueue and before the worker starts: the job is due at this time, and
+    # the reservation the worker takes later has not expired yet at it.
+    before_reservation = time.time()
     process = start(argv, clean_env(**queue.env()))
     _wait_for_file(started, process)
     wait_until(lambda: len(started.read_text().split()) == 2, "the job to name its runner")
     runner = int(started.read_text().split()[1])
-    killed_at = time.monotonic()
     process.kill()
     process.wait(timeout=10)
     stop(process)
@@ -126,10 +133,31 @@ def test_a_job_whose_worker_is_sigkilled_runs_again_after_retry_after(
     wait_until(lambda: _gone(runner), f"the runner {runner} to die with its worker")
     assert queue.runs("slept") == []
     relay_all(queue)
+    queue.driver.clock = lambda: before_reservation
     assert queue.driver.reserve(PRIORITY) is None  # still reserved by the dead worker
-    time.sleep(max(0.0, 3.2 - (time.monotonic() - killed_at)))
-    # tries=2: the killed attempt counted as the first.
-    code, _ = queue.worker(stop_when_empty=True, timeout=2.0, tries=2, max_time=30)
+    # A worker whose driver's clock runs retry_after ahead of the wall clock: whenever
+    # it reads it, the dead worker's reservation (taken earlier, on the wall clock)
+    # has expired, and the test does not wait for that.
+    worker = Worker.create(
+        queue.settings,
+        # tries=2: the killed attempt counted as the first.
+        WorkerOptions(
+            queues=("tests",),
+            modules=(TEST_JOBS,),
+            sleep=0.05,
+            timeout=2.0,
+            tries=2,
+            max_time=30,
+            stop_when_empty=True,
+            memory_mib=64 * 1024,
+        ),
+        queue.db,
+    )
+    worker.driver.clock = lambda: time.time() + retry_after
+    try:
+        code = worker.run()
+    finally:
+        worker.driver.close()
     assert code == 0
     assert queue.runs("slept") == [(job_id, 2)]
     assert queue.failed() == []

@@ -7,7 +7,6 @@ import select
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -82,19 +81,23 @@ def wait_for_output(process: subprocess.Popen[str], text: str, timeout: float = 
     """
     assert process.stdout is not None
     fd = process.stdout.fileno()
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text.encode() not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"{text!r} not printed within {timeout}s; printed: {seen.decode()[-2000:]}")
-        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-        if ready:
+    seen = bytearray()
+
+    def printed() -> bool:
+        # Waits briefly for output itself, so it reads as soon as something is printed.
+        if text.encode() not in seen and select.select([fd], [], [], 0.05)[0]:
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise AssertionError(f"process closed its output before printing {text!r}: {seen.decode()[-2000:]}")
-            seen += chunk
-    return seen.decode()
+                raise AssertionError(f"process closed its output before printing {text!r}: {_tail(seen)}")
+            seen.extend(chunk)
+        return text.encode() in seen
+
+    wait_until(printed, lambda: f"{text!r} to be printed; printed: {_tail(seen)}", timeout=timeout, interval=0)
+    return seen.decode(errors="replace")
+
+
+def _tail(output: bytearray) -> str:
+    return output.decode(errors="replace")[-2000:]
 
 
 def stop(process: subprocess.Popen[str]) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bourse.db import SQLITE_BEGIN_OPTION, Database
-from bourse.queue.driver import QueueDepth, ReservationLost, Reserved, insert_failed
+from bourse.queue.driver import Clock, QueueDepth, ReservationLost, Reserved, insert_failed
 
 _RESERVE = """
 UPDATE queue_jobs
@@ -104,9 +104,10 @@ def read_depths(conn: Connection, now: float) -> dict[str, QueueDepth]:
 class DatabaseDriver:
     name = "database"
 
-    def __init__(self, db: Database, *, retry_after: float) -> None:
+    def __init__(self, db: Database, *, retry_after: float, clock: Clock = time.time) -> None:
         self.db = db
         self.retry_after = retry_after
+        self.clock = clock
         self._postgres = db.engine.dialect.name == "postgresql"
         self._conn: Connection | None = None
         lock = "\n    FOR UPDATE SKIP LOCKED" if self._postgres else ""
@@ -134,7 +135,7 @@ class DatabaseDriver:
 
     def reserve(self, queues: Sequence[str]) -> Reserved | None:
         token = uuid.uuid4().hex
-        now = time.time()
+        now = self.clock()
         params = {"token": token, "now": now, "expiry": now + self.retry_after}
         with self._reserving() as conn:
             for queue in queues:
@@ -163,7 +164,7 @@ class DatabaseDriver:
                     "UPDATE queue_jobs SET reserved_by = NULL, reserved_at = NULL, available_at = :at,"
                     " attempts = attempts - :uncount WHERE uuid = :uuid AND reserved_by = :token"
                 ),
-                {"at": time.time() + delay, "uncount": 1 if uncount else 0, "uuid": job.id, "token": job.token},
+                {"at": self.clock() + delay, "uncount": 1 if uncount else 0, "uuid": job.id, "token": job.token},
             )
 
     def fail(self, job: Reserved, exception: str, traceback: str) -> None:
@@ -173,13 +174,13 @@ class DatabaseDriver:
                 {"uuid": job.id, "token": job.token},
             )
             if deleted.rowcount == 1:
-                insert_failed(conn, job, exception, traceback)
+                insert_failed(conn, job, exception, traceback, self.clock())
 
     def relay(self) -> int:
         return 0
 
     def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
-        now = time.time()
+        now = self.clock()
         with self.db.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as conn:
             found = read_depths(conn, now)
         names = list(dict.fromkeys([*queues, *sorted(found)]))

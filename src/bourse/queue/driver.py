@@ -3,18 +3,24 @@
 Both drivers share ``queue_jobs`` for enqueueing (see :mod:`bourse.queue.producer`)
 and ``queue_failed_jobs`` for jobs that ran out of tries; they differ in where a
 worker reserves from. :mod:`bourse.queue.drivers` picks one from the settings.
+
+Every time a driver compares or stores (availability, reservation expiry, a failed
+job's time) comes from its ``clock``, the wall clock unless a caller (a test) sets
+another. Enqueueing (:mod:`bourse.queue.producer`) reads the wall clock itself.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Connection, insert
 
 from bourse.queue.models import FailedJob
+
+# Seconds since the epoch, as ``time.time`` reads them: what the queue tables and keys store.
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class ReservationLost(Exception):
 
 class Driver(Protocol):
     name: str
+    # Read for every time the driver compares or stores; ``time.time`` unless replaced.
+    clock: Clock
 
     def reserve(self, queues: Sequence[str]) -> Reserved | None:
         """Take the oldest available job of the first non-empty queue, counting an attempt."""
@@ -69,7 +77,7 @@ class Driver(Protocol):
     def close(self) -> None: ...
 
 
-def failed_row(job: Reserved, exception: str, traceback: str) -> dict[str, object]:
+def failed_row(job: Reserved, exception: str, traceback: str, failed_at: float) -> dict[str, object]:
     return {
         "uuid": job.id,
         "queue": job.queue,
@@ -80,9 +88,9 @@ def failed_row(job: Reserved, exception: str, traceback: str) -> dict[str, objec
         "traceback": traceback,
         "request_id": job.request_id,
         "created_at": job.created_at,
-        "failed_at": time.time(),
+        "failed_at": failed_at,
     }
 
 
-def insert_failed(conn: Connection, job: Reserved, exception: str, traceback: str) -> None:
-    conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback)))
+def insert_failed(conn: Connection, job: Reserved, exception: str, traceback: str, failed_at: float) -> None:
+    conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback, failed_at)))

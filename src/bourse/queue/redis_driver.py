@@ -14,7 +14,9 @@ Reserving is one Lua script over the worker's queues in priority order: for each
 queue it first moves due delayed jobs and expired reservations back to the ready
 list, then pops the first id, counts the attempt, stores a fresh token and adds
 the id to the reserved set. Scripts run atomically, so a worker dying anywhere
-leaves the job either ready or reserved, never gone.
+leaves the job either ready or reserved, never gone. Every time the scripts compare
+or store is an argument, read from the driver's ``clock`` as the database driver's
+are; only the relay marker's expiry is left to Redis.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sqlalchemy import bindparam, insert, text
 from bourse.db import SQLITE_BEGIN_OPTION, Database
 from bourse.logging import get_logger
 from bourse.queue.database_driver import read_depths
-from bourse.queue.driver import QueueDepth, Reserved, failed_row
+from bourse.queue.driver import Clock, QueueDepth, Reserved, failed_row
 from bourse.queue.models import FailedJob
 from bourse.redis_client import create_redis
 from bourse.settings import Settings
@@ -41,6 +43,7 @@ RELAY_BATCH = 500
 RELAYED_MARKER_SECONDS = 86400
 SAFE_EVICTION_POLICIES = frozenset({"noeviction"})
 
+# ARGV: now, expiry (now + retry_after), token, prefix, then the queues in priority order.
 _RESERVE = """
 local now = tonumber(ARGV[1])
 local prefix = ARGV[4]
@@ -72,7 +75,7 @@ end
 return false
 """
 
-# KEYS: none (keys derive from the prefix). ARGV: prefix, id, token, mode, at, uncount.
+# KEYS: none (keys derive from the prefix). ARGV: prefix, id, token, mode, at, uncount, now.
 # mode "ack" forgets the job; "release" makes it available at ``at``.
 _SETTLE = """
 local prefix, id = ARGV[1], ARGV[2]
@@ -147,11 +150,14 @@ def check_eviction_policy(client: Redis) -> str | None:
 class RedisDriver:
     name = "redis"
 
-    def __init__(self, db: Database, client: Redis, *, retry_after: float, prefix: str) -> None:
+    def __init__(
+        self, db: Database, client: Redis, *, retry_after: float, prefix: str, clock: Clock = time.time
+    ) -> None:
         self.db = db
         self.client = client
         self.retry_after = retry_after
         self.prefix = prefix
+        self.clock = clock
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._push = client.register_script(_PUSH)
@@ -170,7 +176,7 @@ class RedisDriver:
 
     def reserve(self, queues: Sequence[str]) -> Reserved | None:
         token = uuid.uuid4().hex
-        now = time.time()
+        now = self.clock()
         found = self._reserve(args=[now, now + self.retry_after, token, self.prefix, *queues])
         if not found:
             return None
@@ -192,7 +198,7 @@ class RedisDriver:
         self._settle(args=[self.prefix, job.id, job.token, "ack", 0, 0, 0])
 
     def release(self, job: Reserved, delay: float, *, uncount: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         self._settle(args=[self.prefix, job.id, job.token, "release", now + delay, 1 if uncount else 0, now])
 
     def fail(self, job: Reserved, exception: str, traceback: str) -> None:
@@ -200,7 +206,7 @@ class RedisDriver:
         if self.client.hget(f"{self.prefix}job:{job.id}", "token") != job.token.encode():
             return
         with self.db.engine.begin() as conn:
-            conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback)))
+            conn.execute(insert(FailedJob).values(**failed_row(job, exception, traceback, self.clock())))
         self.acknowledge(job)
 
     def relay(self) -> int:
@@ -214,7 +220,7 @@ class RedisDriver:
             rows = conn.execute(self._outbox_batch, {"n": RELAY_BATCH}).all()
             if not rows:
                 return 0
-            now = time.time()
+            now = self.clock()
             pipe = self.client.pipeline(transaction=False)
             for row in rows:
                 self._push(
@@ -242,7 +248,7 @@ class RedisDriver:
         return len(rows)
 
     def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
-        now = time.time()
+        now = self.clock()
         with self.db.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as conn:
             outbox = read_depths(conn, now)
         known = sorted(_text(q) for q in self.client.smembers(f"{self.prefix}queues"))
