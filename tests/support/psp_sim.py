@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ def unique(prefix: str = "ref") -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    at: float  # time.monotonic() when it arrived
     headers: dict[str, str]  # lower-case names
     body: bytes
 
@@ -60,7 +58,7 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                delivery = Delivery(time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body)
+                delivery = Delivery({k.lower(): v for k, v in self.headers.items()}, body)
                 status = receiver._record(delivery)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
