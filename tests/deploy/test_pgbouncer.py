@@ -165,7 +165,8 @@ def test_the_api_works_through_pgbouncer_with_lock_timeouts_per_transaction(
         # PgBouncer refuses the "options" startup parameter that carries it otherwise.
         direct = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(direct) as locker:
-            locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            # The wallets read the accounts (the caller, cached for a second, may not touch users).
+            locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
             # Answered while the lock is still held (it goes with the rollback below):
             # the server gave up on the lock instead of waiting for it.
             response = httpx.get(f"{base}/api/v1/wallets", headers=bearer(settings, alice), timeout=15)
