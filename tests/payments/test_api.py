@@ -40,6 +40,8 @@ from bourse.payments.audit import Actor
 from bourse.payments.errors import EventNotReady
 from bourse.payments.models import Deposit, DepositState, PaymentAudit, PspEvent, Withdrawal
 from bourse.psp import signing
+from bourse.psp.connectors.simulator import SimulatorConnector
+from bourse.psp.connectors.stripe import StripeConnector
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JobContext, load_jobs
 from bourse.settings import Settings
@@ -374,6 +376,8 @@ def test_insufficient_funds_is_refused_and_holds_nothing(pay: Payments) -> None:
         ({"amount": "1.005"}, 422, "amount_precision"),
         ({"amount": "0"}, 422, "amount_not_positive"),
         ({"amount": "-1.00"}, 422, "amount_not_positive"),
+        # More than the simulator takes in one payout (10**15 minor units): refused here, not by the provider.
+        ({"amount": "10000000000000.01"}, 422, "amount_too_large"),
         ({"asset": "XYZ"}, 422, "unknown_asset"),
         ({"destination": ""}, 422, "validation_error"),
         ({"destination": "   "}, 422, "validation_error"),
@@ -392,6 +396,23 @@ def test_withdrawal_input_errors_have_stable_codes(
     response = pay.client.post("/api/v1/withdrawals", json=body, headers=pay.headers(alice))
     assert (response.status_code, response.json()["error"]) == (status, code), response.text
     assert (pay.available(alice), pay.held(alice)) == (100_00, 0)
+
+
+def test_a_deposit_larger_than_the_provider_takes_is_refused_before_anything_is_kept(pay: Payments) -> None:
+    """The simulator takes at most 10**15 minor units in one deposit; Bourse says so itself
+    (422) instead of forwarding the amount and passing on the provider's refusal as a 502."""
+    alice = pay.user()
+    for asset, amount in (("USD", "10000000000000.01"), ("BTC", "451576786")):
+        body = {"asset": asset, "amount": amount}
+        response = pay.client.post("/api/v1/deposits", json=body, headers=pay.headers(alice))
+        assert (response.status_code, response.json()["error"]) == (422, "amount_too_large"), response.text
+        assert "simulator connector takes at most" in response.json()["detail"]
+    assert pay.get("/api/v1/deposits", alice).json()["data"] == []
+
+
+def test_each_connector_names_the_most_it_takes() -> None:
+    assert SimulatorConnector.max_amount == 10**15
+    assert StripeConnector.max_amount == 99_999_999  # eight digits: $999,999.99
 
 
 def test_a_withdrawal_needs_an_idempotency_key(pay: Payments) -> None:

@@ -123,6 +123,15 @@ def test_a_refused_order_gives_the_instruments_turn_back(
     unknown = _post(client, settings, user, instrument="ZZZ-USD", side="buy", price="1.00", quantity="1")
     assert unknown.status_code == 404, unknown.text
     assert not book_cache._writer("ZZZ-USD").locked()
+    # Refused before any statement ran (no valid symbol), twice: the turn was given back.
+    for _ in range(2):
+        nameless = client.delete("/api/v1/orders", params={"instrument": ""}, headers=bearer(settings, user))
+        assert nameless.status_code == 404, nameless.text
+        assert nameless.json()["error"] == "unknown_instrument"
+        assert not book_cache._writer("").locked()
+        invalid = _post(client, settings, user, instrument="not a symbol", side="buy", price="1.00", quantity="1")
+        assert invalid.status_code in {404, 422}, invalid.text
+        assert not book_cache._writer("not a symbol").locked()
     accepted = _post(client, settings, user, instrument=symbol, side="buy", price="1.00", quantity="0.01")
     assert accepted.status_code == 201, accepted.text
     assert not book_cache._writer(symbol).locked()

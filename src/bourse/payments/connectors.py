@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bourse.assets.amounts import AmountTooLarge, format_amount
+from bourse.assets.models import Asset
 from bourse.payments.errors import UnknownConnector
 from bourse.psp.connectors.base import Capability, Connector
 from bourse.psp.registry import connectors
@@ -23,3 +25,10 @@ def connector_named(settings: Settings, name: str | None, capability: Capability
     if capability is not None:
         connector.require(capability)
     return connector
+
+
+def check_amount(connector: Connector, asset: Asset, amount: int, what: str) -> None:
+    """Refuse (422 ``amount_too_large``) an amount the provider would refuse, before anything is kept."""
+    if amount > connector.max_amount:
+        most = format_amount(connector.max_amount, asset.scale)
+        raise AmountTooLarge(f"The {connector.name} connector takes at most {most} {asset.code} in one {what}")

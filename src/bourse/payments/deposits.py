@@ -20,6 +20,7 @@ from bourse.ledger.accounts import AccountKey, account_balances, lock_accounts, 
 from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Leg, post_entry
 from bourse.payments.audit import Actor, record
+from bourse.payments.connectors import check_amount
 from bourse.payments.models import Deposit, DepositState
 from bourse.psp.connectors.base import Connector
 from bourse.sqltypes import utcnow
@@ -60,6 +61,7 @@ def create(
     key is derived from the deposit's id, so the provider never opens two
     checkouts for one deposit.
     """
+    check_amount(connector, asset, amount, "deposit")
     deposit = Deposit(
         id=uuid.uuid4(),
         user_id=user_id,

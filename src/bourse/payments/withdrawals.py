@@ -24,6 +24,7 @@ from bourse.ledger.holds import capture_hold, place_hold, release_hold
 from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context
 from bourse.payments.audit import Actor, record
+from bourse.payments.connectors import check_amount
 from bourse.payments.errors import (
     AlreadyApproved,
     CoolingOff,
@@ -121,6 +122,7 @@ def create(
     actor: Actor,
     idempotency_key: str,
 ) -> Withdrawal:
+    check_amount(connector, asset, amount, "payout")
     verify_totp_if_enrolled(session, user_id, totp_code, settings=settings)
     # The lock that serialises this user's withdrawals in this asset (see the module docstring):
     # the available account and the held one the hold moves funds to, in the ledger's order.

@@ -92,6 +92,12 @@ def take_turn(session: Session, symbol: str) -> Instrument:
     cannot be had within the session's lock wait.
     """
     _pending(session)  # the hooks that end the turn at commit or rollback
+    if not session.in_transaction():
+        # Those hooks fire only when a transaction ends. A session that has run no
+        # statement yet (the caller's principal came from the cache) has none, and a
+        # refusal before the first statement (an invalid symbol) would leave the turn
+        # held for good: begin the transaction the turn belongs to.
+        session.begin()
     held: dict[str, threading.Lock] = session.info.setdefault(_HELD, {})
     if symbol not in held:
         mutex = _writer(symbol)

@@ -232,6 +232,9 @@ class Connector(ABC):
     #: The name in ``/api/v1/psp/{name}/webhook`` and on the ``psp_clearing`` account.
     name: str
     capabilities: ClassVar[frozenset[Capability]]
+    #: The largest amount, in minor units, the provider takes in one deposit or payout.
+    #: Bourse refuses a larger one itself (422 ``amount_too_large``) rather than send it.
+    max_amount: ClassVar[int] = MAX_EVENT_AMOUNT
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities

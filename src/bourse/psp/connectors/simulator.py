@@ -36,6 +36,7 @@ from bourse.psp.connectors.base import (
     read_event_json,
     storable,
 )
+from bourse.psp.sim.store import MAX_AMOUNT
 
 EVENT_KINDS = {
     "deposit.succeeded": EventKind.deposit_succeeded,
@@ -69,6 +70,7 @@ def _utc(timestamp: object) -> dt.datetime:
 
 class SimulatorConnector(Connector):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    max_amount: ClassVar[int] = MAX_AMOUNT
 
     def __init__(
         self, base_url: str, api_key: str, webhook_secret: str, *, timeout: float = 10.0, name: str = "simulator"

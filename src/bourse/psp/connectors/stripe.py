@@ -78,6 +78,8 @@ class StripeConnector(Connector):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.deposits, Capability.webhooks, Capability.status}
     )
+    #: Stripe's amount field takes at most eight digits (99999999: $999,999.99).
+    max_amount: ClassVar[int] = 99_999_999
 
     def __init__(
         self,

@@ -31,11 +31,10 @@ from bourse.logging import get_logger
 from bourse.psp.sim import checkout
 from bourse.psp.sim.delivery import WebhookDispatcher
 from bourse.psp.sim.faults import FaultSwitchboard
-from bourse.psp.sim.store import TRANSACTION_TYPES, Deposit, Payout, SimError, Store, new_id
+from bourse.psp.sim.store import MAX_AMOUNT, TRANSACTION_TYPES, Deposit, Payout, SimError, Store, new_id
 
 log = get_logger("bourse.psp.sim")
 
-MAX_AMOUNT = 10**15
 MAX_BODY_BYTES = 64 * 1024
 _CURRENCY = re.compile(r"[A-Z]{3,5}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The largest amount, in minor units, the simulator takes in one deposit or payout.
+MAX_AMOUNT = 10**15
+
 DEPOSIT_STATUSES = ("pending", "succeeded", "failed", "refunded", "disputed")
 TRANSACTION_TYPES = ("deposit", "payout", "refund", "chargeback")
 
