@@ -14,25 +14,19 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Table, delete, event, update
 
-from bourse.api.routing import router
-from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity import principals
-from bourse.identity.dependencies import CurrentPrincipal, Principal, authenticate, require_roles
+from bourse.identity.dependencies import Principal, authenticate
 from bourse.identity.errors import AccountLocked
 from bourse.identity.models import Role, User, UserStatus
 from bourse.identity.principals import PrincipalCache, Ticket, UserState
 from bourse.identity.service import set_user_status
 from bourse.settings import Settings
-from tests.support.auth import TestUser, bearer, make_user
+from tests.support.auth import PROBE_ME, PROBE_STAFF, TestUser, bearer, make_user, probe_app
 
-STAFF_ONLY = require_roles(Role.operator, Role.admin)
-ME = "/api/v1/probe/me"
-STAFF = "/api/v1/probe/staff"
 USERS = cast("Table", User.__table__)  # the Core table: statements on it bypass the ORM
 
 
@@ -61,26 +55,9 @@ def cache(clock: ManualClock) -> Iterator[PrincipalCache]:
     principals.use_cache(previous)
 
 
-def _probe_app(settings: Settings, database: Database) -> FastAPI:
-    app: FastAPI = create_app(settings, database=database)
-    probe = router(prefix="/api/v1/probe", tags=["probe"])
-
-    # No DbSession: the principal is the only thing these endpoints could read.
-    @probe.get("/me")
-    def whoami(principal: CurrentPrincipal) -> dict[str, str]:
-        return {"user_id": str(principal.user_id), "role": principal.role.value, "email": principal.email}
-
-    @probe.get("/staff")
-    def staff(principal: Principal = Depends(STAFF_ONLY)) -> dict[str, str]:  # noqa: B008 - FastAPI idiom
-        return {"role": principal.role.value}
-
-    app.include_router(probe)
-    return app
-
-
 @pytest.fixture
 def probe(settings: Settings, database: Database, cache: PrincipalCache) -> Iterator[TestClient]:
-    with TestClient(_probe_app(settings, database), raise_server_exceptions=False) as client:
+    with TestClient(probe_app(settings, database), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -128,13 +105,13 @@ def test_a_user_locked_elsewhere_is_refused_once_the_lifetime_has_passed(
     assert settings.auth_cache_seconds == 1.0  # the default
     user = make_user(database)
     headers = bearer(settings, user)
-    assert probe.get(ME, headers=headers).status_code == 200  # read and cached
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200  # read and cached
     _elsewhere(database, update(USERS).where(USERS.c.id == user.id).values(status=UserStatus.locked))
 
     clock.advance(0.999)
-    assert probe.get(ME, headers=headers).status_code == 200  # still the cached answer
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200  # still the cached answer
     clock.advance(0.001)
-    assert _status(probe.get(ME, headers=headers)) == (403, "account_locked")
+    assert _status(probe.get(PROBE_ME, headers=headers)) == (403, "account_locked")
 
 
 def test_a_user_demoted_elsewhere_loses_staff_endpoints_once_the_lifetime_has_passed(
@@ -142,14 +119,14 @@ def test_a_user_demoted_elsewhere_loses_staff_endpoints_once_the_lifetime_has_pa
 ) -> None:
     user = make_user(database, role=Role.admin)
     headers = bearer(settings, user)
-    assert probe.get(STAFF, headers=headers).json() == {"role": "admin"}
+    assert probe.get(PROBE_STAFF, headers=headers).json() == {"role": "admin"}
     _elsewhere(database, update(USERS).where(USERS.c.id == user.id).values(role=Role.client))
 
     clock.advance(0.5)
-    assert probe.get(STAFF, headers=headers).status_code == 200
+    assert probe.get(PROBE_STAFF, headers=headers).status_code == 200
     clock.advance(0.5)
-    assert _status(probe.get(STAFF, headers=headers)) == (403, "forbidden")
-    assert probe.get(ME, headers=headers).json()["role"] == "client"
+    assert _status(probe.get(PROBE_STAFF, headers=headers)) == (403, "forbidden")
+    assert probe.get(PROBE_ME, headers=headers).json()["role"] == "client"
 
 
 def test_a_user_deleted_elsewhere_gets_401_once_the_lifetime_has_passed(
@@ -157,19 +134,19 @@ def test_a_user_deleted_elsewhere_gets_401_once_the_lifetime_has_passed(
 ) -> None:
     user = make_user(database)
     headers = bearer(settings, user)
-    assert probe.get(ME, headers=headers).status_code == 200
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200
     _elsewhere(database, delete(USERS).where(USERS.c.id == user.id))
 
     clock.advance(0.5)
-    assert probe.get(ME, headers=headers).status_code == 200
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200
     clock.advance(0.5)
-    assert _status(probe.get(ME, headers=headers)) == (401, "invalid_token")
+    assert _status(probe.get(PROBE_ME, headers=headers)) == (401, "invalid_token")
 
 
 # --- (b) this process's change: seen by the very next request ----------------------------
 
 
-def _cached(probe: TestClient, settings: Settings, user: TestUser, path: str = ME) -> dict[str, str]:
+def _cached(probe: TestClient, settings: Settings, user: TestUser, path: str = PROBE_ME) -> dict[str, str]:
     headers = bearer(settings, user)
     assert probe.get(path, headers=headers).status_code == 200
     assert principals.process_cache().get(user.id, settings.auth_cache_seconds) is not None
@@ -183,21 +160,21 @@ def test_locking_a_user_here_takes_effect_on_the_next_request(
     headers = _cached(probe, settings, user)
     with unit_of_work(database) as session:
         set_user_status(session, user.id, UserStatus.locked)
-    assert _status(probe.get(ME, headers=headers)) == (403, "account_locked")
+    assert _status(probe.get(PROBE_ME, headers=headers)) == (403, "account_locked")
 
     with unit_of_work(database) as session:
         set_user_status(session, user.id, UserStatus.active)
-    assert probe.get(ME, headers=headers).status_code == 200
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200
 
 
 def test_demoting_a_user_here_takes_effect_on_the_next_request(
     probe: TestClient, settings: Settings, database: Database
 ) -> None:
     user = make_user(database, role=Role.operator)
-    headers = _cached(probe, settings, user, STAFF)
+    headers = _cached(probe, settings, user, PROBE_STAFF)
     with unit_of_work(database) as session:
         session.get_one(User, user.id).role = Role.client
-    assert _status(probe.get(STAFF, headers=headers)) == (403, "forbidden")
+    assert _status(probe.get(PROBE_STAFF, headers=headers)) == (403, "forbidden")
 
 
 def test_a_bulk_update_of_users_here_takes_effect_on_the_next_request(
@@ -205,10 +182,10 @@ def test_a_bulk_update_of_users_here_takes_effect_on_the_next_request(
 ) -> None:
     """As ``tests/referrals/helpers.set_role`` promotes and demotes: which rows changed is unknown."""
     user = make_user(database, role=Role.admin)
-    headers = _cached(probe, settings, user, STAFF)
+    headers = _cached(probe, settings, user, PROBE_STAFF)
     with unit_of_work(database) as session:
         session.execute(update(User).where(User.id == user.id).values(role=Role.ib))
-    assert _status(probe.get(STAFF, headers=headers)) == (403, "forbidden")
+    assert _status(probe.get(PROBE_STAFF, headers=headers)) == (403, "forbidden")
 
 
 def test_deleting_a_user_here_takes_effect_on_the_next_request(
@@ -218,7 +195,7 @@ def test_deleting_a_user_here_takes_effect_on_the_next_request(
     headers = _cached(probe, settings, user)
     with unit_of_work(database) as session:
         session.delete(session.get_one(User, user.id))
-    assert _status(probe.get(ME, headers=headers)) == (401, "invalid_token")
+    assert _status(probe.get(PROBE_ME, headers=headers)) == (401, "invalid_token")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -238,8 +215,8 @@ def test_the_user_is_forgotten_when_the_change_commits_not_before(
         session.flush()  # written, not committed: other connections still see an admin
         with session.begin_nested():
             pass  # a savepoint released is not the transaction committed
-        assert probe.get(STAFF, headers=headers).status_code == 200
-    assert _status(probe.get(STAFF, headers=headers)) == (403, "forbidden")
+        assert probe.get(PROBE_STAFF, headers=headers).status_code == 200
+    assert _status(probe.get(PROBE_STAFF, headers=headers)) == (403, "forbidden")
 
 
 def test_a_rolled_back_change_forgets_nothing(probe: TestClient, settings: Settings, database: Database) -> None:
@@ -285,11 +262,11 @@ def test_a_miss_reads_the_user_in_one_query_and_a_hit_in_none(
     probe: TestClient, settings: Settings, database: Database, statements: Statements, clock: ManualClock
 ) -> None:
     warm, user = make_user(database), make_user(database)
-    assert probe.get(ME, headers=bearer(settings, warm)).status_code == 200  # the pool's first connection
+    assert probe.get(PROBE_ME, headers=bearer(settings, warm)).status_code == 200  # the pool's first connection
     headers = bearer(settings, user)
 
     statements.sent.clear()
-    assert probe.get(ME, headers=headers).status_code == 200
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200
     [read] = statements.sent
     assert "users" in read.lower()
     assert "refresh_tokens" not in read.lower()
@@ -297,12 +274,12 @@ def test_a_miss_reads_the_user_in_one_query_and_a_hit_in_none(
     statements.sent.clear()
     for _ in range(3):
         clock.advance(0.25)
-        assert probe.get(ME, headers=headers).status_code == 200
-        assert probe.get(STAFF, headers=headers).status_code == 403  # a client: the role, from the cache
+        assert probe.get(PROBE_ME, headers=headers).status_code == 200
+        assert probe.get(PROBE_STAFF, headers=headers).status_code == 403  # a client: the role, from the cache
     assert statements.sent == []
 
     clock.advance(0.25)  # 1.0 s since the read: read again
-    assert probe.get(ME, headers=headers).status_code == 200
+    assert probe.get(PROBE_ME, headers=headers).status_code == 200
     assert len(statements.sent) == 1
 
 
@@ -345,13 +322,13 @@ def test_a_lifetime_of_zero_reads_the_user_on_every_request(
     off = settings.model_copy(update={"auth_cache_seconds": 0.0})
     user = make_user(database)
     headers = bearer(off, user)
-    with TestClient(_probe_app(off, database), raise_server_exceptions=False) as probe:
-        assert probe.get(ME, headers=headers).status_code == 200
+    with TestClient(probe_app(off, database), raise_server_exceptions=False) as probe:
+        assert probe.get(PROBE_ME, headers=headers).status_code == 200
         statements.sent.clear()
-        assert probe.get(ME, headers=headers).status_code == 200
+        assert probe.get(PROBE_ME, headers=headers).status_code == 200
         assert len(statements.sent) == 1
         _elsewhere(database, update(USERS).where(USERS.c.id == user.id).values(status=UserStatus.locked))
-        assert _status(probe.get(ME, headers=headers)) == (403, "account_locked")  # no clock movement
+        assert _status(probe.get(PROBE_ME, headers=headers)) == (403, "account_locked")  # no clock movement
     assert len(cache) == 0
 
 
@@ -383,7 +360,7 @@ def test_authenticate_shares_the_cache_with_the_http_dependency(
         assert len(statements.sent) == 1  # a miss: read, and cached
         assert authenticate(session, settings, token).role == Role.ib
         assert len(statements.sent) == 1
-    assert probe.get(ME, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert probe.get(PROBE_ME, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert len(statements.sent) == 1  # the HTTP request was served from what the WebSocket read
 
     with unit_of_work(database) as session:

@@ -5,36 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from bourse.api.routing import router
-from bourse.app import create_app
 from bourse.db import Database, unit_of_work
-from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
+from bourse.identity.dependencies import require_roles
 from bourse.identity.models import Role, User
 from bourse.settings import Settings
-from tests.support.auth import bearer, make_user
-
-STAFF_ONLY = require_roles(Role.operator, Role.admin)
+from tests.support.auth import bearer, make_user, probe_app
 
 
 @pytest.fixture
 def guarded(settings: Settings, database: Database) -> Iterator[TestClient]:
     """The real app plus two endpoints guarded the way every domain guards its own."""
-    app: FastAPI = create_app(settings, database=database)
-    probe = router(prefix="/api/v1/probe", tags=["probe"])
-
-    @probe.get("/me")
-    def whoami(principal: CurrentPrincipal) -> dict[str, str]:
-        return {"user_id": str(principal.user_id), "role": principal.role.value, "email": principal.email}
-
-    @probe.get("/staff")
-    def staff(principal: Principal = Depends(STAFF_ONLY)) -> dict[str, str]:  # noqa: B008 - FastAPI idiom
-        return {"role": principal.role.value}
-
-    app.include_router(probe)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(probe_app(settings, database), raise_server_exceptions=False) as client:
         yield client
 
 

@@ -11,9 +11,13 @@ import uuid
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session
 
+from bourse.api.routing import router
+from bourse.app import create_app
 from bourse.db import Database, unit_of_work
+from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
 from bourse.identity.models import Role, User
 from bourse.identity.service import create_user
 from bourse.identity.tokens import issue_access_token
@@ -78,3 +82,27 @@ def access_token(settings: Settings, user: User | TestUser) -> str:
 def bearer(settings: Settings, user: User | TestUser) -> dict[str, str]:
     """The ``Authorization`` header for ``user``, signed with ``settings``' current key."""
     return {"Authorization": f"Bearer {issue_access_token(settings, user)}"}
+
+
+STAFF_ONLY = require_roles(Role.operator, Role.admin)
+PROBE_ME = "/api/v1/probe/me"
+PROBE_STAFF = "/api/v1/probe/staff"
+
+
+def probe_app(settings: Settings, database: Database) -> FastAPI:
+    """The real app plus two endpoints guarded the way every domain guards its own:
+    ``PROBE_ME`` (any signed-in user) and ``PROBE_STAFF`` (operators and admins). Neither
+    takes a database session, so the principal is the only thing they read."""
+    app: FastAPI = create_app(settings, database=database)
+    probe = router(prefix="/api/v1/probe", tags=["probe"])
+
+    @probe.get("/me")
+    def whoami(principal: CurrentPrincipal) -> dict[str, str]:
+        return {"user_id": str(principal.user_id), "role": principal.role.value, "email": principal.email}
+
+    @probe.get("/staff")
+    def staff(principal: Principal = Depends(STAFF_ONLY)) -> dict[str, str]:  # noqa: B008 - FastAPI idiom
+        return {"role": principal.role.value}
+
+    app.include_router(probe)
+    return app
