@@ -71,16 +71,20 @@ def authenticate(session: Session, settings: Settings, token: str) -> Principal:
     effect within a second rather than when their token expires. A deleted user's
     token is invalid; a locked user is refused with 403 ``account_locked``.
     """
-    claims = decode_access_token(settings, token)
+    return _resolve(session, settings, decode_access_token(settings, token).user_id)
+
+
+def _resolve(session: Session, settings: Settings, user_id: uuid.UUID) -> Principal:
+    """The principal for ``user_id``: from the cache, or read (and cached) in ``session``."""
     lifetime = settings.auth_cache_seconds
     cache = principals.process_cache()
-    state = cache.get(claims.user_id, lifetime)
+    state = cache.get(user_id, lifetime)
     if state is None:
         ticket = cache.ticket()
-        state = principals.read_user(session, claims.user_id)
+        state = principals.read_user(session, user_id)
         if state is not None:
-            cache.put(claims.user_id, state, ticket, lifetime)
-    return _principal(claims.user_id, state)
+            cache.put(user_id, state, ticket, lifetime)
+    return _principal(user_id, state)
 
 
 @raises(InvalidToken, AccountLocked)
@@ -92,17 +96,12 @@ async def current_principal(request: Request) -> Principal:
     and read the user, in one trip to a worker thread.
     """
     settings: Settings = request.app.state.settings
-    claims = decode_access_token(settings, bearer_token(request))
-    lifetime = settings.auth_cache_seconds
-    cache = principals.process_cache()
-    state = cache.get(claims.user_id, lifetime)
-    if state is None:
-        ticket = cache.ticket()
-        session = await get_db_session(request)
-        state = await run_in_threadpool(principals.read_user, session, claims.user_id)
-        if state is not None:
-            cache.put(claims.user_id, state, ticket, lifetime)
-    return _principal(claims.user_id, state)
+    user_id = decode_access_token(settings, bearer_token(request)).user_id
+    state = principals.process_cache().get(user_id, settings.auth_cache_seconds)
+    if state is not None:
+        return _principal(user_id, state)
+    session = await get_db_session(request)
+    return await run_in_threadpool(_resolve, session, settings, user_id)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
