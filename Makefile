@@ -75,8 +75,18 @@ test-fast: $(STAMP) ## Run only the in-process tests (not marked `process`), TES
 	$(call pytest_tier,in-process,not process,$(TEST_WORKERS),$(FAST_DIST))
 
 .PHONY: test-process
-test-process: $(STAMP) ## Run only the tests marked `process` (real servers, workers, CLI), PROCESS_WORKERS in parallel
-	$(call pytest_tier,process,process,$(PROCESS_WORKERS),$(PROCESS_DIST))
+test-process: $(STAMP) ## Run only the tests marked `process` (real servers, workers, CLI), PROCESS_WORKERS in parallel, then those marked `alone` one at a time
+	@status=0; \
+	$(MAKE) --no-print-directory test-process-shared || status=$$?; \
+	$(MAKE) --no-print-directory test-process-alone || status=$$?; \
+	exit "$$status"
+
+.PHONY: test-process-shared test-process-alone
+test-process-shared: $(STAMP)
+	$(call pytest_tier,process,process and not alone,$(PROCESS_WORKERS),$(PROCESS_DIST))
+
+test-process-alone: $(STAMP)
+	$(call pytest_tier,process (alone),process and alone,0,)
 
 .PHONY: lint
 lint: $(STAMP) ## Lint with ruff
@@ -116,8 +126,23 @@ BENCH_DB ?= postgresql://postgres@127.0.0.1:5432/bourse_bench
 BENCH_CLIENTS ?= 8
 BENCH_SECONDS ?= 20
 BENCH_PORT ?= 8765
+BENCH_SERVER_WORKERS ?= 2
 
 BENCH_DEPOSITS ?= 2000
+BENCH_MATCHER_ORDERS ?= 3000
+# Issue 15's spike, BASE:PEAK:RAMP:HOLD (requests/s, requests/s, s, s; 10 s at BASE before and
+# after), sent by BENCH_SPIKE_CLIENTS processes of BENCH_SPIKE_THREADS connections each.
+BENCH_SPIKE ?= 50:500:30:60
+BENCH_SPIKE_CLIENTS ?= 4
+BENCH_SPIKE_THREADS ?= 32
+BENCH_SPIKE_TRADERS ?= 256
+BENCH_REDIS ?= redis://127.0.0.1:6379/0
+BENCH_STREAM_PORT ?= 8766
+BENCH_SUBSCRIBERS ?= 1000
+BENCH_FANOUT_RATE ?= 20
+BENCH_FANOUT_SECONDS ?= 30
+# external: `bourse stream` serves the WebSocket; in-process: the API processes do (the comparison).
+BENCH_FANOUT_STREAM ?= external
 # Drop and create BENCH_DB, then migrate it (BOURSE_DATABASE_URL must name it).
 RECREATE_BENCH_DB = $(BIN)/python -c 'import sys, sqlalchemy as sa; u = sa.make_url(sys.argv[1]); \
 	    e = sa.create_engine(u.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT"); \
@@ -130,16 +155,23 @@ bench-baseline: $(STAMP) ## pgbench TPC-B (-M prepared) on BENCH_DB's server, BE
 	@BOURSE_DATABASE_URL=$(BENCH_DB) $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json
 
 .PHONY: bench-ledger
-bench-ledger: $(STAMP) ## Recreate BENCH_DB, then pgbench, `bench ledger` and `bench ledger-http` in one run (var/bench/ledger.jsonl)
+bench-ledger: $(STAMP) ## Recreate BENCH_DB, then pgbench, `bench ledger` and `bench ledger-http` (serve --workers BENCH_SERVER_WORKERS) in one run (var/bench/ledger.jsonl)
 	@mkdir -p var/bench && out=var/bench/ledger.jsonl && : > $$out && \
 	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
 	  $(RECREATE_BENCH_DB) && \
 	  $(BIN)/bourse bench pgbench --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
 	  $(BIN)/bourse bench ledger --concurrency $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
-	  { $(BIN)/bourse serve --port $(BENCH_PORT) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
+	  { $(BIN)/bourse serve --port $(BENCH_PORT) --workers $(BENCH_SERVER_WORKERS) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
 	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
 	  $(BIN)/bourse bench ledger-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
 	    --seconds $(BENCH_SECONDS) --json | tee -a $$out
+
+.PHONY: bench-wallets
+bench-wallets: $(STAMP) ## Recreate BENCH_DB, then `bench wallets-http`: GET /wallets vs uvicorn hello world under wrk (needs wrk)
+	@mkdir -p var/bench && out=var/bench/wallets.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  $(RECREATE_BENCH_DB) && \
+	  $(BIN)/bourse bench wallets-http --server-workers $(BENCH_SERVER_WORKERS) --seconds $(BENCH_SECONDS) --json | tee -a $$out
 
 .PHONY: bench-deposits
 bench-deposits: $(STAMP) ## Recreate BENCH_DB, then `bench deposits`: flat out, and at 100/s (var/bench/deposits.jsonl)
@@ -150,20 +182,59 @@ bench-deposits: $(STAMP) ## Recreate BENCH_DB, then `bench deposits`: flat out, 
 	  $(BIN)/bourse bench deposits --count $(BENCH_DEPOSITS) --rate 100 --json | tee -a $$out
 
 .PHONY: bench-orders
-bench-orders: $(STAMP) ## Recreate BENCH_DB, then `bench orders-http` on BTC-USD: flat out, and at 200/s (var/bench/orders.jsonl)
+bench-orders: $(STAMP) ## Recreate BENCH_DB, then `bench orders-http` on BTC-USD (serve --workers BENCH_SERVER_WORKERS, `bourse matcher` beside it, as in production): flat out, and at 200/s (var/bench/orders.jsonl)
 	@mkdir -p var/bench && out=var/bench/orders.jsonl && : > $$out && \
-	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning BOURSE_MATCHER=external && \
 	  $(RECREATE_BENCH_DB) && \
-	  { $(BIN)/bourse serve --port $(BENCH_PORT) & server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; } && \
+	  { $(BIN)/bourse matcher & matcher=$$!; \
+	    $(BIN)/bourse serve --port $(BENCH_PORT) --workers $(BENCH_SERVER_WORKERS) & server=$$!; \
+	    trap 'kill $$server $$matcher 2>/dev/null; wait $$server $$matcher 2>/dev/null' EXIT; } && \
 	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
 	  $(BIN)/bourse bench orders-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
 	    --seconds $(BENCH_SECONDS) --json | tee -a $$out && \
 	  $(BIN)/bourse bench orders-http --url http://127.0.0.1:$(BENCH_PORT) --concurrency $(BENCH_CLIENTS) \
 	    --seconds $(BENCH_SECONDS) --rate 200 --json | tee -a $$out
 
+.PHONY: bench-spike
+bench-spike: $(STAMP) ## Recreate BENCH_DB, then the spike BENCH_SPIKE (50:500:30:60) through `bench orders-http --spike` (serve --workers BENCH_SERVER_WORKERS, `bourse matcher` beside it): timeline, no 5xx, every order settled (var/bench/spike.jsonl)
+	@mkdir -p var/bench && out=var/bench/spike.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning BOURSE_MATCHER=external && \
+	  $(RECREATE_BENCH_DB) && \
+	  { $(BIN)/bourse matcher & matcher=$$!; \
+	    $(BIN)/bourse serve --port $(BENCH_PORT) --workers $(BENCH_SERVER_WORKERS) & server=$$!; \
+	    trap 'kill $$server $$matcher 2>/dev/null; wait $$server $$matcher 2>/dev/null' EXIT; } && \
+	  for _ in $$(seq 100); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
+	  $(BIN)/bourse bench orders-http --url http://127.0.0.1:$(BENCH_PORT) --spike $(BENCH_SPIKE) \
+	    --concurrency $(BENCH_SPIKE_CLIENTS) --threads $(BENCH_SPIKE_THREADS) --traders $(BENCH_SPIKE_TRADERS) \
+	    --json | tee -a $$out
+
+.PHONY: bench-fanout
+bench-fanout: $(STAMP) ## Recreate BENCH_DB, then `bench fanout` on BTC-USD: serve --workers BENCH_SERVER_WORKERS, `bourse matcher`, `bourse stream` (BENCH_FANOUT_STREAM=external), orders at BENCH_FANOUT_RATE/s with 0 and BENCH_SUBSCRIBERS WebSocket subscribers (var/bench/fanout.jsonl)
+	@mkdir -p var/bench && out=var/bench/fanout.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_DATABASE_DIRECT_URL=$(BENCH_DB) BOURSE_REDIS_URL=$(BENCH_REDIS) \
+	    BOURSE_QUEUE_REDIS_PREFIX=bench-fanout: BOURSE_STREAM=$(BENCH_FANOUT_STREAM) BOURSE_MATCHER=external \
+	    BOURSE_MATCHER_HEARTBEAT_PATH=var/bench/matcher.heartbeat BOURSE_LOG_LEVEL=warning && \
+	  $(RECREATE_BENCH_DB) && \
+	  { $(BIN)/bourse serve --port $(BENCH_PORT) --workers $(BENCH_SERVER_WORKERS) & server=$$!; \
+	    $(BIN)/bourse matcher & matcher=$$!; stream=; \
+	    if [ "$(BENCH_FANOUT_STREAM)" = external ]; then $(BIN)/bourse stream --port $(BENCH_STREAM_PORT) & stream=$$!; \
+	      ws=http://127.0.0.1:$(BENCH_STREAM_PORT); else ws=http://127.0.0.1:$(BENCH_PORT); fi; \
+	    trap 'kill $$server $$matcher $$stream 2>/dev/null; wait $$server $$matcher $$stream 2>/dev/null' EXIT; } && \
+	  for _ in $$(seq 150); do $(BIN)/bourse healthcheck --ready --port $(BENCH_PORT) && break; sleep 0.2; done && \
+	  for _ in $$(seq 150); do $(BIN)/bourse healthcheck --ready --port $${ws##*:} && break; sleep 0.2; done && \
+	  $(BIN)/bourse bench fanout --api-url http://127.0.0.1:$(BENCH_PORT) --stream-url $$ws \
+	    --subscribers $(BENCH_SUBSCRIBERS) --rate $(BENCH_FANOUT_RATE) --seconds $(BENCH_FANOUT_SECONDS) --json | tee -a $$out
+
 .PHONY: bench-matching
 bench-matching: $(STAMP) ## The in-memory order book on one core: `bench matching` with 200,000 orders
 	@$(BIN)/bourse bench matching --orders 200000 --json
+
+.PHONY: bench-matcher
+bench-matcher: $(STAMP) ## Recreate BENCH_DB, then `bench matcher` on BTC-USD: the matcher alone draining BENCH_MATCHER_ORDERS pending commands, batched and one by one (var/bench/matcher.jsonl)
+	@mkdir -p var/bench && out=var/bench/matcher.jsonl && : > $$out && \
+	  export BOURSE_DATABASE_URL=$(BENCH_DB) BOURSE_LOG_LEVEL=warning && \
+	  $(RECREATE_BENCH_DB) && \
+	  $(BIN)/bourse bench matcher --orders $(BENCH_MATCHER_ORDERS) --json | tee -a $$out
 
 # --- Docker: the image and the compose stack (README, "Run with Docker") ---------------
 DOCKER ?= docker

@@ -1248,3 +1248,30 @@ def test_an_url_with_a_bad_port_is_refused(monkeypatch: pytest.MonkeyPatch, key:
         load_settings()
     [problem] = excinfo.value.problems
     assert problem.startswith(f"{key}: ")
+
+
+def test_session_features_use_the_direct_url_and_never_a_transaction_pooler() -> None:
+    pooled = {"database_url": "postgresql://bourse@pooler:5432/bourse", "database_transaction_pooling": True}
+    # Behind a pooler without a direct URL there is none (`bourse serve` then refuses an
+    # in-process matcher, and `bourse matcher` refuses to start: tests/trading/test_matcher_process.py).
+    assert Settings(**pooled).direct_database is None  # type: ignore[arg-type]
+    direct = Settings(**pooled, database_direct_url="postgresql://bourse@primary:5432/bourse")  # type: ignore[arg-type]
+    assert direct.direct_database is not None
+    assert direct.direct_database.host == "primary"
+    # Without a pooler the database URL is the direct one.
+    plain = Settings(database_url="postgresql://bourse@primary:5432/bourse")
+    assert plain.direct_database == plain.database
+
+
+def test_the_direct_url_takes_the_database_password_and_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        database_url="postgresql://bourse@pooler:5432/bourse",
+        database_transaction_pooling=True,
+        database_direct_url="postgresql://bourse@primary:5432/bourse",
+        database_password=SecretStr("s3cret-pw"),
+    )
+    assert settings.direct_database is not None
+    assert settings.direct_database.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(settings)
+    with_password = Settings(database_direct_url="postgresql://bourse:inline-pw@primary:5432/bourse")
+    assert "inline-pw" not in repr(with_password)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
+from bourse.logging import configure_logging
 from bourse.supervisor import ChildSpec, Supervisor
 
 pytestmark = pytest.mark.process
@@ -64,3 +67,75 @@ def test_signal_handlers_are_restored_after_run() -> None:
     supervisor = Supervisor([ChildSpec("sleep", [sys.executable, "-c", "import time; time.sleep(30)"])])
     supervisor.run(on_tick=supervisor.request_stop)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+# Each child touches its file once it is in place (its SIGTERM handling set up).
+_STOPS_AS_ASKED = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0));"
+    " pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+)
+_IGNORES_SIGTERM = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+)
+# Writes the signals it was started with blocked, then waits (they stay blocked).
+_WRITES_ITS_BLOCKED_SIGNALS = (
+    "import pathlib, signal, sys, time; blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []);"
+    " pathlib.Path(sys.argv[1]).write_text(' '.join(sorted(s.name for s in blocked))); time.sleep(60)"
+)
+
+
+def _run_until_all_exist(supervisor: Supervisor, paths: list[Path]) -> None:
+    def stop_once_all_exist() -> None:
+        if all(path.exists() for path in paths):
+            supervisor.request_stop()
+
+    # Signals can only be installed from the main thread, so run it here.
+    assert supervisor.run(on_tick=stop_once_all_exist) == 0
+
+
+@pytest.mark.timeout(120)
+def test_stop_logs_the_exit_code_of_each_child(tmp_path: Path) -> None:
+    polite, stubborn = tmp_path / "polite", tmp_path / "stubborn"
+    supervisor = Supervisor(
+        [
+            ChildSpec("polite", [sys.executable, "-c", _STOPS_AS_ASKED, str(polite)]),
+            ChildSpec("stubborn", [sys.executable, "-c", _IGNORES_SIGTERM, str(stubborn)]),
+        ],
+        stop_timeout=0.5,
+        poll_interval=0.02,
+    )
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    try:
+        _run_until_all_exist(supervisor, [polite, stubborn])
+    finally:
+        configure_logging("info", "json")
+    pids = {child.spec.name: child.process.pid for child in supervisor.children if child.process is not None}
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    stopped = {e["child"]: (e["pid"], e["exit_code"]) for e in entries if e["event"] == "child_stopped"}
+    assert stopped == {"polite": (pids["polite"], 0), "stubborn": (pids["stubborn"], -signal.SIGKILL)}
+
+
+@pytest.mark.timeout(120)
+def test_a_child_can_be_started_with_the_stop_signals_blocked(tmp_path: Path) -> None:
+    blocked, unblocked = tmp_path / "blocked", tmp_path / "unblocked"
+    supervisor = Supervisor(
+        [
+            ChildSpec(
+                "blocked", [sys.executable, "-c", _WRITES_ITS_BLOCKED_SIGNALS, str(blocked)], block_stop_signals=True
+            ),
+            ChildSpec("unblocked", [sys.executable, "-c", _WRITES_ITS_BLOCKED_SIGNALS, str(unblocked)]),
+        ],
+        stop_timeout=0.5,
+        poll_interval=0.02,
+    )
+    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    _run_until_all_exist(supervisor, [blocked, unblocked])
+    assert blocked.read_text() == "SIGINT SIGTERM"
+    assert unblocked.read_text() == ""
+    # The supervisor blocked them only while it started that child.
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask_before
+    # Blocked to the end, the stop's SIGTERM never reached it: killed once stop_timeout ran out.
+    codes = {child.spec.name: child.process.returncode for child in supervisor.children if child.process is not None}
+    assert codes == {"blocked": -signal.SIGKILL, "unblocked": -signal.SIGTERM}

@@ -51,7 +51,7 @@ from deploy.stack import ROOT, Stack, StackError
 
 PASSWORD = "correct horse battery staple"
 SPOOFED = "203.0.113.9"
-BOURSE_SERVICES = ("migrate", "api", "worker", "scheduler", "psp-sim")
+BOURSE_SERVICES = ("migrate", "api", "stream", "worker", "scheduler", "psp-sim")
 SECRET_NAMES = ("postgres_password", "redis_password", "jwt_secret", "totp_key", "psp_api_key", "psp_secret")
 
 

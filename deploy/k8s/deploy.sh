@@ -4,7 +4,7 @@
 #   deploy/k8s/deploy.sh OVERLAY      (make deploy OVERLAY=production-sealed)
 #
 # 1. Render the overlay once, so the Job and the Deployments come from the same build.
-# 2. Apply everything except the API, worker and scheduler workloads: namespaces,
+# 2. Apply everything except the API, matcher, worker and scheduler workloads: namespaces,
 #    the new ConfigMap (its name carries a hash, so running pods keep theirs),
 #    secrets, policies, data services and the migration Job, deleted first because a
 #    Job's pod template cannot be changed.
@@ -28,7 +28,7 @@ fi
 
 echo "==> migration: bourse migrate"
 kubectl -n "$ns" delete job bourse-migrate --ignore-not-found --wait=true
-kubectl apply -f "$rendered" -l 'app.kubernetes.io/component notin (api,worker,scheduler)'
+kubectl apply -f "$rendered" -l 'app.kubernetes.io/component notin (api,matcher,stream,worker,scheduler)'
 if ! kubectl -n "$ns" wait --for=condition=complete job/bourse-migrate --timeout=30m; then
   kubectl -n "$ns" logs job/bourse-migrate --all-containers --tail=100 || true
   echo "the migration did not complete: nothing was rolled out" >&2
@@ -37,6 +37,6 @@ fi
 
 echo "==> rollout"
 kubectl apply -f "$rendered"
-for deployment in bourse-api bourse-worker bourse-scheduler; do
+for deployment in bourse-matcher bourse-api bourse-stream bourse-worker bourse-scheduler; do
   kubectl -n "$ns" rollout status "deployment/$deployment" --timeout=20m
 done

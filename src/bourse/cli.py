@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 # Ctrl-C on `bourse up` stops everything within this many seconds.
 UP_STOP_SECONDS = 9
+# The refusal of a WebSocket fan-out that could not be fed (BOURSE_STREAM=external without Redis).
+STREAM_UNAVAILABLE = "stream_unavailable"
 
 
 def _probe_host(host: str) -> str:
@@ -66,6 +68,7 @@ LAZY_COMMANDS = {
     "commissions": "bourse.commissions.cli:commissions",
     "worker": "bourse.queue.cli:worker",
     "scheduler": "bourse.queue.cli:scheduler",
+    "matcher": "bourse.trading.cli:matcher",
     "schedule": "bourse.queue.cli:schedule",
     "jobs": "bourse.queue.cli:jobs",
     "psp-sim": "bourse.psp.sim.cli:psp_sim",
@@ -174,12 +177,24 @@ def serve(  # noqa: PLR0917 - one parameter per click option
     import socket
 
     if parent_pid is not None:
-        from bourse.server import die_with_parent
+        # A server process of --workers, started with the stop signals blocked.
+        from bourse.server import die_with_parent, hold_stop_signals
 
+        hold_stop_signals()
         die_with_parent(parent_pid)
 
     settings = read_settings()
     configure_cli_logging(settings)
+    if settings.matcher == "in-process" and settings.direct_database is None:
+        fail_config(
+            "BOURSE_MATCHER: an in-process matcher needs PostgreSQL without a transaction pooler for its"
+            " leadership lock: set BOURSE_DATABASE_DIRECT_URL, or BOURSE_MATCHER=external and run `bourse matcher`"
+        )
+    if settings.stream == "external" and settings.redis_url is None:
+        fail_config(
+            f"{STREAM_UNAVAILABLE}: BOURSE_STREAM=external: the API reaches the `bourse stream` processes through"
+            " Redis only: set BOURSE_REDIS_URL, or BOURSE_STREAM=in-process to serve /api/v1/ws from the API"
+        )
     host, port = host or settings.host, port or settings.port
     if fd is None and (workers or settings.server_workers) > 1:
         # The parent of the server processes never imports the app (nor bourse.metrics).
@@ -198,20 +213,89 @@ def serve(  # noqa: PLR0917 - one parameter per click option
 
 
 @main.command()
+@host_option
+@port_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes on the one port, each with its own Redis subscriber.",
+)
+@click.option("--fd", type=int, default=None, hidden=True, help="Serve on this inherited socket (one of --workers).")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option("--heartbeat-file", type=click.Path(path_type=Path), default=None, hidden=True)
+def stream(  # noqa: PLR0917 - one parameter per click option
+    host: str | None,
+    port: int | None,
+    workers: int,
+    fd: int | None,
+    parent_pid: int | None,
+    heartbeat_file: Path | None,
+) -> None:
+    """Serve the market-data WebSocket (/api/v1/ws) alone, fed by Redis, until SIGTERM or SIGINT.
+
+    For BOURSE_STREAM=external: the API processes then spend no CPU on market data.
+    Serves /livez, /readyz and /metrics too; needs BOURSE_REDIS_URL (exit 2 without).
+    """
+    import socket
+
+    if parent_pid is not None:
+        from bourse.server import die_with_parent, hold_stop_signals
+
+        hold_stop_signals()
+        die_with_parent(parent_pid)
+
+    settings = read_settings()
+    configure_cli_logging(settings)
+    if settings.redis_url is None:
+        fail_config(
+            f"{STREAM_UNAVAILABLE}: `bourse stream` hears every committed command through Redis:"
+            " set BOURSE_REDIS_URL (the same Redis and BOURSE_QUEUE_REDIS_PREFIX as the API and the matcher)"
+        )
+    host, port = host or settings.host, port or settings.port
+    if fd is None and workers > 1:
+        from bourse.server import STREAM_ARGV, run_server_processes
+
+        sys.exit(run_server_processes(settings, host=host, port=port, workers=workers, command=STREAM_ARGV))
+    from bourse.app import create_stream_app
+    from bourse.server import run_server
+
+    app = create_stream_app(settings)
+    if heartbeat_file is not None:
+        app.state.progress.heartbeat_path = heartbeat_file
+    sock = None if fd is None else socket.socket(fileno=fd)
+    started = run_server(app, settings, host=host, port=port, sock=sock)
+    sys.exit(0 if started else 1)
+
+
+@main.command()
 @click.option("--ready", is_flag=True, help="Check readiness (/readyz) instead of liveness (/livez).")
 @host_option
 @port_option
 @click.option("--timeout", type=click.FloatRange(0.1, 2.0), default=1.5, show_default=True, help="Seconds to wait.")
 @click.option("--worker", "worker_probe", is_flag=True, help="Check the local queue worker's heartbeat file.")
 @click.option("--scheduler", "scheduler_probe", is_flag=True, help="Check the local scheduler's heartbeat file.")
+@click.option("--matcher", "matcher_probe", is_flag=True, help="Check the local matcher's heartbeat file.")
 def healthcheck(  # noqa: PLR0917 - one parameter per click option
-    ready: bool, host: str | None, port: int | None, timeout: float, worker_probe: bool, scheduler_probe: bool
+    ready: bool,
+    host: str | None,
+    port: int | None,
+    timeout: float,
+    worker_probe: bool,
+    scheduler_probe: bool,
+    matcher_probe: bool,
 ) -> None:
     """Exit 0 if the local server is alive (or ready), 1 if not, 2 if misconfigured. For probes."""
     settings = read_settings()
-    if worker_probe or scheduler_probe:
+    if worker_probe or scheduler_probe or matcher_probe:
         # A heartbeat file, never the database: a database blip must not restart workers.
-        path = settings.worker_heartbeat_path if worker_probe else settings.scheduler_heartbeat_path
+        if worker_probe:
+            path = settings.worker_heartbeat_path
+        elif scheduler_probe:
+            path = settings.scheduler_heartbeat_path
+        else:
+            path = settings.matcher_heartbeat_path
         try:
             age = time.time() - path.stat().st_mtime
         except OSError:
@@ -263,6 +347,11 @@ def up(host: str | None, port: int | None) -> None:
 
     settings = read_settings()
     configure_cli_logging(settings)
+    if settings.stream == "external":
+        fail_config(
+            "BOURSE_STREAM=external: `bourse up` runs no `bourse stream` process, so nothing would serve"
+            " /api/v1/ws; unset it (run `bourse serve` and `bourse stream` yourself for the separate fan-out)"
+        )
     _refuse_pooled_migrations(settings)
     _ensure_sqlite_dir(settings)
     check_cli_database(settings, require_migrated=False)

@@ -174,9 +174,39 @@ class Database:
         info = {LOCK_WAIT_SECONDS: settings.database_lock_timeout_ms / 1000}
         return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False, info=info), name=name)
 
+    @classmethod
+    def direct(cls, settings: Settings, *, name: str, pool_size: int) -> Database | None:
+        """A database on ``settings.direct_database`` (PostgreSQL reached without a
+        transaction pooler, for session features), or None if there is none."""
+        url = settings.direct_database
+        if url is None:
+            return None
+        unpooled = settings.model_copy(update={"database_transaction_pooling": False})
+        engine = create_db_engine(
+            unpooled,
+            url=url,
+            name=name,
+            pool_size=pool_size,
+            max_overflow=0,
+            lock_timeout_ms=settings.database_lock_timeout_ms,
+        )
+        info = {LOCK_WAIT_SECONDS: settings.database_lock_timeout_ms / 1000}
+        return cls(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False, info=info), name=name)
+
     def dispose(self) -> None:
         self.engine.dispose()
         untrack_pool(self.name, self.engine)
+
+
+def listening_connection(db: Database) -> Any:
+    """A psycopg connection of the engine's, in autocommit, taken out of the pool for good
+    (a connection that listens, or holds a session lock, must never be lent to anyone else)."""
+    proxied = db.engine.raw_connection()
+    conn: Any = proxied.driver_connection
+    proxied.detach()
+    conn.rollback()
+    conn.autocommit = True
+    return conn
 
 
 def upsert(session: Session, target: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:

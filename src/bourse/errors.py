@@ -14,6 +14,7 @@ only its own code. A domain's own base class (``IdentityError``) comes second::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import ClassVar, TypeVar
 
@@ -120,7 +121,8 @@ def raises(*errors: type[BourseError]) -> Callable[[F], F]:
 
 def declared_refusals(function: object) -> tuple[type[BourseError], ...]:
     """What :func:`raises` declared on ``function`` (nothing if it declared nothing)."""
-    declared: tuple[type[BourseError], ...] = getattr(function, _REFUSALS_ATTRIBUTE, ())
+    # A wrapper (functools.wraps) declares what the function it wraps declared.
+    declared: tuple[type[BourseError], ...] = getattr(inspect.unwrap(function), _REFUSALS_ATTRIBUTE, ())  # type: ignore[arg-type]
     return declared
 
 

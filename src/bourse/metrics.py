@@ -32,6 +32,12 @@ HTTP_IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
+WS_CONNECTIONS = Gauge(
+    "bourse_ws_connections",
+    "Market-data WebSocket connections open (summed over the pod's server processes).",
+    multiprocess_mode="livesum",
+)
+
 HTTP_SHED = Counter(
     "bourse_http_requests_shed_total",
     "API requests refused at once with 503 overloaded because BOURSE_HTTP_MAX_IN_FLIGHT were being served.",

@@ -6,10 +6,19 @@ still served for ``BOURSE_SHUTDOWN_DRAIN_SECONDS``. Then it stops accepting,
 gives in-flight requests up to ``BOURSE_SHUTDOWN_TIMEOUT_SECONDS`` to finish, and
 returns, so the process exits 0. A second signal skips the rest of the drain and
 the wait.
+
+A server process of ``serve --workers`` can get its SIGTERM while it is still
+starting (the pod stopped soon after it started, or soon after the process was
+restarted). It is started with the signal blocked, and :func:`hold_stop_signals`
+keeps what arrives until the server handles signals, which then drains as if the
+signal had come that moment: no server process is ever ended by the default
+action of SIGTERM, which would leave it dead by the signal, without a drain or a
+log line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -18,7 +27,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +44,7 @@ from bourse.supervisor import ChildSpec, Supervisor
 log = get_logger("bourse.server")
 
 SERVE_ARGV = (sys.executable, "-m", "bourse", "serve")
+STREAM_ARGV = (sys.executable, "-m", "bourse", "stream")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # prometheus-client's multiprocess folder (bourse.metrics.MULTIPROCESS_DIR_ENV; not
 # imported from there, because importing bourse.metrics opens files in the folder).
@@ -46,6 +56,11 @@ STOP_MARGIN_SECONDS = 3
 # How long a server process may take to start (its first liveness heartbeat) before
 # the supervisor counts it as stalled; the pod's startup probe bounds the whole pod.
 STARTUP_SECONDS = 120
+# The signals that stop a server (uvicorn's), blocked in a server process of
+# --workers from its start until hold_stop_signals().
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Stop signals that came before the server handled signals, oldest first.
+_held_signals: list[int] = []
 
 
 class DrainingServer(uvicorn.Server):
@@ -55,18 +70,30 @@ class DrainingServer(uvicorn.Server):
         self._drain_timer: threading.Timer | None = None
 
     @override
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        with super().capture_signals():
+            # From here on the server handles the signals: those held while the
+            # process was starting are handled now, in the order they came.
+            while _held_signals:
+                self.handle_exit(_held_signals.pop(0), None)
+            yield
+
+    @override
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Deliberately not recording the signal: uvicorn would re-raise it after
         # shutdown, and the process would die by signal instead of exiting 0.
         if lifecycle.is_draining():
-            log.warning("shutdown_forced", signal=signal.Signals(sig).name)
+            log.warning("shutdown_forced", signal=signal.Signals(sig).name, pid=os.getpid())
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
             self.should_exit = True
             self.force_exit = True
             return
         lifecycle.start_draining()
-        log.info("shutdown_draining", signal=signal.Signals(sig).name, drain_seconds=self.drain_seconds)
+        log.info(
+            "shutdown_draining", signal=signal.Signals(sig).name, drain_seconds=self.drain_seconds, pid=os.getpid()
+        )
         if self.drain_seconds <= 0:
             self.should_exit = True
             return
@@ -75,7 +102,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_timer.start()
 
     def _stop_accepting(self) -> None:
-        log.info("shutdown_stopping", timeout_seconds=self.config.timeout_graceful_shutdown)
+        log.info("shutdown_stopping", timeout_seconds=self.config.timeout_graceful_shutdown, pid=os.getpid())
         self.should_exit = True
 
 
@@ -105,16 +132,24 @@ def run_server(app: ASGIApp, settings: Settings, *, host: str, port: int, sock: 
         proxy_headers=True,
         forwarded_allow_ips=list(settings.forwarded_allow_ips),
         lifespan="on",
+        # No permessage-deflate on the market-data WebSocket: each connection would compress
+        # every message again with a context of its own, so a fan-out to S subscribers
+        # paid S compressions per message, for messages of a few hundred bytes
+        # (docs/decisions/0028-stream-process.md).
+        ws_per_message_deflate=False,
     )
     server = DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds)
     server.run(sockets=None if sock is None else [sock])
     return server.started
 
 
-def run_server_processes(settings: Settings, *, host: str, port: int, workers: int) -> int:
+def run_server_processes(
+    settings: Settings, *, host: str, port: int, workers: int, command: Sequence[str] = SERVE_ARGV
+) -> int:
     """``bourse serve --workers N``: N server processes on one listening socket.
 
-    This process binds the socket, starts the N processes (``bourse serve --fd``)
+    ``command`` is the server process's argv before its options (``bourse stream`` passes
+    its own). This process binds the socket, starts the N processes (``bourse serve --fd``)
     under the :class:`~bourse.supervisor.Supervisor`, serves the metrics port if one
     is set, and on SIGTERM passes the signal on: each process drains and stops as a
     single server does, within ``BOURSE_SHUTDOWN_DRAIN_SECONDS`` +
@@ -132,7 +167,7 @@ def run_server_processes(settings: Settings, *, host: str, port: int, workers: i
     metrics_dir = _metrics_dir(work)
     os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
     fd = sock.fileno()
-    argv = [*SERVE_ARGV, "--fd", str(fd), "--parent-pid", str(os.getpid()), "--heartbeat-file"]
+    argv = [*command, "--fd", str(fd), "--parent-pid", str(os.getpid()), "--heartbeat-file"]
     specs = [
         ChildSpec(
             f"server-{index}",
@@ -140,6 +175,7 @@ def run_server_processes(settings: Settings, *, host: str, port: int, workers: i
             env={MULTIPROCESS_DIR_ENV: str(metrics_dir)},
             pass_fds=(fd,),
             heartbeat=heartbeats / str(index),
+            block_stop_signals=True,
         )
         for index in range(workers)
     ]
@@ -165,12 +201,35 @@ def run_server_processes(settings: Settings, *, host: str, port: int, workers: i
         shutil.rmtree(work, ignore_errors=True)
 
 
+def hold_stop_signals() -> None:
+    """From now until the server handles them, keep SIGTERM and SIGINT for the server
+    (which then drains as if they came at that moment) instead of dying of them.
+
+    Called first thing in a server process of ``--workers``, which its supervisor
+    starts with these signals blocked (``ChildSpec.block_stop_signals``): one sent
+    while the interpreter was still starting has waited, and is kept now. A second
+    one before the server handles signals stops the process at once, as a second
+    signal does while it drains. Once the server has returned (uvicorn puts this
+    handler back), a signal is kept and ignored: the process is exiting anyway.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _hold_stop_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _hold_stop_signal(sig: int, _frame: FrameType | None) -> None:
+    if _held_signals:
+        sys.exit(0)
+    _held_signals.append(sig)
+
+
 def die_with_parent(parent: int) -> None:
     """Make this server process of ``--workers`` get SIGTERM when its parent dies
     (Linux), so a parent killed outright never leaves processes serving unsupervised.
 
-    Called first thing, before the app is imported; ``parent`` is the pid the parent
-    passed, so a parent that died even before this call is noticed too.
+    Called right after :func:`hold_stop_signals`, before the app is imported;
+    ``parent`` is the pid the parent passed, so a parent that died even before this
+    call is noticed too.
     """
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)

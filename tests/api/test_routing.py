@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -169,3 +171,35 @@ def test_json_endpoints_refuse_other_content_types(
     if status == 415:
         assert response.json()["error"] == "unsupported_media_type"
         assert _rows(database, probe_table) == []
+
+
+def test_a_plain_endpoint_runs_from_its_first_statement_to_its_commit_in_one_thread_call(
+    probe_client: TestClient, database: Database, probe_table: Table, events: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker-thread call per request: the endpoint, its commit and the session's close.
+
+    FastAPI alone would make four: the endpoint, the response model's validation, and
+    the boundary's commit and close.
+    """
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        called = func
+        while isinstance(called, functools.partial):
+            called = called.func
+        hops.append(getattr(called, "__qualname__", repr(called)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    response = probe_client.post("/api/v1/probe", json={"id": 11, "text": "one hop"})
+    assert response.status_code == 201
+    assert hops == ["_run_to_the_commit"]
+    assert events == ["commit", "response_start"]
+    assert _rows(database, probe_table) == [(11, "one hop")]
+
+    # A refusal rolls back and closes within the same call.
+    hops.clear()
+    assert probe_client.post("/api/v1/probe/refused", json={"id": 12, "text": "nope"}).status_code == 409
+    assert hops == ["_run_to_the_commit"]
+    assert _rows(database, probe_table) == [(11, "one hop")]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from bourse.db import Database, unit_of_work
 from bourse.identity.models import Role
@@ -86,8 +86,10 @@ def client_takes(database: Database, h: Hierarchy, quantity: str = "7.777", pric
 
 
 def queued(database: Database, trade_id: int) -> QueueJob:
+    """The one queued job that accrues the trade's commissions (one job per matcher batch names its trades)."""
     with database.sessions() as session:
-        [row] = session.scalars(select(QueueJob).where(QueueJob.unique_key == f"commissions:{trade_id}")).all()
+        rows = session.scalars(select(QueueJob).where(QueueJob.job == "commissions.accrue")).all()
+        [row] = [job for job in rows if trade_id in json.loads(job.payload)["trade_ids"]]
         session.expunge_all()
     return row
 
@@ -120,4 +122,9 @@ def receivable(database: Database, ib_user_id: uuid.UUID, asset: str) -> int:
 
 
 def fees(database: Database, asset: str) -> int:
-    return system_balance(database, AccountKind.fees, asset)
+    """Every fee the brokerage keeps in ``asset``: the pool and each instrument's fee account."""
+    with unit_of_work(database) as session:
+        found = session.scalar(
+            select(func.sum(Account.balance)).where(Account.kind == AccountKind.fees, Account.asset == asset)
+        )
+    return int(found or 0)

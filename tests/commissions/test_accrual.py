@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from bourse.commissions.models import CommissionAccrual
 from bourse.db import Database, unit_of_work
 from bourse.ledger.models import JournalEntry
+from bourse.queue.registry import JobContext, load_jobs
 from bourse.settings import Settings
 from tests.commissions.support import client_takes, fees, hierarchy, payable, queued, refer, run_accrual, set_plan
 from tests.support.auth import make_user
@@ -125,4 +126,35 @@ def test_a_trade_without_referred_users_accrues_nothing(database: Database, sett
     run_accrual(database, settings, trade.id)
     assert accruals(database, trade.id) == []
     assert entries(database, trade.id) == 0
+    assert verify(database).ok
+
+
+def test_one_job_accrues_every_trade_of_a_matcher_batch(database: Database, settings: Settings) -> None:
+    h = hierarchy(database)
+    makers = [new_user(database) for _ in range(3)]
+    for maker in makers:
+        fund(database, maker, h.base, 10**12)
+        place(database, maker, h.symbol, side="sell", price_text="1000.00", quantity_text="1.000")
+    fund(database, h.client.id, h.quote, 10**12)
+    _, trades = place(database, h.client.id, h.symbol, side="buy", price_text="1000.00", quantity_text="3.000")
+    assert len(trades) == 3
+    jobs = {queued(database, trade.id).id for trade in trades}
+    assert len(jobs) == 1  # one batch, one job naming its three trades
+    run_accrual(database, settings, trades[0].id)
+    for trade in trades:
+        # 1,000.00 of notional, 20 bps taker fee: 200.00 -> 20000; level 1 gets 20%, level 2 10%.
+        assert accruals(database, trade.id) == [("taker", 1, trade.taker_fee // 5), ("taker", 2, trade.taker_fee // 10)]
+    assert verify(database).ok
+
+
+def test_a_job_queued_for_one_trade_before_batches_still_accrues(database: Database, settings: Settings) -> None:
+    """Jobs already queued when a matcher that batches is deployed name one ``trade_id``."""
+    h = hierarchy(database)
+    trade = client_takes(database, h)
+    spec = load_jobs()["commissions.accrue"]
+    with unit_of_work(database) as session:
+        spec.handler(JobContext(session, {"trade_id": trade.id}, "legacy", 1, "commissions", None, settings))
+    assert accruals(database, trade.id) == [("taker", 1, 311), ("taker", 2, 155)]
+    run_accrual(database, settings, trade.id)  # the batch's own job then finds it done
+    assert entries(database, trade.id) == 1
     assert verify(database).ok

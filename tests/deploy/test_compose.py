@@ -219,3 +219,19 @@ def test_headers_set_for_the_server_but_shadowed_in_a_location_are_caught(compos
     problems = proxy_problems(compose, "client_max_body_size 1m;" + conf)
     assert "nginx: /: X-Forwarded-For is not replaced by the address nginx saw" in problems
     assert "nginx: /api/v1/ws: X-Request-ID is not passed to the API" in problems
+
+
+def test_the_websocket_goes_to_the_stream_service_and_the_rest_to_the_api(compose: dict[str, Any]) -> None:
+    """Decision 0028: every Bourse process runs BOURSE_STREAM=external, so the API serves no
+    WebSocket; nginx must send /api/v1/ws to `bourse stream`, and wait for it to be healthy."""
+    stream = compose["services"]["stream"]
+    assert stream["command"][0] == "stream"
+    assert compose["x-bourse-environment"]["BOURSE_STREAM"] == "external"
+    assert proxy_problems(compose, NGINX_CONF) == []
+    # The controls: the WebSocket left on the API, or nginx not waiting for the stream.
+    to_api = NGINX_CONF.replace("proxy_pass http://bourse_stream;", "proxy_pass http://bourse_api;")
+    assert "nginx: /api/v1/ws is not proxied to the stream service" in proxy_problems(compose, to_api)
+    impatient = broken(compose, lambda s: s["nginx"]["depends_on"].pop("stream"))
+    assert "nginx: does not wait for the stream to be healthy" in compose_problems(impatient, REDIS_CONF, NGINX_CONF)
+    unchecked = broken(compose, lambda s: s["stream"].pop("healthcheck"))
+    assert any(p.startswith("stream: its healthcheck") for p in compose_problems(unchecked, REDIS_CONF, NGINX_CONF))

@@ -112,6 +112,10 @@ def _serve(url: str, tmp_path: Path, *, pooled: bool) -> Iterator[str]:
     env = clean_env(
         BOURSE_DATABASE_URL=url,
         BOURSE_DATABASE_TRANSACTION_POOLING="true" if pooled else "false",
+        # Behind the pooler, as in production: orders are matched by `bourse matcher`
+        # processes on the direct connection, not by the API (docs/decisions/0027); the
+        # control run differs from the real one in the pooling setting alone.
+        BOURSE_MATCHER="external",
         BOURSE_DATABASE_LOCK_TIMEOUT_MS="1000",
         BOURSE_SHUTDOWN_DRAIN_SECONDS="0",
         BOURSE_LOG_LEVEL="warning",

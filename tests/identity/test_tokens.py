@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from bourse.identity.errors import InvalidToken
 from bourse.identity.models import Role
-from bourse.identity.tokens import decode_access_token, issue_access_token
+from bourse.identity.tokens import LEEWAY_SECONDS, VerifiedTokens, decode_access_token, issue_access_token
 from bourse.settings import Settings
 from tests.identity.helpers import auth_header, login, register, unique_email
 from tests.support.services import make_settings
@@ -175,3 +175,91 @@ def test_key_rotation_by_kid(sqlite_url: str) -> None:
     forged = _forge({"alg": "HS256", "typ": "JWT", "kid": "2026-01"}, _claims(rotated, subject.id), b"n" * 40)
     with pytest.raises(InvalidToken):
         decode_access_token(rotated, forged)
+
+
+# -- The cache of verified tokens --------------------------------------------------------
+
+
+class _Wall:
+    """A wall clock the test moves by hand (seconds since the epoch)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _client_subject() -> Any:
+    return type("S", (), {"id": uuid.uuid4(), "role": Role.client, "email": "c@example.com"})()
+
+
+def test_a_verified_token_is_served_from_the_cache_until_it_expires(settings: Settings) -> None:
+    wall = _Wall()
+    cache = VerifiedTokens(clock=wall)
+    subject = _client_subject()
+    token = issue_access_token(settings, subject, now=datetime.now(UTC) - timedelta(minutes=14))
+    claims = decode_access_token(settings, token, cache=cache)
+    assert len(cache) == 1
+    # Served as stored: the same claims object, not a second verification.
+    assert decode_access_token(settings, token, cache=cache) is claims
+    # One second before the expiry plus the leeway the full check allows, still served ...
+    wall.now = claims.expires_at.timestamp() + LEEWAY_SECONDS - 1
+    assert decode_access_token(settings, token, cache=cache) is claims
+    # ... and at that instant the entry is gone, so the token is checked again in full.
+    wall.now += 1
+    assert len(cache) == 1
+    fresh = decode_access_token(settings, token, cache=cache)
+    assert fresh is not claims
+    assert fresh == claims
+
+
+def test_a_token_cached_under_one_set_of_keys_is_refused_once_its_key_is_retired(sqlite_url: str) -> None:
+    cache = VerifiedTokens()
+    subject = _client_subject()
+    old = make_settings(sqlite_url, jwt_secret=SECRET, jwt_key_id="2026-01")
+    old_token = issue_access_token(old, subject)
+    rotated = make_settings(
+        sqlite_url, jwt_secret="n" * 40, jwt_key_id="2026-02", jwt_previous_keys=f"2026-01:{SECRET}"
+    )
+    assert decode_access_token(rotated, old_token, cache=cache).user_id == subject.id
+    assert len(cache) == 1
+    retired = make_settings(sqlite_url, jwt_secret="n" * 40, jwt_key_id="2026-02")
+    with pytest.raises(InvalidToken):
+        decode_access_token(retired, old_token, cache=cache)
+    # Another audience or issuer is another verifier too.
+    elsewhere = make_settings(
+        sqlite_url,
+        jwt_secret="n" * 40,
+        jwt_key_id="2026-02",
+        jwt_previous_keys=f"2026-01:{SECRET}",
+        jwt_audience="another-api",
+    )
+    with pytest.raises(InvalidToken):
+        decode_access_token(elsewhere, old_token, cache=cache)
+
+
+def test_refused_tokens_are_never_cached(settings: Settings, signed_in: tuple[uuid.UUID, str]) -> None:
+    cache = VerifiedTokens()
+    user_id, _ = signed_in
+    for name, token in _attacks(settings, user_id).items():
+        with pytest.raises(InvalidToken):
+            decode_access_token(settings, token, cache=cache)
+        assert len(cache) == 0, name
+    stale = issue_access_token(settings, _client_subject(), now=datetime.now(UTC) - timedelta(minutes=16))
+    with pytest.raises(InvalidToken):
+        decode_access_token(settings, stale, cache=cache)
+    assert len(cache) == 0
+
+
+def test_the_cache_keeps_the_most_recently_used_tokens(settings: Settings) -> None:
+    cache = VerifiedTokens(max_entries=2)
+    first, second, third = (issue_access_token(settings, _client_subject()) for _ in range(3))
+    claims = decode_access_token(settings, first, cache=cache)
+    decode_access_token(settings, second, cache=cache)
+    assert decode_access_token(settings, first, cache=cache) is claims  # first is now the most recent
+    decode_access_token(settings, third, cache=cache)  # so second goes
+    assert len(cache) == 2
+    assert decode_access_token(settings, first, cache=cache) is claims
+    with pytest.raises(ValueError, match="at least 1"):
+        VerifiedTokens(max_entries=0)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from bourse.db import Database, unit_of_work
-from bourse.ledger.accounts import account_balances, lock_accounts, owes_money, user_account
-from bourse.ledger.models import Account, AccountKind
+from bourse.ledger.accounts import account_balances, lock_accounts, lock_to_post, owes_money, user_account
+from bourse.ledger.models import GENESIS_HASH, Account, AccountKind
+from bourse.ledger.posting import Context, Leg, post_locked
 from tests.support.auth import register_user
-from tests.support.ledger import fund
+from tests.support.ledger import fund, verify
 from tests.support.services import make_settings
 
 
@@ -34,7 +37,9 @@ def test_balances_are_read_and_system_accounts_named_by_their_owner(database: Da
     user_id, _ = register_user(database)
     fund(database, user_id, "USD", 1_234)
     wallet = (AccountKind.available, "USD", user_id)
-    clearing = (AccountKind.psp_clearing, "USD", "simulator")
+    # A connector of its own: the shared database may hold the simulator's clearing already.
+    connector = f"lock-test-{user_id.hex[:8]}"
+    clearing = (AccountKind.psp_clearing, "USD", connector)
     debt = (AccountKind.chargeback_receivable, "USD", user_id)
     with unit_of_work(database) as session:
         available = user_account(session, user_id, "USD")
@@ -52,7 +57,7 @@ def test_balances_are_read_and_system_accounts_named_by_their_owner(database: Da
         ).all()
         assert account_balances(session, [wallet, clearing, debt]) == locked
     assert {tuple(row) for row in rows} == {
-        (AccountKind.psp_clearing, "simulator", None),
+        (AccountKind.psp_clearing, connector, None),
         (AccountKind.chargeback_receivable, str(user_id), None),
     }
 
@@ -77,3 +82,41 @@ def test_the_accounts_stay_locked_until_the_transaction_ends(postgres_url: str) 
             probe.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE NOWAIT", (other,))
     finally:
         database.dispose()
+
+
+def test_lock_to_post_opens_the_required_accounts_and_locks_only_existing_others(database: Database) -> None:
+    user_id, _ = register_user(database)
+    connector = f"lock-to-post-{user_id.hex[:8]}"
+    clearing = (AccountKind.psp_clearing, "ETH", connector)
+    wallet = (AccountKind.available, "ETH", user_id)
+    debt = (AccountKind.chargeback_receivable, "ETH", user_id)
+    with unit_of_work(database) as session:
+        locked = lock_to_post(session, [clearing, wallet, debt], required=2)
+        # Opened, empty, at the start of their chains; the optional debt account is not opened.
+        assert set(locked) == {clearing, wallet}
+        assert [(row.balance, row.seq, row.last_hash) for row in locked.values()] == [(0, 0, GENESIS_HASH)] * 2
+        assert [row.id for row in locked.values()] == sorted(row.id for row in locked.values())
+        context = Context(actor="test", idempotency_key=f"lock-to-post:{uuid.uuid4()}")
+        rows = sorted(locked.values(), key=lambda row: row.id)
+        legs = [Leg(locked[clearing].id, -7_00), Leg(locked[wallet].id, 7_00)]
+        post_locked(session, rows, legs, kind="deposit", context=context)
+    with unit_of_work(database) as session:
+        # All required exist now: one statement, read under the lock, and the chain moved on.
+        again = lock_to_post(session, [clearing, wallet, debt], required=2)
+        assert set(again) == {clearing, wallet}
+        assert (again[wallet].balance, again[wallet].seq) == (7_00, 1)
+        assert (again[clearing].balance, again[clearing].seq) == (-7_00, 1)
+        assert again[wallet].last_hash != GENESIS_HASH
+        # An optional account that exists is locked and read too.
+        lock_accounts(session, [debt])
+        assert set(lock_to_post(session, [clearing, wallet, debt], required=2)) == {clearing, wallet, debt}
+    report = verify(database)
+    assert report.ok, [d.describe() for d in report.discrepancies]
+
+
+@pytest.mark.parametrize("required", [0, 3])
+def test_lock_to_post_refuses_a_required_count_outside_its_keys(database: Database, required: int) -> None:
+    user_id, _ = register_user(database)
+    keys = [(AccountKind.available, "USD", user_id), (AccountKind.held, "USD", user_id)]
+    with unit_of_work(database) as session, pytest.raises(ValueError, match="required"):
+        lock_to_post(session, keys, required=required)

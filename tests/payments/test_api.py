@@ -14,6 +14,7 @@ reconciliation) run end to end against the simulator in ``test_flows.py``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2 as httpx
+import psycopg
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
@@ -32,7 +34,7 @@ from bourse.app import create_app
 from bourse.db import Database, unit_of_work
 from bourse.identity import service as identity
 from bourse.identity.models import Role
-from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry
+from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry, Posting
 from bourse.ledger.posting import Context
 from bourse.ledger.transfers import transfer
 from bourse.payments import deposits, inbox
@@ -48,6 +50,7 @@ from bourse.settings import Settings
 from tests.support.auth import TestUser, bearer, make_user
 from tests.support.ledger import balance, fund, verify
 from tests.support.services import make_settings
+from tests.support.waiting import wait_until
 
 PSP_SECRET = "payments-api-test-webhook-secret-0123456789"
 STRIPE_SECRET = "whsec_payments_api_test_0123456789"
@@ -187,6 +190,13 @@ class Payments:
     def withdrawal_row(self, withdrawal_id: str) -> Withdrawal:
         with self.database.sessions() as session:
             row = session.get(Withdrawal, uuid.UUID(withdrawal_id))
+            assert row is not None
+            session.expunge(row)
+            return row
+
+    def event_row_by_id(self, row_id: int) -> PspEvent:
+        with self.database.sessions() as session:
+            row = session.get(PspEvent, row_id)
             assert row is not None
             session.expunge(row)
             return row
@@ -917,6 +927,154 @@ def test_a_chargeback_of_spent_money_is_a_debt_that_blocks_withdrawals_until_rep
         "debt repaid first"
     )
     assert pay.withdraw(alice, "30.00").status_code == 201
+    pay.books_balance()
+
+
+def test_a_credit_writes_one_balanced_entry_the_deposit_and_one_audit_line(pay: Payments) -> None:
+    alice = pay.user()
+    deposit = pay.deposit(alice, 42_17)
+    clearing = pay.clearing()
+    event = deposit_event("deposit.succeeded", deposit, status="succeeded")
+    entries, lines, _ = pay.counts()
+    assert pay.deliver(event) == "applied"
+    assert pay.counts()[:2] == (entries + 1, lines + 1)
+    row = pay.deposit_row(deposit)
+    assert (row.state, row.psp_reference, row.reversed_amount) == (DepositState.succeeded, deposit.psp_reference, 0)
+    assert row.settled_at == datetime.fromtimestamp(event["created"], UTC)
+    assert row.credited_at is not None
+    assert row.updated_at == row.credited_at
+    with pay.database.sessions() as session:
+        entry = session.get(JournalEntry, row.credit_entry_id)
+        assert entry is not None
+        postings = session.execute(
+            select(Account.kind, Account.ref, Posting.amount)
+            .join(Account, Account.id == Posting.account_id)
+            .where(Posting.entry_id == entry.id)
+        ).all()
+        [line] = session.scalars(select(PaymentAudit).where(PaymentAudit.subject_id == deposit.id)).all()
+    assert (entry.kind, entry.idempotency_key, entry.actor) == (
+        "deposit",
+        f"psp-event:simulator:{event['id']}",
+        "psp:simulator",
+    )
+    assert entry.meta == {"deposit_id": str(deposit.id), "connector": "simulator", "repaid_debt": 0}
+    assert sorted(postings) == sorted(
+        [(AccountKind.psp_clearing, "simulator", -42_17), (AccountKind.available, str(alice.id), 42_17)]
+    )
+    assert (line.subject_type, line.from_state, line.to_state, line.actor, line.reason) == (
+        "deposit",
+        "pending",
+        "succeeded",
+        "psp:simulator",
+        None,
+    )
+    assert line.created_at == row.credited_at
+    assert (pay.available(alice), pay.clearing()) == (42_17, clearing - 42_17)
+    pay.books_balance()
+
+
+def test_the_first_deposit_in_a_new_asset_opens_its_accounts(pay: Payments) -> None:
+    alice = pay.user()
+    asset = "EUR"
+    with pay.database.sessions() as session:
+        before = session.scalar(select(func.count()).where(Account.ref == str(alice.id), Account.asset == asset))
+    assert before == 0
+    deposit = pay.deposit(alice, 5_00, asset)
+    assert pay.deliver(deposit_event("deposit.succeeded", deposit, status="succeeded")) == "applied"
+    assert pay.available(alice, asset) == 5_00
+    assert pay.system_balance(AccountKind.psp_clearing, asset, "simulator") <= -5_00
+    with pay.database.sessions() as session:
+        kinds = set(session.scalars(select(Account.kind).where(Account.ref == str(alice.id), Account.asset == asset)))
+    # No debt account is opened for a user who owes nothing.
+    assert kinds == {AccountKind.available}
+    pay.books_balance()
+
+
+def test_two_credits_at_once_repay_a_debt_exactly_once(pay: Payments) -> None:
+    """On PostgreSQL both credits are made to wait on the debt account's lock, then race."""
+    alice, bob = pay.user(), pay.user()
+    first = pay.deposit(alice, 100_00)
+    assert pay.deliver(deposit_event("deposit.succeeded", first, status="succeeded")) == "applied"
+    with unit_of_work(pay.database) as session:
+        transfer(
+            session,
+            from_user=alice.id,
+            to_user=bob.id,
+            asset="USD",
+            amount=70_00,
+            context=Context(actor="test", idempotency_key=f"spend:{uuid.uuid4()}"),
+        )
+    assert pay.deliver(deposit_event("deposit.disputed", first, status="disputed")) == "applied"
+    assert (pay.available(alice), pay.receivable(alice)) == (0, -70_00)
+    refs = [pay.deposit(alice, 50_00), pay.deposit(alice, 50_00)]
+    rows = [pay.receive(deposit_event("deposit.succeeded", ref, status="succeeded")) for ref in refs]
+    outcomes: list[str] = []
+    failures: list[BaseException] = []
+
+    def credit(row_id: int) -> None:
+        try:
+            outcomes.append(pay.process(row_id))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=credit, args=(row_id,)) for row_id in rows]
+    if pay.database.engine.dialect.name != "postgresql":
+        for thread in threads:
+            thread.start()
+    else:
+        url = pay.database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # Hold the debt account's lock, so both credits are inside their transactions at once.
+        with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watch:
+            holder.execute(
+                "SELECT id FROM accounts WHERE kind = 'chargeback_receivable' AND ref = %s FOR UPDATE", (str(alice.id),)
+            )
+            for thread in threads:
+                thread.start()
+
+            def waiting() -> bool:
+                row = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> %s",
+                    (holder.info.backend_pid,),
+                ).fetchone()
+                return row is not None and int(row[0]) >= 2
+
+            wait_until(waiting, "both credits waiting for the debt account's lock")
+            holder.rollback()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(outcomes) == ["applied", "applied"]
+    assert (pay.available(alice), pay.receivable(alice)) == (30_00, 0)
+    with pay.database.sessions() as session:
+        repaid = sorted(
+            entry.meta["repaid_debt"]
+            for entry in session.scalars(
+                select(JournalEntry).where(
+                    JournalEntry.kind == "deposit",
+                    JournalEntry.idempotency_key.in_(
+                        [f"psp-event:simulator:{row.event_id}" for row in map(pay.event_row_by_id, rows)]
+                    ),
+                )
+            )
+        )
+        reasons = sorted(
+            str(line.reason)
+            for line in session.scalars(
+                select(PaymentAudit).where(PaymentAudit.subject_id.in_([ref.id for ref in refs]))
+            )
+            if line.to_state == "succeeded"
+        )
+    assert repaid == [20_00, 50_00]
+    assert reasons == ["debt repaid first", "debt repaid first"]
+    # Every run again of either event changes nothing.
+    before = pay.counts()
+    assert [pay.process(row_id) for row_id in rows] == ["applied", "applied"]
+    assert pay.counts() == before
+    # With the debt repaid, the next deposit goes to the wallet whole.
+    third = pay.deposit(alice, 10_00)
+    assert pay.deliver(deposit_event("deposit.succeeded", third, status="succeeded")) == "applied"
+    assert (pay.available(alice), pay.receivable(alice)) == (40_00, 0)
     pay.books_balance()
 
 

@@ -427,9 +427,21 @@ def test_reconciliation_finds_injected_mismatches(stack: Stack) -> None:
     stack.pay(deposit)
     stack.wait_deposit(deposit["id"], DepositState.succeeded)
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    # Everything so far agrees (every scenario above ran to a settled end or not at all).
-    clean = run_bourse("psp", "reconcile", "--connector", "simulator", "--date", today, "--json", env=stack.env)
-    baseline = json.loads(clean.stdout)
+
+    def reconcile() -> dict[str, Any]:
+        done = run_bourse("psp", "reconcile", "--connector", "simulator", "--date", today, "--json", env=stack.env)
+        return dict(json.loads(done.stdout))
+
+    # The baseline: what the scenarios above left, once nothing of theirs is still moving (on a
+    # loaded machine a payout can reach the provider, or its webhook us, between two runs).
+    runs = [reconcile()]
+
+    def settled() -> bool:
+        runs.append(reconcile())
+        return _problems(runs[-1]) == _problems(runs[-2])
+
+    wait_until(settled, "two reconciliations in a row to find the same problems", timeout=60)
+    baseline = runs[-1]
     assert baseline["matched"] > 0
     # Inject: the provider reports a different amount for ours, and one we never saw.
     assert (
@@ -440,6 +452,9 @@ def test_reconciliation_finds_injected_mismatches(stack: Stack) -> None:
     result = run_bourse("psp", "reconcile", "--connector", "simulator", "--date", today, "--json", env=stack.env)
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(result.stdout)
+    new = _problems(report) - _problems(baseline)
+    # Exactly the two injected: ours at another amount, and one the provider made up.
+    assert {(section, amount) for section, _, _, amount, _ in new} == {("mismatches", 1299), ("missing_here", 777)}, new
     assert report["mismatch_count"] == baseline["mismatch_count"] + 2
     assert any(m["psp_reference"] == deposit["psp_reference"] and m["amount"] == 1299 for m in report["mismatches"])
     assert any(m["amount"] == 777 for m in report["missing_here"])
@@ -449,6 +464,15 @@ def test_reconciliation_finds_injected_mismatches(stack: Stack) -> None:
     shown = stack.api("GET", f"/api/v1/admin/reconciliation-reports/{report['id']}", operator).json()
     assert shown["mismatch_count"] == report["mismatch_count"]
     assert stack.api("GET", "/api/v1/admin/reconciliation-reports", user).status_code == 403
+
+
+def _problems(report: dict[str, Any]) -> set[tuple[str, str, str, int, str]]:
+    """Every line of a reconciliation report: (section, kind, provider reference, amount, problem)."""
+    return {
+        (section, line["kind"], line["psp_reference"], line["amount"], line["problem"])
+        for section in ("missing_here", "missing_at_psp", "mismatches")
+        for line in report[section]
+    }
 
 
 def run_then_close_connectors(handler: Any, ctx: JobContext) -> None:

@@ -169,3 +169,56 @@ def test_enqueue_refuses_bad_input(queue: QueueEnv) -> None:
             enqueue(session, record_job, {}, delay=-1)
         with pytest.raises(ValueError, match="invalid queue name"):
             enqueue(session, record_job, {}, queue="Not A Queue")
+
+
+def test_next_available_is_the_first_delayed_job_or_expiring_reservation(queue: QueueEnv) -> None:
+    assert queue.driver.next_available(PRIORITY) is None
+    before = time.time()
+    with unit_of_work(queue.db) as session:
+        enqueue(session, record_job, {}, delay=600)
+    after = time.time()
+    relay_all(queue)
+    delayed = queue.driver.next_available(PRIORITY)
+    assert delayed is not None
+    assert before + 600 <= delayed <= after + 600
+    with unit_of_work(queue.db) as session:
+        enqueue(session, record_job, {})
+    relay_all(queue)
+    clock = StoppedClock(time.time())
+    queue.driver.clock = clock
+    job = queue.driver.reserve(PRIORITY)
+    assert job is not None
+    # The reservation expires before the delayed job is due: that is the next time to look.
+    assert queue.driver.next_available(PRIORITY) == clock.now + queue.settings.queue_retry_after_seconds
+    assert queue.driver.next_available(("deposits",)) is None
+
+
+def test_the_acknowledgement_folded_into_the_next_reservation_keeps_tokens_honest(queue: QueueEnv) -> None:
+    with unit_of_work(queue.db) as session:
+        enqueue(session, record_job, {"marker": "taken over"})
+    relay_all(queue)
+    clock = StoppedClock(time.time())
+    queue.driver.clock = clock
+    first = queue.driver.reserve(PRIORITY)
+    assert first is not None
+    clock.now += queue.settings.queue_retry_after_seconds + 1
+    second = queue.driver.reserve(PRIORITY)
+    assert second is not None
+    assert (second.id, second.attempts) == (first.id, 2)
+    # The first reservation was lost: acknowledging it with the next reservation forgets nothing.
+    assert queue.driver.reserve(PRIORITY, acknowledge=first) is None
+    assert {d.queue: d.reserved for d in queue.driver.depths(PRIORITY)}["tests"] == 1
+    with unit_of_work(queue.db) as session:
+        enqueue(session, record_job, {"marker": "background"})
+        deposit_id = enqueue(session, deposit_job, {})
+    relay_all(queue)
+    if queue.driver.name == "database":
+        with unit_of_work(queue.db) as session:
+            complete_in(session, second.id, second.token)
+    # The holder's acknowledgement goes with the next reservation, which still takes
+    # from the first non-empty queue.
+    following = queue.driver.reserve(PRIORITY, acknowledge=second)
+    assert following is not None
+    assert following.id == deposit_id
+    tests_depth = {d.queue: d for d in queue.driver.depths(PRIORITY)}["tests"]
+    assert (tests_depth.ready, tests_depth.reserved) == (1, 0)

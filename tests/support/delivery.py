@@ -23,7 +23,7 @@ from bourse.settings import Settings, env_name, is_secret_field
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = frozenset(env_name(name) for name in Settings.model_fields)
 SECRET_SETTINGS = frozenset(env_name(name) for name in Settings.model_fields if is_secret_field(name))
-BOURSE_SERVICES = ("migrate", "api", "worker", "scheduler", "psp-sim")
+BOURSE_SERVICES = ("migrate", "api", "stream", "worker", "scheduler", "psp-sim")
 WEAK_PASSWORDS = frozenset({"secret", "password", "changeme", "change-me", "test", "example", "postgres", "redis"})
 WORKER_FLAGS = {"--tries": "3", "--timeout": "120", "--memory": "384"}
 
@@ -186,6 +186,7 @@ def process_problems(compose: dict[str, Any]) -> list[str]:
         problems.append(f"scheduler: {command_of(services['scheduler'])} is not `bourse scheduler`")
     expected_checks = {
         "api": ["bourse", "healthcheck"],
+        "stream": ["bourse", "healthcheck", "--ready"],
         "worker": ["bourse", "healthcheck", "--worker"],
         "scheduler": ["bourse", "healthcheck", "--scheduler"],
         "postgres": ["pg_isready"],
@@ -199,7 +200,7 @@ def process_problems(compose: dict[str, Any]) -> list[str]:
         if not all(word in text for word in words):
             problems.append(f"{name}: its healthcheck {test!r} does not run {' '.join(words)}")
     healthy = {"postgres", "redis"}
-    for name in ("api", "worker", "scheduler"):
+    for name in ("api", "stream", "worker", "scheduler"):
         depends = services[name].get("depends_on", {})
         problems.extend(
             f"{name}: does not wait for {dependency} to be healthy"
@@ -210,8 +211,11 @@ def process_problems(compose: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: does not wait for the migrations")
     if services["migrate"].get("depends_on", {}).get("postgres", {}).get("condition") != "service_healthy":
         problems.append("migrate: does not wait for postgres to be healthy")
-    if services["nginx"].get("depends_on", {}).get("api", {}).get("condition") != "service_healthy":
-        problems.append("nginx: does not wait for the api to be healthy")
+    problems.extend(
+        f"nginx: does not wait for the {upstream} to be healthy"
+        for upstream in ("api", "stream")
+        if services["nginx"].get("depends_on", {}).get(upstream, {}).get("condition") != "service_healthy"
+    )
     if command_of(services["migrate"]) != ["migrate"] or services["migrate"].get("restart") != "no":
         problems.append("migrate: not a one-shot `bourse migrate`")
     return problems
@@ -255,6 +259,12 @@ def proxy_problems(compose: dict[str, Any], nginx_conf: str) -> list[str]:
     headers = proxied_headers(nginx_conf)
     if "/api/v1/ws" not in headers or headers["/api/v1/ws"].get("Upgrade") != "$http_upgrade":
         problems.append("nginx: /api/v1/ws is not upgraded to a WebSocket")
+    # BOURSE_STREAM=external: the WebSocket is the stream service's, everything else the API's.
+    stream = environment_of(services["api"]).get("BOURSE_STREAM", "in-process")
+    wanted = {"/api/v1/ws": "stream" if stream == "external" else "api", "/": "api"}
+    for location, service in wanted.items():
+        if proxied_services(nginx_conf).get(location) != [f"{service}:8000"]:
+            problems.append(f"nginx: {location} is not proxied to the {service} service")
     for location, sent in headers.items():
         if sent.get("X-Forwarded-For") != "$remote_addr":
             problems.append(f"nginx: {location}: X-Forwarded-For is not replaced by the address nginx saw")
@@ -278,6 +288,19 @@ def proxied_headers(nginx_conf: str) -> dict[str, dict[str, str]]:
         own = dict(re.findall(r"proxy_set_header\s+(\S+)\s+([^;]+);", body))
         found[path] = own or inherited
     return found
+
+
+def proxied_services(nginx_conf: str) -> dict[str, list[str]]:
+    """Per proxying location, the servers of the upstream it passes to."""
+    upstreams = {
+        name: re.findall(r"server\s+([^;\s]+)", body)
+        for name, body in re.findall(r"upstream\s+(\S+)\s*\{([^}]*)\}", nginx_conf)
+    }
+    return {
+        path: upstreams.get(target, [target])
+        for path, body in re.findall(r"location\s+(?:=\s+)?(\S+)\s*\{([^}]*)\}", nginx_conf)
+        for target in re.findall(r"proxy_pass\s+https?://([^;/\s]+)", body)
+    }
 
 
 def compose_problems(compose: dict[str, Any], redis_conf: str, nginx_conf: str) -> list[str]:

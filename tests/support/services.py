@@ -31,6 +31,10 @@ def service_unavailable(service: str, reason: str) -> None:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
+    # Orders wait for the matcher as long as a test may take: the wait ends the moment the
+    # outcome is announced, so a loaded machine makes a test slower, never a 202 instead of
+    # a 201. The tests of the 202 answer set their own wait.
+    overrides.setdefault("order_wait_ms", 30_000)
     return Settings(env="test", database_url=database_url, **overrides)  # type: ignore[arg-type]
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bourse.assets import service as assets
 from bourse.db import Database, unit_of_work
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState
 from bourse.ledger.posting import Context, user_actor
-from bourse.trading import book_cache, instruments, orders, queries
-from bourse.trading.models import Order, Trade
+from bourse.trading import instruments, orders, queries
+from bourse.trading.matcher import ShardMatcher, rebuild_book
+from bourse.trading.models import PENDING_COMMANDS_SQL, Order, Trade
 from tests.support.auth import make_user
 from tests.support.ledger import balance
+from tests.support.waiting import wait_until
 
 
 def market(database: Database, **changes: Any) -> tuple[str, str, str]:
@@ -43,7 +45,26 @@ def new_user(database: Database) -> uuid.UUID:
     return make_user(database).id
 
 
+def settle(database: Database) -> None:
+    """Have every pending command carried out: by a matcher of our own, or, if another leads
+    (an app's in-process matcher), by that one."""
+    matcher = ShardMatcher(database)
+    try:
+        if matcher.lead():
+            matcher.drain()
+            return
+    finally:
+        matcher.close()
+
+    def nothing_pending() -> bool:
+        with unit_of_work(database) as session:
+            return session.scalar(select(Order.id).where(text(f"({PENDING_COMMANDS_SQL})")).limit(1)) is None
+
+    wait_until(nothing_pending, "the leading matcher to carry out every pending command", interval=0.02)
+
+
 def place(database: Database, user_id: uuid.UUID, symbol: str, **fields: Any) -> tuple[Order, list[Trade]]:
+    """Accept an order, let the matcher carry it out, and return it with its trades as they stand."""
     terms: dict[str, Any] = {
         "side": "buy",
         "kind": "limit",
@@ -57,15 +78,23 @@ def place(database: Database, user_id: uuid.UUID, symbol: str, **fields: Any) ->
     }
     with unit_of_work(database) as session:
         context = Context(actor=user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
-        order, trades = orders.place_order(session, user_id=user_id, symbol=symbol, context=context, **terms)
+        accepted = orders.accept_order(session, user_id=user_id, symbol=symbol, context=context, **terms)
+        order_id = accepted.order.id
+    settle(database)
+    with unit_of_work(database) as session:
+        order = queries.get_order(session, order_id)
+        trades = queries.trades_of_order(session, order_id)
         session.expunge_all()
     return order, trades
 
 
 def cancel(database: Database, user_id: uuid.UUID, order_id: int) -> Order:
+    """Ask for the order's cancel, let the matcher carry it out, and return the order as it stands."""
     with unit_of_work(database) as session:
-        context = Context(actor=user_actor(user_id), idempotency_key=f"test:{uuid.uuid4()}")
-        order = orders.cancel_order(session, user_id=user_id, order_id=order_id, context=context)
+        orders.request_cancel(session, user_id=user_id, order_id=order_id)
+    settle(database)
+    with unit_of_work(database) as session:
+        order = queries.get_order(session, order_id)
         session.expunge_all()
     return order
 
@@ -102,13 +131,11 @@ def user_total(database: Database, asset: str) -> int:
 
 
 def check_consistent(database: Database, symbol: str) -> None:
-    """The cached book equals a rebuild from the database; holds cover what open orders can still trade."""
+    """The book rebuilds from the database; holds cover what open orders can still trade."""
     with unit_of_work(database) as session:
         instrument = instruments.get_instrument(session, symbol)
-        rebuilt = book_cache.rebuild_book(session, instrument)
-        cached = book_cache.cached_book(symbol)
-        if cached is not None and cached.sequence == instrument.sequence:
-            assert cached.snapshot() == rebuilt.snapshot()
+        rebuilt = rebuild_book(session, instrument)
+        assert rebuilt.sequence == instrument.sequence
         for hold in session.scalars(select(Hold)):
             assert hold.remaining >= 0
         for order in queries.open_orders(session, symbol):
@@ -125,7 +152,7 @@ def check_consistent(database: Database, symbol: str) -> None:
                 denominator = 10 ** (instrument.price_scale + instrument.base_scale) * 10_000
                 assert order_hold.remaining * denominator >= exact, (order_hold.remaining, needed)
         for order in session.scalars(select(Order).where(Order.instrument == symbol)):
-            if order.status.value in {"filled", "cancelled"}:
+            if order.status.value in {"filled", "cancelled", "rejected"}:
                 closed_hold = session.get(Hold, order.hold_id)
                 assert closed_hold is not None
                 assert closed_hold.remaining == 0

@@ -6,13 +6,15 @@ import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from bourse.db import Database, unit_of_work
+from bourse.ledger.models import Hold
 from bourse.settings import Settings
-from bourse.trading import book_cache, instruments
-from bourse.trading.models import Instrument
+from bourse.trading import instruments
+from bourse.trading.models import Instrument, Order
 from tests.support.auth import bearer, make_user
-from tests.support.ledger import fund, verify
+from tests.support.ledger import balance, fund, verify
 from tests.trading.orders_support import check_consistent, market
 
 
@@ -108,30 +110,25 @@ def test_each_bad_order_input_has_its_own_code(client: TestClient, settings: Set
     assert verify(database).ok
 
 
-def test_a_refused_order_gives_the_instruments_turn_back(
-    client: TestClient, settings: Settings, database: Database
-) -> None:
-    """A refusal rolls back, and the instrument's writer turn in this process ends with
-    it; a turn left held would make every later order on the instrument wait and fail."""
+def test_a_refused_order_leaves_nothing_behind(client: TestClient, settings: Settings, database: Database) -> None:
+    """A refusal rolls back the whole acceptance: no order row, no hold, nothing for the matcher."""
     symbol, _, quote = market(database)
     user = make_user(database)
     fund(database, user.id, quote, 1_000)
     refused = _post(client, settings, user, instrument=symbol, side="buy", price="100.00", quantity="5")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"] == "insufficient_funds"
-    assert not book_cache._writer(symbol).locked()
     unknown = _post(client, settings, user, instrument="ZZZ-USD", side="buy", price="1.00", quantity="1")
     assert unknown.status_code == 404, unknown.text
-    assert not book_cache._writer("ZZZ-USD").locked()
-    # Refused before any statement ran (no valid symbol), twice: the turn was given back.
-    for _ in range(2):
-        nameless = client.delete("/api/v1/orders", params={"instrument": ""}, headers=bearer(settings, user))
-        assert nameless.status_code == 404, nameless.text
-        assert nameless.json()["error"] == "unknown_instrument"
-        assert not book_cache._writer("").locked()
-        invalid = _post(client, settings, user, instrument="not a symbol", side="buy", price="1.00", quantity="1")
-        assert invalid.status_code in {404, 422}, invalid.text
-        assert not book_cache._writer("not a symbol").locked()
+    nameless = client.delete("/api/v1/orders", params={"instrument": ""}, headers=bearer(settings, user))
+    assert nameless.status_code == 404, nameless.text
+    assert nameless.json()["error"] == "unknown_instrument"
+    invalid = _post(client, settings, user, instrument="not a symbol", side="buy", price="1.00", quantity="1")
+    assert invalid.status_code in {404, 422}, invalid.text
+    with unit_of_work(database) as session:
+        assert session.scalar(select(func.count()).select_from(Order).where(Order.user_id == user.id)) == 0
+        assert session.scalar(select(func.count()).select_from(Hold).where(Hold.user_id == user.id)) == 0
     accepted = _post(client, settings, user, instrument=symbol, side="buy", price="1.00", quantity="0.01")
     assert accepted.status_code == 201, accepted.text
-    assert not book_cache._writer(symbol).locked()
+    assert accepted.json()["status"] == "open"
+    assert balance(database, user.id, quote) == 1_000 - 2  # 1.00 times 0.01 plus the fee reserve, rounded up

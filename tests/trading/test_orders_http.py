@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,26 +24,21 @@ from dataclasses import dataclass, field
 import httpx2 as httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from bourse.bench.orders_http import (
     BASE_FUNDING_UNITS,
     QUOTE_FUNDING_UNITS,
-    OrderFlow,
     Traders,
     bench_orders_http,
     prepare_traders,
 )
 from bourse.db import Database, unit_of_work
-from bourse.ledger.models import JournalEntry
-from bourse.trading.book_cache import rebuild_book
-from bourse.trading.instruments import format_price, format_quantity, get_instrument
-from bourse.trading.models import OPEN_STATUSES, Order, OrderStatus, Trade
-from tests.support.ledger import verify
+from bourse.trading.models import Order, Trade
 from tests.support.processes import clean_env, free_port, run_bourse, start, stop, wait_for_status
 from tests.support.services import create_postgres_database, drop_postgres_database, make_settings
 from tests.support.waiting import wait_until
-from tests.trading.orders_support import asset_total, check_consistent, user_total
+from tests.trading.http_support import Clients, book_from_database, check_database, split
 
 pytestmark = pytest.mark.process
 
@@ -52,6 +46,8 @@ SYMBOL = "BTC-USD"
 THREADS = 8
 CONCURRENT_ORDERS = 50  # accepted before the concurrency test stops its clients
 CRASH_AFTER_ORDERS = 25  # accepted before the server is killed, with requests in flight
+SERVER_WAIT_MS = 5000  # BOURSE_ORDER_WAIT_MS: how long an order or cancel waits for the matcher
+CLIENT_TIMEOUT = 30.0  # seconds; a request the server has not answered by then is a failure
 
 
 @dataclass
@@ -78,7 +74,9 @@ class _Stack:
 def stack() -> Iterator[_Stack]:
     url = create_postgres_database()
     try:
-        env = clean_env(BOURSE_DATABASE_URL=url, BOURSE_LOG_LEVEL="warning")
+        # Orders wait for the matcher long enough for a loaded machine, and well below the
+        # clients' timeout (CLIENT_TIMEOUT), so the server always answers first (201 or 202).
+        env = clean_env(BOURSE_DATABASE_URL=url, BOURSE_LOG_LEVEL="warning", BOURSE_ORDER_WAIT_MS=str(SERVER_WAIT_MS))
         migrated = run_bourse("migrate", env=env)
         assert migrated.returncode == 0, migrated.stderr
         with _server(env) as (process, base_url):
@@ -98,146 +96,19 @@ def _server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
         stop(process)
 
 
-class _Clients:
-    """``THREADS`` threads, each with its own traders, stepping an OrderFlow until stopped.
-
-    A thread whose request got no answer (the server is down) sends nothing more until
-    the test gives it another server's address, or stops it.
-    """
-
-    def __init__(self, traders: Traders, url: str) -> None:
-        self._url = url
-        self._halted = False
-        self._changed = threading.Condition()  # guards the address and the halt
-        self.outcomes: Counter[tuple[str, int, str | None]] = Counter()
-        self.fills = 0
-        self._guard = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(traders, i), daemon=True) for i in range(THREADS)]
-
-    @property
-    def url(self) -> str:
-        with self._changed:
-            return self._url
-
-    @url.setter
-    def url(self, url: str) -> None:
-        """Send to the server at ``url`` from now on (a restarted server answers at a new address)."""
-        with self._changed:
-            self._url = url
-            self._changed.notify_all()
-
-    def _next_address(self, unanswered: str | None) -> str | None:
-        """The address to send to, once it is not ``unanswered``; None once stopped."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._halted or self._url != unanswered)
-            return None if self._halted else self._url
-
-    def _run(self, traders: Traders, index: int) -> None:
-        share = {trader: traders.tokens[trader] for trader in traders.user_ids[index::THREADS]}
-        flow = OrderFlow(self.url, traders.market, share, seed=index, timeout=10)
-        unanswered: str | None = None
-        while (url := self._next_address(unanswered)) is not None:
-            flow.url = url
-            outcome = flow.step()
-            with self._guard:
-                self.outcomes[outcome.action, outcome.status, outcome.error] += 1
-                self.fills += outcome.fills
-            unanswered = url if outcome.status == 0 else None
-        flow.close()
-
-    def __enter__(self) -> _Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop the clients and wait until every request they sent is answered."""
-        with self._changed:
-            self._halted = True
-            self._changed.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
-            assert not thread.is_alive()
-
-    def count(self, action: str | None = None, status: int | None = None) -> int:
-        with self._guard:
-            return sum(
-                n
-                for (act, code, _), n in self.outcomes.items()
-                if (action is None or act == action) and (status is None or code == status)
-            )
-
-    def tally(self) -> dict[str, int]:
-        """Accepted limit and market orders, cancels, all accepted orders, and fills, so far."""
-        with self._guard:
-            fills = self.fills
-        return {
-            "limit": self.count("limit", 201),
-            "market": self.count("market", 201),
-            "cancel": self.count("cancel", 200),
-            "accepted": self.count(status=201),
-            "fills": fills,
-        }
-
-    def wait_for_traffic(self, accepted: int) -> None:
-        """Until ``accepted`` orders in all were accepted, and limits, markets, cancels and fills have happened."""
-        last: dict[str, int] = {}
-
-        def enough() -> bool:
-            last.update(self.tally())
-            return all(last.values()) and last["accepted"] >= accepted
-
-        wait_until(enough, lambda: f"{accepted} accepted orders of every kind, and fills (so far {last})", timeout=120)
-
-    def failures(self) -> dict[tuple[str, int, str | None], int]:
-        """Outcomes that are neither a success nor a refusal with a code."""
-        return {key: n for key, n in self.outcomes.items() if key[1] == 0 or key[1] >= 500}
-
-
 def _check_database(stack: _Stack) -> None:
     """The book rebuilt from the database, the holds, every fill's settlement, and the assets' totals."""
+    assert set(stack.funded) == {"USD", "BTC"}
     database = stack.database()
     try:
-        with unit_of_work(database) as session:
-            instrument = get_instrument(session, SYMBOL)
-            book = rebuild_book(session, instrument)  # raises on a crossed or corrupt book
-            bid, ask = book.best_bid(), book.best_ask()
-            assert bid is None or ask is None or bid < ask, (bid, ask)
-            orphans = session.scalar(
-                select(func.count())
-                .select_from(Trade)
-                .outerjoin(JournalEntry, JournalEntry.id == Trade.entry_id)
-                .where(JournalEntry.id.is_(None))
-            )
-            assert orphans == 0
-            traded = {
-                order_id: int(total)
-                for order_id, total in session.execute(
-                    select(Order.id, func.coalesce(func.sum(Trade.quantity), 0))
-                    .outerjoin(Trade, or_(Trade.maker_order_id == Order.id, Trade.taker_order_id == Order.id))
-                    .where(Order.instrument == SYMBOL)
-                    .group_by(Order.id)
-                )
-            }
-            for order in session.scalars(select(Order).where(Order.instrument == SYMBOL)):
-                assert order.filled_quantity == traded[order.id], order.id
-                assert 0 <= order.filled_quantity <= order.quantity, order.id
-                if order.status in OPEN_STATUSES:
-                    assert order.filled_quantity < order.quantity, order.id
-                if order.status is OrderStatus.filled:
-                    assert order.filled_quantity == order.quantity, order.id
-        check_consistent(database, SYMBOL)  # holds cover remainders, none negative, finished ones empty
-        assert set(stack.funded) == {"USD", "BTC"}
-        for asset, amount in stack.funded.items():
-            assert asset_total(database, asset) == 0
-            assert user_total(database, asset) == amount, asset
-        report = verify(database)
-        assert report.ok, report.discrepancies
+        check_database(database, [SYMBOL], stack.funded)
     finally:
         database.dispose()
+
+
+def _clients(traders: Traders, url: str) -> Clients:
+    """``THREADS`` threads, each with its own traders, stepping an OrderFlow until stopped."""
+    return Clients(split(traders, THREADS), url, timeout=CLIENT_TIMEOUT)
 
 
 def test_bench_orders_http_runs_and_leaves_sound_books(stack: _Stack) -> None:
@@ -246,8 +117,10 @@ def test_bench_orders_http_runs_and_leaves_sound_books(stack: _Stack) -> None:
         "orders-http",
         "--url",
         stack.base_url,
+        # Long enough for some of the crossing orders to meet even on a loaded machine:
+        # each order now waits for the matcher's batch before the client sends the next.
         "--seconds",
-        "1.5",
+        "5",
         "--concurrency",
         "2",
         "--traders",
@@ -283,7 +156,7 @@ def test_bench_orders_http_refuses_bad_arguments(args: list[str]) -> None:
 
 def test_concurrent_orders_and_cancels_keep_book_and_ledger_consistent(stack: _Stack) -> None:
     traders = stack.add_traders(2 * THREADS)
-    with _Clients(traders, stack.base_url) as clients:
+    with _clients(traders, stack.base_url) as clients:
         clients.wait_for_traffic(accepted=CONCURRENT_ORDERS)
     assert clients.failures() == {}
     assert clients.count("limit", 201) > 0
@@ -299,20 +172,7 @@ def _book_from_database(stack: _Stack) -> dict[str, list[list[str | int]]]:
     """The book rebuilt from the resting orders, as the book endpoint writes it."""
     database = stack.database()
     try:
-        with unit_of_work(database) as session:
-            instrument = get_instrument(session, SYMBOL)
-            bids, asks = rebuild_book(session, instrument).depth(200)
-            return {
-                side: [
-                    [
-                        format_price(instrument, price * instrument.tick_size),
-                        format_quantity(instrument, quantity * instrument.lot_size),
-                        count,
-                    ]
-                    for price, quantity, count in levels
-                ]
-                for side, levels in (("bids", bids), ("asks", asks))
-            }
+        return book_from_database(database, SYMBOL)
     finally:
         database.dispose()
 
@@ -343,7 +203,7 @@ def test_sigkilled_server_loses_and_duplicates_nothing(stack: _Stack) -> None:
     traders = stack.add_traders(2 * THREADS)
     database = stack.database()
     try:
-        with _Clients(traders, stack.base_url) as clients:
+        with _clients(traders, stack.base_url) as clients:
             clients.wait_for_traffic(accepted=CRASH_AFTER_ORDERS)
             stop(stack.server)  # SIGKILL, with requests in flight
             before_crash = _max_order_id(stack)

@@ -13,6 +13,17 @@ retryable ``503`` with ``Retry-After``.
 
 Endpoints and services never call ``commit()``.
 
+A plain (``def``) endpoint runs in **one** worker-thread call from its first
+statement to the end of its transaction: the call runs the endpoint, commits the
+session and closes it (:func:`_run_to_the_commit`), and the response is serialised
+on the event loop afterwards. FastAPI alone would spend three more thread hops on
+the same request (the response model's validation, the commit and the close), and
+a hop costs more than most of the statements a request makes. The commit still
+comes before the response is sent; what changes is that a response that fails its
+own model's validation (a bug, a 500) does so after the commit rather than before.
+``async def`` endpoints, which do their database work through ``run_in_threadpool``
+themselves, keep the commit and the close at the route's boundary.
+
 A request may use the database only while it holds one of the process's connection
 leases (:class:`bourse.api.capacity.ConnectionLeases`). The session dependency awaits
 the lease on the event loop the first time the request asks for a session, and the
@@ -27,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-from collections.abc import Callable, Coroutine
+import functools
+from collections.abc import Callable, Coroutine, MutableMapping
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -48,6 +61,11 @@ _BOUNDARY_KEY = "bourse.transaction_boundary"
 _LEASE_KEY = "bourse.db_lease"
 
 log = get_logger("bourse.api")
+
+# The scope of the request whose handler is running: the plain endpoint's thread call
+# reads its session from there (the endpoint may have asked for it through another
+# dependency, so it is not always among the endpoint's arguments).
+_REQUEST_SCOPE: ContextVar[MutableMapping[str, Any] | None] = ContextVar("bourse_request_scope", default=None)
 
 
 class UnsupportedMediaType(BourseError):
@@ -74,6 +92,14 @@ def _has_body(request: Request) -> bool:
 class TransactionalRoute(APIRoute):
     """An API route whose request is one database transaction."""
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not asyncio.iscoroutinefunction(endpoint):
+            # FastAPI then sees a coroutine endpoint, so it neither hops to a thread to
+            # call it nor to validate its response; the wrapper makes the one hop itself.
+            # It carries the endpoint's signature and annotations (``__wrapped__``).
+            endpoint = _in_one_thread_call(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None
@@ -84,6 +110,7 @@ class TransactionalRoute(APIRoute):
                 raise UnsupportedMediaType("This endpoint accepts application/json bodies only")
             await check_inputs(request)
             request.scope[_BOUNDARY_KEY] = True
+            _REQUEST_SCOPE.set(request.scope)
             try:
                 response = await handler(request)
                 session: Session | None = request.scope.get(_SESSION_KEY)
@@ -116,6 +143,36 @@ def router(**kwargs: Any) -> APIRouter:
     return APIRouter(route_class=TransactionalRoute, **kwargs)
 
 
+def _in_one_thread_call(endpoint: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(endpoint)
+    async def in_one_thread(**values: Any) -> Any:
+        scope = _REQUEST_SCOPE.get()
+        if scope is None:
+            raise RuntimeError(f"{endpoint.__qualname__} called outside its TransactionalRoute")
+        return await run_in_threadpool(_run_to_the_commit, endpoint, values, scope)
+
+    return in_one_thread
+
+
+def _run_to_the_commit(endpoint: Callable[..., Any], values: dict[str, Any], scope: MutableMapping[str, Any]) -> Any:
+    """Run a plain endpoint, then commit and close the request's session: one thread call.
+
+    The session leaves the scope here, so the route's boundary has nothing left to
+    commit or close and only gives the lease back. Whatever fails, in the endpoint or
+    in the commit, the session is rolled back and closed before the error leaves.
+    """
+    try:
+        result = endpoint(**values)
+        session: Session | None = scope.get(_SESSION_KEY)
+        if session is not None:
+            session.commit()
+        return result
+    finally:
+        ended: Session | None = scope.pop(_SESSION_KEY, None)
+        if ended is not None:
+            _rollback_and_close(ended)
+
+
 def _rollback_and_close(session: Session) -> None:
     # An explicit rollback before the close, not the close alone: close() returns the
     # connection without firing the session's rollback events, and code that holds
@@ -137,7 +194,11 @@ async def _end(request: Request) -> None:
     """
     session: Session | None = request.scope.pop(_SESSION_KEY, None)
     leased = request.scope.pop(_LEASE_KEY, False)
-    if session is None and not leased:
+    if session is None:
+        # Nothing to close (a plain endpoint closed its session in its own thread call):
+        # giving the lease back needs no I/O and cannot be interrupted.
+        if leased:
+            get_leases(request).release()
         return
     leases = get_leases(request)
 
@@ -150,6 +211,52 @@ async def _end(request: Request) -> None:
                 leases.release()
 
     await asyncio.shield(asyncio.ensure_future(cleanup()))
+
+
+async def end_request_transaction(request: Request) -> None:
+    """Commit and close the request's session now, keeping its lease.
+
+    For an ``async`` endpoint that goes on to run transactions of its own and to wait
+    between them (placing an order, then waiting for the matcher): the session its
+    dependencies used (the principal's look-up) must not stay open meanwhile, holding a
+    connection idle in a transaction, and on SQLite the write lock its first statement
+    took. What the dependencies wrote, if anything, commits here, as it would at the end.
+    """
+    _check_boundary(request, "end_request_transaction")
+    session: Session | None = request.scope.pop(_SESSION_KEY, None)
+    if session is None:
+        return
+
+    def commit_and_close() -> None:
+        try:
+            session.commit()
+        finally:
+            _rollback_and_close(session)
+
+    await asyncio.shield(asyncio.ensure_future(run_in_threadpool(commit_and_close)))
+
+
+def release_lease(request: Request) -> None:
+    """Give the request's lease back while it waits on something that is not the database.
+
+    For an ``async`` endpoint between two transactions of its own (an order waiting for
+    the matcher): a lease is a connection of the pool, and a request that only waits
+    must not keep others from the database. Its session must be closed already
+    (:func:`end_request_transaction`). Take a lease again with :func:`lease_again`
+    before the next transaction; the boundary gives back whatever the request holds at
+    its end.
+    """
+    _check_boundary(request, "release_lease")
+    if _SESSION_KEY in request.scope:
+        raise RuntimeError("release_lease with the request's session open: end its transaction first")
+    if request.scope.pop(_LEASE_KEY, False):
+        get_leases(request).release()
+
+
+async def lease_again(request: Request) -> None:
+    """Take a lease again after :func:`release_lease` (waiting for one like any request)."""
+    _check_boundary(request, "lease_again")
+    await _lease(request)
 
 
 def get_database(request: Request) -> Database:

@@ -47,14 +47,14 @@ class _Stack(Children):
 
     logs: Path
 
-    def __init__(self, env: dict[str, str], workers: int, logs: Path) -> None:
+    def __init__(self, env: dict[str, str], workers: int, logs: Path, server_workers: int = 1) -> None:
         self.api_port, self.sim_port = free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
         super().__init__({**env, "BOURSE_PSP_SIM_URL": self.sim_url, "BOURSE_LOG_LEVEL": "warning"}, logs)
         webhook_url = f"{self.api_url}/api/v1/psp/simulator/webhook"
         self.start("psp-sim", bourse_command("psp-sim", "--port", str(self.sim_port), "--webhook-url", webhook_url))
-        self.start("api", bourse_command("serve", "--port", str(self.api_port)))
+        self.start("api", bourse_command("serve", "--port", str(self.api_port), "--workers", str(server_workers)))
         for index in range(workers):
             heartbeat = logs / f"worker-{index}.heartbeat"
             self.start(
@@ -232,12 +232,26 @@ def _drive(  # noqa: PLR0917 - the benchmark's parameters
 )
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Queue workers to start.")
 @click.option(
+    "--server-workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Processes of the one `bourse serve` (its --workers).",
+)
+@click.option(
     "--concurrency", type=click.IntRange(1, 256), default=16, show_default=True, help="Concurrent HTTP clients."
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds to wait.")
 @json_option
 def bench_deposits(  # noqa: PLR0917 - one parameter per click option
-    count: int, rate: float | None, warmup: int, workers: int, concurrency: int, timeout: float, as_json: bool
+    count: int,
+    rate: float | None,
+    warmup: int,
+    workers: int,
+    server_workers: int,
+    concurrency: int,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Webhook-to-credit throughput and latency, end to end through the PSP simulator."""
     from bourse.settings import Settings
@@ -247,7 +261,7 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
     env["BOURSE_PSP_CONNECTORS"] = "simulator"
     user_id, token = _bench_user(settings)
     logs = Path(tempfile.mkdtemp(prefix="bourse-bench-deposits-"))
-    with _Stack(env, workers, logs) as stack:
+    with _Stack(env, workers, logs, server_workers) as stack:
         # The benchmark's own view of the settings: the simulator it started.
         settings = Settings(**{**settings.model_dump(), "psp_sim_url": stack.sim_url})
         deposit_ids, approve_seconds, cpu = _drive(stack, settings, token, count, warmup, rate, concurrency, timeout)
@@ -257,6 +271,7 @@ def bench_deposits(  # noqa: PLR0917 - one parameter per click option
         "database": settings.database.get_backend_name(),
         "queue_driver": settings.queue_driver,
         "workers": workers,
+        "server_workers": server_workers,
         "count": count,
         "warmup": warmup,
         "credited": credited,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from bourse.idempotency.errors import (
@@ -71,20 +71,31 @@ def _lock_id(user_id: uuid.UUID, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+_RECORD = (IdempotencyRecord.user_id == bindparam("user_id")) & (IdempotencyRecord.key == bindparam("key"))
+_STORED = select(
+    IdempotencyRecord.fingerprint,
+    IdempotencyRecord.response_status,
+    IdempotencyRecord.response_body,
+    IdempotencyRecord.expires_at,
+).where(_RECORD)
+_FORGET = delete(IdempotencyRecord).where(_RECORD)
+_CLAIM = select(func.pg_try_advisory_xact_lock(bindparam("lock_id")))
+_STORE = insert(IdempotencyRecord)
+
+
 def begin(session: Session, *, user_id: uuid.UUID, key: str, request_fingerprint: str) -> StoredResponse | None:
     """Claim the key for this transaction, or return the response to replay."""
-    if session.get_bind().dialect.name == "postgresql":
-        claimed = session.scalar(select(func.pg_try_advisory_xact_lock(_lock_id(user_id, key))))
+    # Core on the session's connection, not the ORM: this runs on every money-moving request.
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        claimed = conn.execute(_CLAIM, {"lock_id": _lock_id(user_id, key)}).scalar()
         if not claimed:
             raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed")
-    record = session.scalar(
-        select(IdempotencyRecord).where(IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key)
-    )
+    record = conn.execute(_STORED, {"user_id": user_id, "key": key}).first()
     if record is None:
         return None
     if record.expires_at <= utcnow():
-        session.delete(record)
-        session.flush()
+        conn.execute(_FORGET, {"user_id": user_id, "key": key})
         return None
     if record.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused("This Idempotency-Key was already used for a different request")
@@ -102,18 +113,19 @@ def complete(
     ttl: timedelta,
 ) -> None:
     now = utcnow()
-    # A Core insert: this runs on every money-moving request, and the ORM's unit
-    # of work would cost more than the statement.
-    session.execute(
-        insert(IdempotencyRecord).values(
-            user_id=user_id,
-            key=key,
-            fingerprint=request_fingerprint,
-            response_status=status,
-            response_body=json.dumps(body, separators=(",", ":")),
-            created_at=now,
-            expires_at=now + ttl,
-        )
+    # A Core insert on the session's connection, built once: this runs on every
+    # money-moving request, and the ORM's unit of work would cost more than the statement.
+    session.connection().execute(
+        _STORE,
+        {
+            "user_id": user_id,
+            "key": key,
+            "fingerprint": request_fingerprint,
+            "response_status": status,
+            "response_body": json.dumps(body, separators=(",", ":")),
+            "created_at": now,
+            "expires_at": now + ttl,
+        },
     )
 
 

@@ -13,15 +13,16 @@ in the same order. Nothing outside the ledger selects or locks account rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
-from sqlalchemy import ColumnElement, Table, func, select, tuple_
+from sqlalchemy import ColumnElement, Table, bindparam, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from bourse.db import upsert
 from bourse.ledger.models import GENESIS_HASH, USER_KINDS, Account, AccountKind
+from bourse.ledger.posting import LockedRow
 from bourse.sqltypes import utcnow
 
 _ACCOUNTS = cast("Table", Account.__table__)
@@ -108,6 +109,22 @@ def _by_key(
     return {wanted[(AccountKind(row.kind), row.ref, row.asset)]: AccountBalance(row.id, row.balance) for row in rows}
 
 
+def _open_missing(
+    session: Session,
+    wanted: Mapping[tuple[AccountKind, str, str], AccountKey],
+    missing: Iterable[tuple[AccountKind, str, str]],
+) -> None:
+    """Open each missing account (by natural key): a user's by its owner, a system one by its ref."""
+    for natural_key in missing:
+        kind, asset, owner = wanted[natural_key]
+        if kind in USER_KINDS:
+            if not isinstance(owner, uuid.UUID):
+                raise ValueError(f"{kind} accounts are owned by a user id, not {owner!r}")
+            open_account(session, kind=kind, asset=asset, user_id=owner)
+        else:
+            open_account(session, kind=kind, asset=asset, ref=natural_key[1])
+
+
 def account_balances(session: Session, keys: Iterable[AccountKey]) -> dict[AccountKey, AccountBalance]:
     """The id and balance of each of these accounts that exists, in one read, without locks.
 
@@ -151,15 +168,63 @@ def lock_accounts(session: Session, keys: Iterable[AccountKey]) -> dict[AccountK
         (AccountKind(row.kind), row.ref, row.asset)
         for row in session.execute(select(Account.kind, Account.ref, Account.asset).where(natural))
     }
-    for natural_key in sorted(wanted.keys() - found):
-        kind, asset, owner = wanted[natural_key]
-        if kind in USER_KINDS:
-            if not isinstance(owner, uuid.UUID):
-                raise ValueError(f"{kind} accounts are owned by a user id, not {owner!r}")
-            open_account(session, kind=kind, asset=asset, user_id=owner)
-        else:
-            open_account(session, kind=kind, asset=asset, ref=natural_key[1])
+    _open_missing(session, wanted, sorted(wanted.keys() - found))
     return _by_key(session.execute(lock).all(), wanted)
+
+
+# Locking for a posting, in Core (no ORM entities): the statement is built once; only
+# its parameters change. The accounts named by ``lp_keys`` are locked, in id order,
+# only if every one named by ``lp_required`` exists (the count is evaluated once,
+# before any row is locked), with the columns an entry needs
+# (:data:`bourse.ledger.posting.LOCK_COLUMNS`).
+_C = _ACCOUNTS.c
+_LOCK_COLUMNS_CORE = (_C.id, _C.kind, _C.asset, _C.ref, _C.balance, _C.seq, _C.last_hash)
+_NATURAL_CORE = tuple_(_C.kind, _C.ref, _C.asset)
+_LOCK_TO_POST = (
+    select(*_LOCK_COLUMNS_CORE)
+    .where(_NATURAL_CORE.in_(bindparam("lp_keys", expanding=True)))
+    .order_by(_C.id)
+    .with_for_update()
+)
+_LOCK_TO_POST_IF_REQUIRED_EXIST = _LOCK_TO_POST.where(
+    select(func.count())
+    .select_from(_ACCOUNTS)
+    .where(_NATURAL_CORE.in_(bindparam("lp_required", expanding=True)))
+    .scalar_subquery()
+    == bindparam("lp_required_count")
+)
+
+
+def lock_to_post(session: Session, keys: Sequence[AccountKey], *, required: int) -> dict[AccountKey, LockedRow]:
+    """Lock the accounts of an entry about to be posted with :func:`~bourse.ledger.posting.post_locked`.
+
+    The first ``required`` of ``keys`` are opened if they do not exist yet; the
+    others are locked only if they exist (a debt account, say, that a credit
+    repays if there is one). In the usual case, when the required accounts exist,
+    this is ONE statement that locks every existing account of ``keys`` in
+    ascending id order and reads what an entry needs (balance, ``seq``, the last
+    link of the chain), so the entry is then written without locking again.
+    Otherwise nothing is locked, the missing accounts are opened (an insert can
+    wait for a concurrent insert of the same account, and must not do so while
+    holding locks), and then every existing one is locked in the same order.
+    """
+    if not 0 < required <= len(keys):
+        raise ValueError("lock_to_post needs 1 to len(keys) required accounts")
+    wanted = {_natural_key(key): key for key in keys}
+    if len(wanted) != len(keys):
+        raise ValueError("lock_to_post names each account once")
+    natural = sorted(wanted)
+    needed = sorted(_natural_key(key) for key in keys[:required])
+    connection = session.connection()
+    rows = connection.execute(
+        _LOCK_TO_POST_IF_REQUIRED_EXIST,
+        {"lp_keys": natural, "lp_required": needed, "lp_required_count": required},
+    ).all()
+    if len(rows) < required:
+        found = {(AccountKind(row.kind), row.ref, row.asset) for row in rows}
+        _open_missing(session, wanted, [key for key in needed if key not in found])
+        rows = connection.execute(_LOCK_TO_POST, {"lp_keys": natural}).all()
+    return {wanted[(AccountKind(row.kind), row.ref, row.asset)]: cast("LockedRow", row) for row in rows}
 
 
 def owes_money(session: Session, user_id: uuid.UUID) -> bool:

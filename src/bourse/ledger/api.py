@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bourse.api.errors import request_id_of
@@ -20,7 +19,6 @@ from bourse.api.routing import DbSession, router
 from bourse.assets import errors as asset_errors
 from bourse.assets import service as assets
 from bourse.assets.amounts import AmountError, AmountTooLarge, format_amount, parse_amount
-from bourse.assets.models import Asset
 from bourse.errors import Unprocessable, family, raises
 from bourse.idempotency.dependencies import Idempotent
 from bourse.identity.dependencies import CurrentPrincipal, Principal, require_roles
@@ -98,7 +96,7 @@ def _hold_out(hold: Hold, scale: int) -> HoldOut:
 
 
 def _scale(session: Session, code: str) -> int:
-    return int(session.scalar(select(Asset.scale).where(Asset.code == code)) or 0)
+    return assets.scale_of(session, code)
 
 
 # -- Assets ---------------------------------------------------------------------------
@@ -228,7 +226,7 @@ def create_transfer(
     body: TransferIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
 ) -> JSONResponse:
     def produce() -> TransferOut:
-        asset = assets.get_asset(session, body.asset, for_new_money=True)
+        asset = assets.lookup(session, body.asset, for_new_money=True)
         amount = parse_amount(body.amount, asset.scale)
         if body.to_user_id == principal.user_id:
             raise SelfTransfer("Transfers go to another user")
@@ -263,7 +261,7 @@ def create_adjustment(
     body: AdjustmentIn, request: Request, session: DbSession, operator: Staff, idempotent: Idempotent
 ) -> JSONResponse:
     def produce() -> AdjustmentOut:
-        asset = assets.get_asset(session, body.asset, for_new_money=body.direction is Direction.credit)
+        asset = assets.lookup(session, body.asset, for_new_money=body.direction is Direction.credit)
         amount = parse_amount(body.amount, asset.scale)
         if session.get(User, body.user_id) is None:
             raise UnknownUser("There is no such user")

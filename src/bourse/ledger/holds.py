@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bourse.ledger.accounts import find_account, user_account
+from bourse.ledger.accounts import AccountKey, lock_to_post
 from bourse.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
@@ -29,7 +29,7 @@ from bourse.ledger.errors import (
     InsufficientFunds,
 )
 from bourse.ledger.models import Account, AccountKind, Hold, HoldState, JournalEntry
-from bourse.ledger.posting import Context, Leg, Posted, key_taken, post_entry, replay
+from bourse.ledger.posting import Context, Leg, Posted, key_taken, post_entry, post_locked, replay
 from bourse.sqltypes import utcnow
 
 
@@ -42,18 +42,23 @@ def place_hold(
     reference: str | None,
     context: Context,
 ) -> Hold:
-    """Reserve ``amount`` of the user's available funds; refused if they are not there."""
-    available = find_account(session, AccountKind.available, str(user_id), asset)
-    if available is None:
+    """Reserve ``amount`` of the user's available funds; refused if they are not there.
+
+    One statement locks both accounts (opening the ``held`` one on first use) and reads
+    what the entry needs; one more writes the entry; one inserts the hold.
+    """
+    held_key: AccountKey = (AccountKind.held, asset, user_id)
+    available_key: AccountKey = (AccountKind.available, asset, user_id)
+    locked = lock_to_post(session, [held_key, available_key], required=1)
+    if available_key not in locked:
         raise InsufficientFunds(f"Not enough {asset} available")
-    held = user_account(session, user_id, asset, AccountKind.held)
-    posted = post_entry(
+    available, held = locked[available_key].id, locked[held_key].id
+    posted = post_locked(
         session,
+        sorted(locked.values(), key=lambda row: row.id),
+        [Leg(available, -amount), Leg(held, amount)],
         kind="hold",
-        legs=[Leg(available, -amount), Leg(held, amount)],
-        idempotency_key=context.idempotency_key,
-        actor=context.actor,
-        request_id=context.request_id,
+        context=context,
         metadata={"reference": reference} if reference else None,
     )
     if posted.replayed:

@@ -1,4 +1,8 @@
-"""``ledger.verify``: the hourly proof that the books are consistent.
+"""The ledger's jobs: ``ledger.verify``, the hourly proof that the books are consistent, and
+``ledger.sweep_fees``, which moves one instrument's fees into the asset's pool
+(:mod:`bourse.ledger.sweeps`).
+
+``ledger.verify``:
 
 The scheduler enqueues it every hour (``bourse.ledger.schedules``); a worker runs
 :func:`bourse.ledger.verify.verify_ledger` and publishes the outcome as metrics
@@ -14,9 +18,11 @@ delivery) gives the same answer twice.
 from __future__ import annotations
 
 import time
+import uuid
 
 from prometheus_client import Gauge
 
+from bourse.ledger.sweeps import sweep_account
 from bourse.ledger.verify import verify_ledger
 from bourse.logging import get_logger
 from bourse.queue.registry import JobContext, job
@@ -40,3 +46,16 @@ def verify_job(ctx: JobContext) -> None:
         total=report.total_discrepancies,
         first=[item.describe() for item in report.discrepancies],
     )
+
+
+@job(
+    "ledger.sweep_fees",
+    queue="default",
+    tries=5,
+    timeout=30,
+    unique=lambda payload: f"fee_sweep:{payload['account_id']}",
+)
+def sweep_fees_job(ctx: JobContext) -> None:
+    swept = sweep_account(ctx.session, uuid.UUID(str(ctx.payload["account_id"])))
+    if swept is not None:
+        log.info("fees_swept", account_id=str(swept.account_id), asset=swept.asset, ref=swept.ref, amount=swept.amount)

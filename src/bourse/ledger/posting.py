@@ -98,19 +98,24 @@ def posting_hash(
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _validate(kind: str, legs: Sequence[Leg], idempotency_key: str) -> None:
-    # These are programming errors, never user input: they fail loudly.
+def validate_entry(kind: str, amounts: Sequence[int], idempotency_key: str) -> None:
+    """The shape of an entry, one amount per account. Breaking it is a programming error,
+    never user input: it fails loudly."""
     if not _ENTRY_KIND.fullmatch(kind):
         raise ValueError(f"invalid entry kind {kind!r}")
     if not idempotency_key or len(idempotency_key) > _MAX_KEY:
         raise ValueError("an entry needs an idempotency key of 1 to 255 characters")
-    if len(legs) < 2:  # noqa: PLR2004 - double entry: two sides at least
+    if len(amounts) < 2:  # noqa: PLR2004 - double entry: two sides at least
         raise ValueError("an entry has at least two postings")
+    for amount in amounts:
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+            raise ValueError(f"a posting amount is a non-zero int, not {amount!r}")
+
+
+def _validate(kind: str, legs: Sequence[Leg], idempotency_key: str) -> None:
+    validate_entry(kind, [leg.amount for leg in legs], idempotency_key)
     if len({leg.account_id for leg in legs}) != len(legs):
         raise ValueError("an entry posts to each account at most once")
-    for leg in legs:
-        if isinstance(leg.amount, bool) or not isinstance(leg.amount, int) or leg.amount == 0:
-            raise ValueError(f"a posting amount is a non-zero int, not {leg.amount!r}")
 
 
 def replay(session: Session, kind: str, legs: Sequence[Leg], idempotency_key: str) -> Posted:
@@ -257,20 +262,25 @@ _PG_WRITE = text(
 
 def _write_postgresql(session: Session, entry: _Entry) -> tuple[int, int]:
     postings = entry.postings
-    row = session.execute(
-        _PG_WRITE,
-        {
-            **entry.row,
-            "metadata": json.dumps(entry.row["metadata"]),
-            "account_ids": [p["account_id"] for p in postings],
-            "assets": [p["asset"] for p in postings],
-            "amounts": [p["amount"] for p in postings],
-            "seqs": [p["seq"] for p in postings],
-            "balances": [p["balance_after"] for p in postings],
-            "prev_hashes": [p["prev_hash"] for p in postings],
-            "hashes": [p["hash"] for p in postings],
-        },
-    ).one()
+    # Core, on the session's connection: the statement is plain text, nothing for the ORM to do.
+    row = (
+        session.connection()
+        .execute(
+            _PG_WRITE,
+            {
+                **entry.row,
+                "metadata": json.dumps(entry.row["metadata"]),
+                "account_ids": [p["account_id"] for p in postings],
+                "assets": [p["asset"] for p in postings],
+                "amounts": [p["amount"] for p in postings],
+                "seqs": [p["seq"] for p in postings],
+                "balances": [p["balance_after"] for p in postings],
+                "prev_hashes": [p["prev_hash"] for p in postings],
+                "hashes": [p["hash"] for p in postings],
+            },
+        )
+        .one()
+    )
     return int(row.entries), int(row.moved)
 
 
@@ -335,6 +345,7 @@ def post_locked(
     already posted is a replay instead: a retried transfer must not fail for
     lack of the funds it already moved.
     """
+    _validate(kind, legs, context.idempotency_key)
     amounts = {leg.account_id: leg.amount for leg in legs}
     try:
         entry = _plan(accounts, amounts, kind=kind, context=context, metadata=metadata, reverses_id=reverses_id)

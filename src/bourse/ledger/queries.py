@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from bourse.assets.models import Asset
+from bourse.assets.service import every_asset
 from bourse.errors import Unprocessable
 from bourse.inputs import INT64_MAX
 from bourse.ledger.errors import AccountNotFound, EntryNotFound, HoldNotFound
@@ -53,19 +54,23 @@ class WalletLine:
     held_account_id: uuid.UUID | None
 
 
+_WALLET_ACCOUNTS = select(Account.id, Account.asset, Account.kind, Account.balance).where(
+    Account.user_id == bindparam("user_id"), Account.kind.in_(USER_KINDS)
+)
+
+
 def wallets(session: Session, user_id: uuid.UUID) -> list[WalletLine]:
-    """Available and held balances for every active asset and every asset the user holds."""
+    """Available and held balances for every active asset and every asset the user holds.
+
+    One Core read of the user's accounts; the assets come from the process's cache.
+    """
     accounts: dict[tuple[str, AccountKind], tuple[uuid.UUID, int]] = {
         (asset, kind): (account_id, balance)
-        for account_id, asset, kind, balance in session.execute(
-            select(Account.id, Account.asset, Account.kind, Account.balance).where(
-                Account.user_id == user_id, Account.kind.in_(USER_KINDS)
-            )
-        )
+        for account_id, asset, kind, balance in session.connection().execute(_WALLET_ACCOUNTS, {"user_id": user_id})
     }
     held_assets = {asset for asset, _ in accounts}
     lines = []
-    for asset in session.scalars(select(Asset).order_by(Asset.code)):
+    for asset in every_asset(session):
         if not asset.active and asset.code not in held_assets:
             continue
         available = accounts.get((asset.code, AccountKind.available))

@@ -48,7 +48,8 @@ def transfer(
     if from_user == to_user or amount <= 0:
         raise ValueError("a transfer moves a positive amount between two different users")
     params = {"t_asset": asset, "t_refs": [str(from_user), str(to_user)]}
-    accounts = session.execute(_LOCK_PAIR_IF_BOTH_EXIST, params).all()
+    # On the session's connection: Core, with nothing of the ORM's to flush first.
+    accounts = session.connection().execute(_LOCK_PAIR_IF_BOTH_EXIST, params).all()
     if len(accounts) != 2:  # noqa: PLR2004 - a pair
         existing = set(session.scalars(select(Account.ref).where(_PAIR), params))
         if str(from_user) not in existing:

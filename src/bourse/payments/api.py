@@ -108,7 +108,7 @@ def _actor(request: Request, principal: Principal) -> Actor:
 
 
 def _scale(session: Session, code: str) -> int:
-    return assets.get_asset(session, code).scale
+    return assets.scale_of(session, code)
 
 
 def _audit(session: Session, subject: str, subject_id: uuid.UUID) -> list[AuditOut]:
@@ -189,7 +189,7 @@ def create_deposit(
     body: DepositIn, request: Request, session: DbSession, principal: CurrentPrincipal, idempotent: Idempotent
 ) -> JSONResponse:
     def produce() -> DepositOut:
-        asset = assets.get_asset(session, body.asset, for_new_money=True)
+        asset = assets.lookup(session, body.asset, for_new_money=True)
         amount = parse_amount(body.amount, asset.scale)
         connector = connector_named(_settings(request), body.connector, Capability.deposits)
         deposit = deposits.create(
@@ -249,7 +249,7 @@ def create_withdrawal(
     def produce() -> WithdrawalOut:
         settings = _settings(request)
         # An inactive asset takes no new money, but what clients hold in it can still leave.
-        asset = assets.get_asset(session, body.asset)
+        asset = assets.lookup(session, body.asset)
         amount = parse_amount(body.amount, asset.scale)
         connector = connector_named(settings, body.connector, Capability.payouts)
         withdrawal = withdrawals.create(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from bourse.payments.models import PaymentAudit
+
+_AUDIT = cast("Table", PaymentAudit.__table__)
+_INSERT = insert(_AUDIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,34 @@ def record(
             reason=reason,
             request_id=request_id,
         )
+    )
+
+
+def record_now(
+    session: Session,
+    *,
+    subject_type: str,
+    subject_id: uuid.UUID,
+    from_state: str | None,
+    to_state: str,
+    actor: str,
+    created_at: datetime,
+    reason: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Append one line to the audit trail now, in Core (the hot paths: no ORM unit of work)."""
+    session.connection().execute(
+        _INSERT,
+        {
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "from_state": from_state,
+            "to_state": to_state,
+            "actor": actor,
+            "reason": reason,
+            "request_id": request_id,
+            "created_at": created_at,
+        },
     )
 
 

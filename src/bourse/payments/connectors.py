@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bourse.assets.amounts import AmountTooLarge, format_amount
-from bourse.assets.models import Asset
+from bourse.assets.service import AssetRef
 from bourse.payments.errors import UnknownConnector
 from bourse.psp.connectors.base import Capability, Connector
 from bourse.psp.registry import connectors
@@ -27,7 +27,7 @@ def connector_named(settings: Settings, name: str | None, capability: Capability
     return connector
 
 
-def check_amount(connector: Connector, asset: Asset, amount: int, what: str) -> None:
+def check_amount(connector: Connector, asset: AssetRef, amount: int, what: str) -> None:
     """Refuse (422 ``amount_too_large``) an amount the provider would refuse, before anything is kept."""
     if amount > connector.max_amount:
         most = format_amount(connector.max_amount, asset.scale)

@@ -10,16 +10,18 @@ user already spent becomes a debt on their ``chargeback_receivable`` account.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from bourse.assets.models import Asset
-from bourse.ledger.accounts import AccountKey, account_balances, lock_accounts, system_account, user_account
+from bourse.assets.service import AssetRef
+from bourse.ledger.accounts import AccountKey, lock_accounts, lock_to_post
 from bourse.ledger.models import AccountKind
-from bourse.ledger.posting import Leg, post_entry
-from bourse.payments.audit import Actor, record
+from bourse.ledger.posting import Context, Leg, post_entry, post_locked
+from bourse.payments.audit import Actor, record, record_now
 from bourse.payments.connectors import check_amount
 from bourse.payments.models import Deposit, DepositState
 from bourse.psp.connectors.base import Connector
@@ -48,7 +50,7 @@ def create(
     session: Session,
     *,
     user_id: uuid.UUID,
-    asset: Asset,
+    asset: AssetRef,
     amount: int,
     connector: Connector,
     actor: Actor,
@@ -96,63 +98,131 @@ def create(
     return deposit
 
 
+_DEPOSITS = cast("Table", Deposit.__table__)
+_D = _DEPOSITS.c
+# The credit path reads and writes deposits in Core (no ORM entities, no flush):
+# these statements are built once; only their parameters change.
+_LOCK = (
+    select(_D.id, _D.user_id, _D.asset, _D.amount, _D.connector, _D.state, _D.psp_reference)
+    .where(_D.id == bindparam("d_id"))
+    .with_for_update()
+)
+_CREDITED = (
+    update(_DEPOSITS)
+    .where(_D.id == bindparam("d_id"))
+    .values(
+        state=DepositState.succeeded,
+        psp_reference=bindparam("d_psp_reference"),
+        credit_entry_id=bindparam("d_entry_id"),
+        settled_at=bindparam("d_settled_at"),
+        credited_at=bindparam("d_now"),
+        updated_at=bindparam("d_now"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LockedDeposit:
+    """What a provider event needs of a deposit, read with its row locked."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    asset: str
+    amount: int
+    connector: str
+    state: DepositState
+    psp_reference: str | None
+
+
+def lock(session: Session, deposit_id: uuid.UUID) -> LockedDeposit | None:
+    """The deposit, its row locked for the rest of the transaction, or None if there is none."""
+    row = session.connection().execute(_LOCK, {"d_id": deposit_id}).first()
+    if row is None:
+        return None
+    return LockedDeposit(
+        id=row.id,
+        user_id=row.user_id,
+        asset=row.asset,
+        amount=row.amount,
+        connector=row.connector,
+        state=DepositState(row.state),
+        psp_reference=row.psp_reference,
+    )
+
+
 def credit(
-    session: Session, deposit: Deposit, *, settled_at: datetime | None, actor: Actor, idempotency_key: str
+    session: Session,
+    deposit: LockedDeposit,
+    *,
+    settled_at: datetime | None,
+    actor: Actor,
+    idempotency_key: str,
+    psp_reference: str | None = None,
 ) -> None:
-    """Credit the deposit's full amount; first repay any debt the user has in that asset."""
-    clearing, available, receivable_id, owed = _credit_accounts(session, deposit)
+    """Credit the locked deposit's full amount; first repay any debt the user has in that asset.
+
+    The hot path of every deposit, in Core: one statement locks the connector's
+    clearing account, the user's wallet and, if the user has one, their debt
+    account (in the ledger's id order, read under the lock), one writes the entry,
+    then the deposit moves to ``succeeded`` and its audit line is added. Two credits for
+    a user with a debt queue behind each other's lock on the debt account, so a
+    debt is never repaid twice. ``psp_reference``, if given, replaces the
+    deposit's (Stripe names a checkout session first and its payment intent later).
+    """
+    keys = _keys(deposit)
+    clearing_key, available_key, receivable_key = keys
+    locked = lock_to_post(session, keys, required=2)
+    clearing, available = locked[clearing_key], locked[available_key]
+    receivable = locked.get(receivable_key)
+    owed = max(0, -receivable.balance) if receivable is not None else 0
     repay = min(owed, deposit.amount)
-    legs = [Leg(clearing, -deposit.amount)]
+    legs = [Leg(clearing.id, -deposit.amount)]
+    accounts = [clearing]
     if deposit.amount - repay > 0:
-        legs.append(Leg(available, deposit.amount - repay))
-    if repay > 0 and receivable_id is not None:
-        legs.append(Leg(receivable_id, repay))
-    posted = post_entry(
+        legs.append(Leg(available.id, deposit.amount - repay))
+        accounts.append(available)
+    if repay > 0 and receivable is not None:
+        legs.append(Leg(receivable.id, repay))
+        accounts.append(receivable)
+    posted = post_locked(
         session,
+        sorted(accounts, key=lambda account: account.id),
+        legs,
         kind="deposit",
-        legs=legs,
-        idempotency_key=idempotency_key,
-        actor=actor.name,
-        request_id=actor.request_id,
+        context=Context(actor=actor.name, idempotency_key=idempotency_key, request_id=actor.request_id),
         metadata={"deposit_id": str(deposit.id), "connector": deposit.connector, "repaid_debt": repay},
     )
-    deposit.credit_entry_id = posted.entry_id
-    deposit.settled_at = settled_at or utcnow()
-    deposit.credited_at = utcnow()
-    _transition(session, deposit, DepositState.succeeded, actor, reason="debt repaid first" if repay else None)
+    now = utcnow()
+    session.connection().execute(
+        _CREDITED,
+        {
+            "d_id": deposit.id,
+            "d_psp_reference": psp_reference or deposit.psp_reference,
+            "d_entry_id": posted.entry_id,
+            "d_settled_at": settled_at or now,
+            "d_now": now,
+        },
+    )
+    record_now(
+        session,
+        subject_type=SUBJECT,
+        subject_id=deposit.id,
+        from_state=deposit.state.value,
+        to_state=DepositState.succeeded.value,
+        actor=actor.name,
+        created_at=now,
+        reason="debt repaid first" if repay else None,
+        request_id=actor.request_id,
+    )
 
 
-def _keys(deposit: Deposit) -> tuple[AccountKey, AccountKey, AccountKey]:
+def _keys(deposit: Deposit | LockedDeposit) -> tuple[AccountKey, AccountKey, AccountKey]:
     """The accounts a deposit's money moves between: the connector's clearing, the user's wallet and debt."""
     return (
         (AccountKind.psp_clearing, deposit.asset, deposit.connector),
         (AccountKind.available, deposit.asset, deposit.user_id),
         (AccountKind.chargeback_receivable, deposit.asset, deposit.user_id),
     )
-
-
-def _credit_accounts(session: Session, deposit: Deposit) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID | None, int]:
-    """The clearing and available accounts a credit moves between, and any debt to repay first.
-
-    One round trip in the usual case (both accounts exist, no debt): this is the
-    hot path of every deposit.
-    """
-    keys = _keys(deposit)
-    clearing_key, available_key, receivable_key = keys
-    found = account_balances(session, keys)
-    receivable = found.get(receivable_key)
-    if receivable is not None and receivable.balance < 0:
-        # A debt: lock all three and read it again under the lock, so two credits never both repay it.
-        found = lock_accounts(session, keys)
-        receivable = found[receivable_key]
-        return found[clearing_key].id, found[available_key].id, receivable.id, max(0, -receivable.balance)
-    clearing = found[clearing_key].id if clearing_key in found else None
-    if clearing is None:
-        clearing = system_account(session, AccountKind.psp_clearing, deposit.asset, ref=deposit.connector)
-    available = found[available_key].id if available_key in found else None
-    if available is None:
-        available = user_account(session, deposit.user_id, deposit.asset)
-    return clearing, available, None, 0
 
 
 def reverse(

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Executable, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bourse.db import upsert
 from bourse.logging import get_logger
 from bourse.payments import deposits, queries, withdrawals
 from bourse.payments.audit import Actor, record
@@ -34,6 +36,44 @@ log = get_logger(__name__)
 PROCESS_DEPOSIT_EVENT = "payments.deposit_event"
 PROCESS_PAYOUT_EVENT = "payments.payout_event"
 PAYOUT_KINDS = frozenset({EventKind.payout_succeeded, EventKind.payout_failed})
+
+_EVENTS = cast("Table", PspEvent.__table__)
+_E = _EVENTS.c
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """What processing reads of a stored event (its row, locked)."""
+
+    id: int
+    connector: str
+    event_id: str
+    kind: str
+    reference: str | None
+    psp_reference: str | None
+    amount: int | None
+    currency: str | None
+    occurred_at: datetime | None
+    detail: dict[str, Any]
+    processed_at: datetime | None
+    outcome: str | None
+
+
+# Storing an event claims its (connector, event_id) and returns its row id, or nothing
+# for a replay: one statement per backend, built once; each webhook only binds its values.
+_STORE: dict[str, Executable] = {
+    name: dialect.insert(_EVENTS).on_conflict_do_nothing(index_elements=["connector", "event_id"]).returning(_E.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_STORED = select(_E.id).where(_E.connector == bindparam("e_connector"), _E.event_id == bindparam("e_event_id"))
+
+# Processing reads and settles events in Core (no ORM entities): built once, bound per event.
+_LOCK_EVENT = select(*(_E[name] for name in StoredEvent.__slots__)).where(_E.id == bindparam("e_id")).with_for_update()
+_FINISH = (
+    update(_EVENTS)
+    .where(_E.id == bindparam("e_id"))
+    .values(processed_at=bindparam("e_processed_at"), outcome=bindparam("e_outcome"), note=bindparam("e_note"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +98,11 @@ def receive(session: Session, connector: str, event: PaymentEvent, body: bytes) 
         "body": body.decode("utf-8", errors="replace"),
         "received_at": utcnow(),
     }
-    inserted = (
-        upsert(session, PspEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["connector", "event_id"])
-        .returning(PspEvent.id)
-    )
-    row_id = session.scalar(inserted)
+    # Core, on the session's connection: every webhook comes through here.
+    connection = session.connection()
+    row_id = connection.execute(_STORE[connection.dialect.name], values).scalar()
     if row_id is None:
-        existing = session.scalar(
-            select(PspEvent.id).where(PspEvent.connector == connector, PspEvent.event_id == values["event_id"])
-        )
+        existing = connection.execute(_STORED, {"e_connector": connector, "e_event_id": values["event_id"]}).scalar()
         return Received(event_row_id=existing or 0, duplicate=True)
     if event.kind is EventKind.ignored:
         _finish(session, row_id, "ignored", f"{event.provider_type} is not used by Bourse")
@@ -79,11 +113,10 @@ def receive(session: Session, connector: str, event: PaymentEvent, body: bytes) 
 
 
 def _finish(session: Session, row_id: int, outcome: str, note: str | None = None) -> None:
-    row = session.get(PspEvent, row_id)
-    if row is not None:
-        row.processed_at = utcnow()
-        row.outcome = outcome
-        row.note = note[:255] if note else None
+    session.connection().execute(
+        _FINISH,
+        {"e_id": row_id, "e_processed_at": utcnow(), "e_outcome": outcome, "e_note": note[:255] if note else None},
+    )
 
 
 def _uuid(text: str | None) -> uuid.UUID | None:
@@ -95,7 +128,7 @@ def _uuid(text: str | None) -> uuid.UUID | None:
         return None
 
 
-def _find(session: Session, model: type[Payment], event: PspEvent) -> Payment | None:
+def _find(session: Session, model: type[Payment], event: StoredEvent) -> Payment | None:
     """The deposit or withdrawal the event names (by our id, else the provider's), locked."""
     payment_id = _uuid(event.reference)
     if payment_id is None and event.psp_reference:
@@ -111,13 +144,25 @@ def _find(session: Session, model: type[Payment], event: PspEvent) -> Payment | 
     return payment if payment.connector == event.connector else None
 
 
+def _find_deposit(session: Session, event: StoredEvent) -> deposits.LockedDeposit | None:
+    """The deposit the event names (by our id, else the provider's), locked; read in Core."""
+    deposit_id = _uuid(event.reference)
+    if deposit_id is None and event.psp_reference:
+        deposit_id = session.scalar(
+            select(Deposit.id).where(Deposit.connector == event.connector, Deposit.psp_reference == event.psp_reference)
+        )
+    if deposit_id is None:
+        return None
+    deposit = deposits.lock(session, deposit_id)
+    return deposit if deposit is not None and deposit.connector == event.connector else None
+
+
 def process(session: Session, row_id: int, *, request_id: str | None = None) -> str:
     """Apply one stored event; returns its outcome. Raises EventNotReady to be retried."""
-    event = session.scalar(
-        select(PspEvent).where(PspEvent.id == row_id).with_for_update().execution_options(populate_existing=True)
-    )
-    if event is None:
+    row = session.connection().execute(_LOCK_EVENT, {"e_id": row_id}).first()
+    if row is None:
         return "missing"
+    event = StoredEvent(*row)  # the columns are selected in the order of its fields
     if event.processed_at is not None:
         return event.outcome or "done"
     actor = Actor(f"psp:{event.connector}", request_id)
@@ -131,40 +176,55 @@ def process(session: Session, row_id: int, *, request_id: str | None = None) -> 
     return outcome
 
 
-def _deposit_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
-    deposit = _find(session, Deposit, event)
-    if deposit is None:
+def _deposit_event(session: Session, event: StoredEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
+    locked = _find_deposit(session, event)
+    if locked is None:
         log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)
         return "unmatched", "no deposit has this reference"
     if kind is EventKind.deposit_succeeded:
-        return _deposit_succeeded(session, event, deposit, actor)
+        return _deposit_succeeded(session, event, locked, actor)
+    # The rarer events change the deposit through the ORM; its row is already locked.
+    deposit = queries.get(session, Deposit, locked.id)
     if kind is EventKind.deposit_failed:
         return _deposit_failed(session, event, deposit, actor)
     return _deposit_reversed(session, event, deposit, kind, actor)
 
 
-def _ledger_key(event: PspEvent) -> str:
+def _ledger_key(event: StoredEvent) -> str:
     return f"psp-event:{event.connector}:{event.event_id}"
 
 
-def _deposit_succeeded(session: Session, event: PspEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
+def _deposit_succeeded(
+    session: Session, event: StoredEvent, deposit: deposits.LockedDeposit, actor: Actor
+) -> tuple[str, str | None]:
     if deposit.state in deposits.CREDITED:
         return "duplicate", f"deposit already {deposit.state.value}"
     # Pending, expired or failed: a late success after an expiry or a failure means
     # the payer did pay (a retried card, a slow bank), so it still credits.
     if deposit.state is DepositState.needs_review:
         return "recorded", "deposit is under review"
-    if event.psp_reference and deposit.psp_reference != event.psp_reference:
-        # Stripe names a checkout session first and its payment intent here.
-        deposit.psp_reference = event.psp_reference
+    # Stripe names a checkout session first and its payment intent here.
+    new_reference = (
+        event.psp_reference if event.psp_reference and deposit.psp_reference != event.psp_reference else None
+    )
     if event.amount != deposit.amount or (event.currency or "").upper() != deposit.asset:
-        deposits.needs_review(session, deposit, amount=event.amount, currency=event.currency, actor=actor)
+        row = queries.get(session, Deposit, deposit.id)
+        if new_reference is not None:
+            row.psp_reference = new_reference
+        deposits.needs_review(session, row, amount=event.amount, currency=event.currency, actor=actor)
         return "needs_review", "amount or currency differs from the deposit"
-    deposits.credit(session, deposit, settled_at=event.occurred_at, actor=actor, idempotency_key=_ledger_key(event))
+    deposits.credit(
+        session,
+        deposit,
+        settled_at=event.occurred_at,
+        actor=actor,
+        idempotency_key=_ledger_key(event),
+        psp_reference=new_reference,
+    )
     return "applied", None
 
 
-def _deposit_failed(session: Session, event: PspEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
+def _deposit_failed(session: Session, event: StoredEvent, deposit: Deposit, actor: Actor) -> tuple[str, str | None]:
     if deposit.state in (DepositState.pending, DepositState.expired):
         reason = event.detail.get("failure_reason") or event.detail.get("message")
         deposits.fail(session, deposit, reason=str(reason) if reason else None, actor=actor)
@@ -186,7 +246,7 @@ def _deposit_failed(session: Session, event: PspEvent, deposit: Deposit, actor: 
 
 
 def _deposit_reversed(
-    session: Session, event: PspEvent, deposit: Deposit, kind: EventKind, actor: Actor
+    session: Session, event: StoredEvent, deposit: Deposit, kind: EventKind, actor: Actor
 ) -> tuple[str, str | None]:
     """A refund or a chargeback of a deposit."""
     if deposit.state in (DepositState.pending, DepositState.expired, DepositState.failed):
@@ -217,7 +277,7 @@ def _deposit_reversed(
     return "applied", None
 
 
-def _payout_event(session: Session, event: PspEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
+def _payout_event(session: Session, event: StoredEvent, kind: EventKind, actor: Actor) -> tuple[str, str | None]:
     withdrawal = _find(session, Withdrawal, event)
     if withdrawal is None:
         log.warning("psp_event_unmatched", connector=event.connector, event_id=event.event_id, kind=kind)

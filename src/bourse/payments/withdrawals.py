@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import parse_amount
-from bourse.assets.models import Asset
+from bourse.assets.service import AssetRef
 from bourse.identity.service import verify_totp_if_enrolled
 from bourse.ledger.accounts import AccountKey, account_balances, lock_accounts, owes_money, system_account
 from bourse.ledger.errors import InsufficientFunds
@@ -67,7 +67,7 @@ def _transition(
     )
 
 
-def required_approvals(settings: Settings, asset: Asset, amount: int) -> int:
+def required_approvals(settings: Settings, asset: AssetRef, amount: int) -> int:
     """0, 1 or 2 operators, by the configured thresholds (an unlisted asset needs 1)."""
     review = settings.withdrawal_review_above.get(asset.code)
     if review is None:
@@ -82,7 +82,7 @@ def _day_start(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _check_limits(session: Session, settings: Settings, user_id: uuid.UUID, asset: Asset, amount: int) -> None:
+def _check_limits(session: Session, settings: Settings, user_id: uuid.UUID, asset: AssetRef, amount: int) -> None:
     now = utcnow()
     if owes_money(session, user_id):
         raise WithdrawalsBlocked("A refunded or disputed deposit left a balance owing; withdrawals are blocked")
@@ -114,7 +114,7 @@ def create(
     *,
     settings: Settings,
     user_id: uuid.UUID,
-    asset: Asset,
+    asset: AssetRef,
     amount: int,
     destination: str,
     connector: Connector,

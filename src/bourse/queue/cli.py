@@ -61,7 +61,10 @@ def _database(settings: Settings, name: str) -> Database:
     type=click.FloatRange(min=0),
     default=3.0,
     show_default=True,
-    help="Seconds to wait when every queue is empty.",
+    help=(
+        "Longest wait when every queue is empty. On PostgreSQL (not behind a transaction pooler)"
+        " an enqueue's commit wakes the worker at once; a delayed job due sooner ends the wait then."
+    ),
 )
 @click.option(
     "--backoff", default="0", show_default=True, help="Seconds before each retry, e.g. 10,60,300 (the last repeats)."

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from bourse.db import SQLITE_BEGIN_OPTION, Database
 from bourse.queue.driver import Clock, QueueDepth, ReservationLost, Reserved, insert_failed
+from bourse.queue.wake import notify
 
 _RESERVE = """
 UPDATE queue_jobs
@@ -133,7 +134,13 @@ class DatabaseDriver:
             self._conn = None
             raise
 
-    def reserve(self, queues: Sequence[str]) -> Reserved | None:
+    def reserve(
+        self,
+        queues: Sequence[str],
+        *,
+        acknowledge: Reserved | None = None,  # noqa: ARG002 - the protocol's; nothing to do here
+    ) -> Reserved | None:
+        """``acknowledge`` needs nothing here: the handler's transaction deleted its row."""
         token = uuid.uuid4().hex
         now = self.clock()
         params = {"token": token, "now": now, "expiry": now + self.retry_after}
@@ -154,18 +161,42 @@ class DatabaseDriver:
                     )
         return None
 
+    def next_available(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``available_at`` of the queues: a delayed job or a reservation's expiry.
+
+        One ``MIN`` per queue, each read from the end of the ``(queue, available_at)``
+        index, rather than one ``MIN`` over all of them, which would scan them."""
+        if not queues:
+            return None
+        branches = " UNION ALL ".join(
+            f"SELECT MIN(available_at) AS due FROM queue_jobs WHERE queue = :q{i}"  # noqa: S608 - bound names
+            for i in range(len(queues))
+        )
+        params = {f"q{i}": queue for i, queue in enumerate(queues)}
+        statement = text(f"SELECT MIN(due) FROM ({branches}) AS queues")  # noqa: S608 - bound names
+        if self._postgres:
+            with self._reserving() as conn:
+                due = conn.execute(statement, params).scalar()
+        else:
+            with self.db.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as conn:
+                due = conn.execute(statement, params).scalar()
+        return None if due is None else float(due)
+
     def acknowledge(self, job: Reserved) -> None:
         """Nothing to do: the handler's transaction deleted the row (:func:`complete_in`)."""
 
     def release(self, job: Reserved, delay: float, *, uncount: bool = False) -> None:
         with self.db.engine.begin() as conn:
-            conn.execute(
+            released = conn.execute(
                 text(
                     "UPDATE queue_jobs SET reserved_by = NULL, reserved_at = NULL, available_at = :at,"
                     " attempts = attempts - :uncount WHERE uuid = :uuid AND reserved_by = :token"
                 ),
                 {"at": self.clock() + delay, "uncount": 1 if uncount else 0, "uuid": job.id, "token": job.token},
             )
+            if released.rowcount == 1:
+                # Idle workers look again, and wait for the job's new time if it is the next due.
+                notify(conn)
 
     def fail(self, job: Reserved, exception: str, traceback: str) -> None:
         with self.db.engine.begin() as conn:

@@ -56,8 +56,15 @@ class Driver(Protocol):
     # Read for every time the driver compares or stores; ``time.time`` unless replaced.
     clock: Clock
 
-    def reserve(self, queues: Sequence[str]) -> Reserved | None:
-        """Take the oldest available job of the first non-empty queue, counting an attempt."""
+    def reserve(self, queues: Sequence[str], *, acknowledge: Reserved | None = None) -> Reserved | None:
+        """Take the oldest available job of the first non-empty queue, counting an attempt.
+
+        ``acknowledge``: a finished job to forget first, as :meth:`acknowledge` would
+        (only if its token still holds), in the same round trip where the driver can.
+        """
+
+    def next_available(self, queues: Sequence[str]) -> float | None:
+        """When the first delayed job or reservation expiry of ``queues`` is due (None: none)."""
 
     def acknowledge(self, job: Reserved) -> None:
         """Forget a job whose handler committed (the database driver did it in that commit)."""

@@ -5,7 +5,8 @@ never talks to Redis. The row is therefore committed or rolled back with the
 business transaction: a job exists if and only if that transaction commits. With
 the database driver, workers reserve that row directly. With the Redis driver, the
 row is an outbox entry that a relay in every worker moves into Redis once it is
-committed (docs/decisions/0006-queue.md).
+committed (docs/decisions/0006-queue.md). On PostgreSQL the transaction also
+notifies idle workers, who are woken when it commits (:mod:`bourse.queue.wake`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bourse.db import upsert
 from bourse.errors import BadRequest
 from bourse.queue.models import QueueJob
 from bourse.queue.registry import JOBS, JobSpec, check_queue_name, load_jobs
+from bourse.queue.wake import notify
 
 
 class InvalidJob(BadRequest):
@@ -82,8 +84,12 @@ def enqueue(
     }
     if unique_key is None:
         session.execute(insert(QueueJob).values(**values))
+        notify(session)
         return job_id
     statement = upsert(session, QueueJob).values(**values)
     inserted = session.execute(statement.on_conflict_do_nothing(index_elements=["unique_key"]).returning(QueueJob.id))
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
-    return job_id if inserted.first() is not None else None
+    if inserted.first() is None:
+        return None
+    notify(session)
+    return job_id

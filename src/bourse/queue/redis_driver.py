@@ -17,6 +17,10 @@ the id to the reserved set. Scripts run atomically, so a worker dying anywhere
 leaves the job either ready or reserved, never gone. Every time the scripts compare
 or store is an argument, read from the driver's ``clock`` as the database driver's
 are; only the relay marker's expiry is left to Redis.
+
+The reservation script first acknowledges the worker's previous job (if its token
+still holds it), so a busy worker makes one Redis round trip per job; the relay
+notifies idle workers once its jobs are in Redis (docs/decisions/0024-queue-wake-up.md).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from bourse.logging import get_logger
 from bourse.queue.database_driver import read_depths
 from bourse.queue.driver import Clock, QueueDepth, Reserved, failed_row
 from bourse.queue.models import FailedJob
+from bourse.queue.wake import notify
 from bourse.redis_client import create_redis
 from bourse.settings import Settings
 
@@ -43,11 +48,31 @@ RELAY_BATCH = 500
 RELAYED_MARKER_SECONDS = 86400
 SAFE_EVICTION_POLICIES = frozenset({"noeviction"})
 
-# ARGV: now, expiry (now + retry_after), token, prefix, then the queues in priority order.
-_RESERVE = """
+# Forget a finished job if ``token`` still holds it: the "ack" of _SETTLE and _RESERVE.
+_ACK = """
+local function ack(prefix, id, token)
+  local key = prefix .. 'job:' .. id
+  if redis.call('HGET', key, 'token') ~= token then return 0 end
+  local queue = redis.call('HGET', key, 'queue')
+  redis.call('ZREM', prefix .. 'queue:' .. queue .. ':reserved', id)
+  local unique = redis.call('HGET', key, 'unique_key')
+  if unique and unique ~= '' and redis.call('GET', prefix .. 'unique:' .. unique) == id then
+    redis.call('DEL', prefix .. 'unique:' .. unique)
+  end
+  redis.call('DEL', key)
+  return 1
+end
+"""
+
+# ARGV: now, expiry (now + retry_after), token, prefix, the id and token of a finished
+# job to acknowledge first ('' for none), then the queues in priority order.
+_RESERVE = (
+    _ACK
+    + """
 local now = tonumber(ARGV[1])
 local prefix = ARGV[4]
-for i = 5, #ARGV do
+if ARGV[5] ~= '' then ack(prefix, ARGV[5], ARGV[6]) end
+for i = 7, #ARGV do
   local base = prefix .. 'queue:' .. ARGV[i]
   local list, delayed, reserved = base, base .. ':delayed', base .. ':reserved'
   for _, source in ipairs({delayed, reserved}) do
@@ -74,24 +99,20 @@ for i = 5, #ARGV do
 end
 return false
 """
+)
 
 # KEYS: none (keys derive from the prefix). ARGV: prefix, id, token, mode, at, uncount, now.
 # mode "ack" forgets the job; "release" makes it available at ``at``.
-_SETTLE = """
+_SETTLE = (
+    _ACK
+    + """
 local prefix, id = ARGV[1], ARGV[2]
+if ARGV[4] == 'ack' then return ack(prefix, id, ARGV[3]) end
 local key = prefix .. 'job:' .. id
 if redis.call('HGET', key, 'token') ~= ARGV[3] then return 0 end
 local queue = redis.call('HGET', key, 'queue')
 local base = prefix .. 'queue:' .. queue
 redis.call('ZREM', base .. ':reserved', id)
-if ARGV[4] == 'ack' then
-  local unique = redis.call('HGET', key, 'unique_key')
-  if unique and unique ~= '' and redis.call('GET', prefix .. 'unique:' .. unique) == id then
-    redis.call('DEL', prefix .. 'unique:' .. unique)
-  end
-  redis.call('DEL', key)
-  return 1
-end
 redis.call('HDEL', key, 'token', 'reserved_at')
 if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', key, 'attempts', -tonumber(ARGV[6])) end
 if tonumber(ARGV[5]) > tonumber(ARGV[7]) then
@@ -101,6 +122,7 @@ else
 end
 return 1
 """
+)
 
 # ARGV: prefix, id, queue, job, payload, created_at, request_id, unique_key, available_at, now, marker_ttl
 _PUSH = """
@@ -174,10 +196,16 @@ class RedisDriver:
     def check(self) -> str | None:
         return check_eviction_policy(self.client)
 
-    def reserve(self, queues: Sequence[str]) -> Reserved | None:
+    def reserve(self, queues: Sequence[str], *, acknowledge: Reserved | None = None) -> Reserved | None:
+        """One script, one round trip: acknowledge the finished job, then reserve the next.
+
+        The acknowledgement comes first, inside the same atomic script, so the
+        reservation still takes from the first non-empty queue as it is then.
+        """
         token = uuid.uuid4().hex
         now = self.clock()
-        found = self._reserve(args=[now, now + self.retry_after, token, self.prefix, *queues])
+        done = ["", ""] if acknowledge is None else [acknowledge.id, acknowledge.token]
+        found = self._reserve(args=[now, now + self.retry_after, token, self.prefix, *done, *queues])
         if not found:
             return None
         items = [_text(v) for v in found]
@@ -197,9 +225,22 @@ class RedisDriver:
     def acknowledge(self, job: Reserved) -> None:
         self._settle(args=[self.prefix, job.id, job.token, "ack", 0, 0, 0])
 
+    def next_available(self, queues: Sequence[str]) -> float | None:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            base = f"{self.prefix}queue:{queue}"
+            pipe.zrange(f"{base}:delayed", 0, 0, withscores=True)
+            pipe.zrange(f"{base}:reserved", 0, 0, withscores=True)
+        due = [float(score) for first in pipe.execute() for _, score in first]
+        return min(due, default=None)
+
     def release(self, job: Reserved, delay: float, *, uncount: bool = False) -> None:
         now = self.clock()
-        self._settle(args=[self.prefix, job.id, job.token, "release", now + delay, 1 if uncount else 0, now])
+        released = self._settle(args=[self.prefix, job.id, job.token, "release", now + delay, 1 if uncount else 0, now])
+        if released and self.db.engine.dialect.name == "postgresql":
+            # Idle workers look again, and wait for the job's new time if it is the next due.
+            with self.db.engine.begin() as conn:
+                notify(conn)
 
     def fail(self, job: Reserved, exception: str, traceback: str) -> None:
         # The failed row first: a crash in between leaves the job reserved, to run again.
@@ -245,6 +286,9 @@ class RedisDriver:
                 text("DELETE FROM queue_jobs WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
                 {"ids": ids},
             )
+            # A worker woken by the enqueue whose relay found these rows locked waits
+            # again: this wakes it once they are in Redis.
+            notify(conn)
         return len(rows)
 
     def depths(self, queues: Sequence[str]) -> list[QueueDepth]:

@@ -3,7 +3,11 @@
 The loop, with Laravel's ``queue:work`` semantics:
 
 1. (Redis driver) relay committed outbox rows into Redis.
-2. Reserve from the **first non-empty queue** of ``--queue``, counting an attempt.
+2. Reserve from the **first non-empty queue** of ``--queue``, counting an attempt
+   (the Redis driver acknowledges the previous job in the same script). With
+   nothing to reserve, wait for an enqueue's notification (:mod:`bourse.queue.wake`),
+   at most until the next delayed job or expiring reservation is due, and at most
+   ``--sleep`` seconds, then look again.
 3. Check the job: an unknown name or a payload that does not decode goes straight
    to ``queue_failed_jobs`` with the reason; a job whose attempts already exceed its
    tries (its earlier attempts timed out or their worker died) fails too.
@@ -52,6 +56,7 @@ from bourse.queue.drivers import make_driver
 from bourse.queue.heartbeat import ProcessHeartbeat
 from bourse.queue.registry import JobSpec, RegistryError, check_queue_name, load_jobs
 from bourse.queue.runner import settings_payload
+from bourse.queue.wake import Waker, make_waker
 from bourse.settings import Settings
 
 log = get_logger("bourse.queue.worker")
@@ -62,6 +67,11 @@ EXIT_MEMORY = 12
 DEFAULT_QUEUES = ("deposits", "withdrawals", "commissions", "default")
 RUNNER_START_TIMEOUT = 60.0
 RELAY_INTERVAL = 0.05
+# An idle worker's wait is cut into slices this long, to see signals and beat its heartbeat.
+WAIT_SLICE = 0.5
+# The shortest idle wait: a job due now but locked by another worker's reservation is
+# looked for again after this, not in a busy loop.
+MIN_WAIT = 0.005
 MIB = 1024 * 1024
 
 
@@ -249,7 +259,10 @@ class Worker:
     _hard_stop: bool = False
     _busy: bool = False
     _current: str | None = None
+    # A job whose handler committed, acknowledged with the next reservation (or on exit).
+    _unacknowledged: Reserved | None = None
     heartbeat: ProcessHeartbeat = field(init=False)
+    waker: Waker = field(init=False)
     # Metrics set by handlers in the runner, served here (only when serving metrics).
     job_metrics: metrics.RunnerMetricsCollector | None = None
     runner: RunnerProcess = field(init=False)
@@ -282,6 +295,7 @@ class Worker:
 
     def _tick(self) -> None:
         self.heartbeat.beat(busy=self._busy, current_job=self._current)
+        self.waker.drain()
         if self._hard_stop:
             raise HardStop
 
@@ -289,6 +303,7 @@ class Worker:
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.waker = make_waker(self.settings, self.db)
         self.heartbeat = ProcessHeartbeat(
             self.db, "worker", self.settings.worker_heartbeat_path, queues=",".join(self.options.queues)
         )
@@ -313,8 +328,10 @@ class Worker:
         except HardStop:
             code = EXIT_HARD_STOP
         finally:
+            self._acknowledge_last()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.waker.close()
             self.runner.stop()
             metrics.WORKER_BUSY.set(0)
             metrics.stop_serving()
@@ -344,7 +361,8 @@ class Worker:
                 if time.monotonic() - last_relay >= RELAY_INTERVAL:
                     self.driver.relay()
                     last_relay = time.monotonic()
-                job = self.driver.reserve(self.options.queues)
+                job = self.driver.reserve(self.options.queues, acknowledge=self._unacknowledged)
+                self._unacknowledged = None
                 if job is None and self.driver.relay() > 0:
                     last_relay = time.monotonic()
                     continue
@@ -357,7 +375,7 @@ class Worker:
             if job is None:
                 if self.options.stop_when_empty or self.options.once:
                     break
-                self._sleep(self.options.sleep)
+                self._idle()
                 continue
             self._process(job)
             self.processed += 1
@@ -366,6 +384,34 @@ class Worker:
             if self._over_memory():
                 return EXIT_MEMORY
         return EXIT_OK
+
+    def _idle(self) -> None:
+        """Wait for work: until woken, the next due job or ``--sleep``, whichever comes first."""
+        seconds = self.options.sleep
+        try:
+            due = self.driver.next_available(self.options.queues)
+        except (SQLAlchemyError, RedisError) as exc:
+            log.warning("queue_unavailable", error=str(exc), retry_in_seconds=max(self.options.sleep, 1.0))
+            self._sleep(max(self.options.sleep, 1.0))
+            return
+        if due is not None:
+            seconds = min(seconds, max(due - self.driver.clock(), MIN_WAIT))
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (remaining := deadline - time.monotonic()) > 0:
+            if self.waker.wait(min(remaining, WAIT_SLICE)):
+                return
+            self._tick()
+
+    def _acknowledge_last(self) -> None:
+        """On the way out: the last job's acknowledgement, which no next reservation carried."""
+        job, self._unacknowledged = self._unacknowledged, None
+        if job is None:
+            return
+        try:
+            self.driver.acknowledge(job)
+        except (SQLAlchemyError, RedisError) as exc:
+            # The job's effects are committed; it runs again after retry_after (at least once).
+            log.warning("job_acknowledgement_failed", job_id=job.id, error=str(exc))
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -474,7 +520,8 @@ class Worker:
             transient = {"transient": str(described["code"]), "sqlstate": str(described["sqlstate"])}
             dberrors.count("job", transient["transient"], transient["sqlstate"])
         if answer["ok"]:
-            self.driver.acknowledge(job)
+            # Forgotten by the next reservation, in the same round trip (or on exit).
+            self._unacknowledged = job
             metrics.JOBS_PROCESSED.labels(job.queue, job.job, "done").inc()
             log.info("job_done", duration_ms=round(duration * 1000, 3))
         elif answer.get("lost"):

@@ -48,6 +48,8 @@ def describe(settings: Settings) -> list[SettingRow]:
         value: object = getattr(settings, name)
         if name == "database_url":
             value = mask_database_url(settings.database_url)
+        elif name == "database_direct_url" and settings.database_direct_url:
+            value = mask_database_url(settings.database_direct_url)
         elif name == "redis_url" and settings.redis_url:
             value = mask_redis_url(settings.redis_url)
         if key in environ:

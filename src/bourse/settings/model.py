@@ -106,8 +106,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./var/bourse.db"
     database_password: SecretStr | None = None
-    database_pool_size: PositiveInt = 10
-    database_max_overflow: int = Field(default=10, ge=0)
+    database_pool_size: PositiveInt = 20
+    database_max_overflow: int = Field(default=0, ge=0)
     database_connect_timeout_seconds: PositiveFloat = 5.0
     database_lock_timeout_ms: PositiveInt = 5000
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
@@ -199,6 +199,27 @@ class Settings(BaseSettings):
     )
     trading_default_fee_tier: str = "standard"
 
+    # The matcher (docs/decisions/0027-matcher-per-instrument-shard.md): a thread of the
+    # API process ("in-process", the embedded default), or its own processes ("external":
+    # `bourse matcher`, the production Deployment). Instruments are spread over
+    # matcher_shards shards, each with one leader.
+    matcher: Literal["in-process", "external"] = "in-process"
+    matcher_shards: int = Field(default=1, ge=1, le=256)
+    matcher_batch_size: int = Field(default=200, ge=1, le=5000)
+    # How long POST and DELETE /orders wait for the matcher's outcome before answering
+    # 202 with the order still pending.
+    order_wait_ms: int = Field(default=1000, ge=0, le=30_000)
+    # PostgreSQL reached directly, not through a transaction pooler, for what needs a
+    # session of its own: the matcher's leadership lock and LISTEN. Defaults to
+    # database_url (which must then not be pooled for those).
+    database_direct_url: str | None = None
+    # The market-data WebSocket (/api/v1/ws; docs/decisions/0028-stream-process.md): served
+    # by every API process, which also runs the Redis subscriber that feeds it
+    # ("in-process", the embedded default), or only by `bourse stream` processes
+    # ("external", production), so that order entry spends no CPU on the fan-out. The API
+    # still publishes what its in-process matcher commits. External needs Redis.
+    stream: Literal["in-process", "external"] = "in-process"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -230,6 +251,7 @@ class Settings(BaseSettings):
     # process touches its file every few seconds; a file older than the max age fails.
     worker_heartbeat_path: Path = Path("./var/worker.heartbeat")
     scheduler_heartbeat_path: Path = Path("./var/scheduler.heartbeat")
+    matcher_heartbeat_path: Path = Path("./var/matcher.heartbeat")
     heartbeat_max_age_seconds: PositiveFloat = 30.0
 
     @classmethod
@@ -380,6 +402,13 @@ class Settings(BaseSettings):
         normalise_database_url(value)
         return value
 
+    @field_validator("database_direct_url")
+    @classmethod
+    def _check_database_direct_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            normalise_database_url(value)
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -444,7 +473,7 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # URLs are plain strings but may carry a password: mask it like a SecretStr.
         for name, value in super().__repr_args__():
-            if name == "database_url" and isinstance(value, str):
+            if name in {"database_url", "database_direct_url"} and isinstance(value, str):
                 yield name, mask_database_url(value)
             elif name == "redis_url" and isinstance(value, str):
                 yield name, mask_redis_url(value)
@@ -456,6 +485,17 @@ class Settings(BaseSettings):
         """The database URL with its driver pinned and the password secret applied."""
         url = normalise_database_url(self.database_url)
         if self.database_password is not None:
+            url = url.set(password=self.database_password.get_secret_value())
+        return url
+
+    @property
+    def direct_database(self) -> URL | None:
+        """The URL for session features (``database_direct_url``, else ``database_url``
+        unless that leads to a transaction pooler); None if there is none."""
+        if self.database_direct_url is None:
+            return None if self.database_transaction_pooling else self.database
+        url = normalise_database_url(self.database_direct_url)
+        if self.database_password is not None and url.password is None:
             url = url.set(password=self.database_password.get_secret_value())
         return url
 

@@ -5,7 +5,7 @@ docs/decisions/0011-matching-single-writer.md), so it never interleaves with a f
 being settled on the same market:
 
 1. every account the next two steps post to is locked in one statement (the parties'
-   and ``fees``), so a bust takes its account locks in the same order as an order does;
+   and the fee accounts), so a bust takes its account locks in the same order as an order does;
 2. the trade's journal entry is reversed with :func:`bourse.ledger.reversals.reverse_entry`
    (idempotency key ``bust:{trade_id}``): a new mirror entry, the original is never edited;
 3. the mirror credits the ``held`` accounts the fill captured from, but no hold reserves
@@ -114,9 +114,9 @@ def _unhold(session: Session, reversal_id: uuid.UUID, trade_id: int, actor: str)
 
 def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None:
     """Lock, in one statement, every account the reversal and the release post to (as orders
-    do, see :func:`bourse.trading.settlement.lock_parties`): the seller's held and available
+    do, see :mod:`bourse.trading.sequencing`): the seller's held and available
     base and available quote, the buyer's held and available quote and available base, and
-    the quote asset's fees."""
+    the quote asset's fees (the instrument's account and the pool)."""
     if trade.taker_side == Side.BUY.value:
         buyer, seller = trade.taker_user_id, trade.maker_user_id
     else:
@@ -131,7 +131,10 @@ def _lock_parties(session: Session, base: str, quote: str, trade: Trade) -> None
             (held, quote, buyer),
             (available, quote, buyer),
             (available, base, buyer),
+            # The fees went to the instrument's account (to the asset's pool before per-instrument
+            # accounts existed): the reversal takes them back from wherever the entry put them.
             (AccountKind.fees, quote, None),
+            (AccountKind.fees, quote, trade.instrument),
         ],
     )
 
@@ -187,16 +190,16 @@ def operator_book(session: Session, symbol: str) -> list[Order]:
     """Every resting order of the instrument in priority order: bids best (highest) price
     first, then asks best (lowest) first, each price level oldest first.
 
-    The order ids are allocated under the instrument lock in arrival order, so id is time
-    priority. One statement reads them, so the view is one committed moment of the book,
+    Time priority is the order's accepted sequence (docs/decisions/0027). One statement
+    reads them, so the view is one committed moment of the book,
     without queueing behind (or blocking) the market's writer. 404 ``unknown_instrument``.
     """
     get_instrument(session, symbol)
     rows = list(
         session.scalars(
-            select(Order).where(Order.instrument == symbol, Order.status.in_(OPEN_STATUSES)).order_by(Order.id)
+            select(Order).where(Order.instrument == symbol, Order.status.in_(OPEN_STATUSES)).order_by(Order.sequence)
         )
     )
-    bids = sorted((o for o in rows if o.side == Side.BUY.value), key=lambda o: (-(o.price or 0), o.id))
-    asks = sorted((o for o in rows if o.side == Side.SELL.value), key=lambda o: (o.price or 0, o.id))
+    bids = sorted((o for o in rows if o.side == Side.BUY.value), key=lambda o: (-(o.price or 0), o.sequence or 0))
+    asks = sorted((o for o in rows if o.side == Side.SELL.value), key=lambda o: (o.price or 0, o.sequence or 0))
     return bids + asks

@@ -9,7 +9,7 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -156,3 +156,88 @@ def resume(symbol: str, reason: str) -> None:
 
     rows = _run(lambda session: service.resume(session, symbol, reason, _actor()))
     click.echo(_line(rows[0]))
+
+
+def _parse_shards(text: str | None, count: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        shards = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        _refuse("invalid_shards", f"--shards takes shard numbers separated by commas, not {text!r}")
+    if not shards or any(not 0 <= shard < count for shard in shards):
+        _refuse("invalid_shards", f"--shards: each shard is one of 0..{count - 1} (BOURSE_MATCHER_SHARDS={count})")
+    return shards
+
+
+def _refuse(code: str, detail: str) -> NoReturn:
+    click.echo(f"bourse: {code}: {detail}", err=True)
+    sys.exit(EXIT_REFUSED)
+
+
+@click.command()
+@click.option(
+    "--shards",
+    default=None,
+    help="The shards to lead (or stand by for), e.g. 0,2; all of 0..BOURSE_MATCHER_SHARDS-1 if left out.",
+)
+def matcher(shards: str | None) -> None:
+    """Run the matcher: lead (or stand by for) instrument shards until SIGTERM, then exit 0.
+
+    Each shard has one leader across every process that runs it; the others stand by and
+    take over within a second of the leader's connection going. Serves /metrics on
+    BOURSE_METRICS_PORT if set. Market data reaches the API processes' WebSockets through
+    Redis (BOURSE_REDIS_URL).
+    """
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from bourse.cli_support import check_cli_database
+    from bourse.redis_client import create_async_redis, create_redis
+    from bourse.trading import fanout
+    from bourse.trading.matcher import MatcherService, MatcherUnavailable
+
+    settings = load_cli_settings(service=True)
+    check_cli_database(settings)
+    chosen = _parse_shards(shards, settings.matcher_shards)
+    try:
+        service = MatcherService(settings, shards=chosen)
+    except MatcherUnavailable as exc:
+        _refuse("matcher_unavailable", str(exc))
+    hub = fanout.Hub()
+    redis = create_redis(settings)
+    if redis is not None:
+        # Published, never subscribed: the API processes' relays deliver to their clients.
+        hub.relay = fanout.RedisRelay(
+            hub,
+            redis,
+            lambda: create_async_redis(settings, settings.redis_url or ""),
+            prefix=settings.queue_redis_prefix,
+            identity=settings.redis_url or "",
+        )
+    hub.start()
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    stopping = threading.Event()
+
+    def stop(_signal: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    service.start()
+    heartbeat = settings.matcher_heartbeat_path
+    heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        while not stopping.wait(1.0):
+            # `bourse healthcheck --matcher` reads the file's age: it stops moving when a
+            # shard's thread dies or stops coming round its loop.
+            if service.healthy(settings.heartbeat_max_age_seconds):
+                heartbeat.touch()
+    finally:
+        service.stop()
+        hub.stop()
+        if redis is not None:
+            redis.close()

@@ -105,15 +105,9 @@ class OrderNotFound(NotFound):
 
 
 class OrderNotOpen(Conflict):
-    """The order is filled or cancelled: there is nothing left to cancel."""
+    """The order is filled, cancelled or rejected: there is nothing left to cancel."""
 
     code = "order_not_open"
-
-
-class InstrumentBusy(TemporarilyUnavailable):
-    """Another command on the instrument held its turn for longer than a lock may be waited for."""
-
-    code = "instrument_busy"
 
 
 # -- Busts --------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ never silently misses a change.
 Several replicas. Without Redis the hub is in process: each replica only sees its
 own commands. With ``BOURSE_REDIS_URL`` set, the committing thread PUBLISHes each
 message as JSON to ``{prefix}md:{symbol}`` (book and trades) or
-``{prefix}md:user:{user_id}`` (orders) instead, and every API process runs one
-subscriber (``PSUBSCRIBE {prefix}md:*``) that feeds its local hub, so every replica
-sees every command. Redis pub/sub keeps no history: when the subscriber's connection
-drops it reconnects with backoff and then sends ``resync`` and a fresh snapshot to
-every book and trades subscriber, since messages may have been missed meanwhile.
+``{prefix}md:user:{user_id}`` (orders) instead, and every process that serves the
+WebSocket (each API process, or with ``BOURSE_STREAM=external`` each ``bourse stream``
+process and no API process) runs one subscriber (``PSUBSCRIBE {prefix}md:*``) that
+feeds its local hub, so every replica sees every command. Redis pub/sub keeps no
+history: when the subscriber's connection drops it reconnects with backoff and then
+sends ``resync`` and a fresh snapshot to every book and trades subscriber, since
+messages may have been missed meanwhile.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ log = get_logger("bourse.trading.fanout")
 
 Key = tuple[str, str]  # (channel, instrument symbol or user id)
 Message = tuple[Key, dict[str, Any]]
+# A message with its JSON text, encoded once for every connection it goes to (None: not yet).
+Encoded = tuple[Key, dict[str, Any], str | None]
 DEFAULT_QUEUE_SIZE = 1000
 
 
@@ -61,7 +65,7 @@ class Connection:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.pending: deque[tuple[Key | None, dict[str, Any]]] = deque()
+        self.pending: deque[tuple[Key | None, dict[str, Any], str | None]] = deque()
         self.wake = asyncio.Event()
         self.needs: dict[Key, bool] = {}  # subscriptions owed a snapshot -> whether it is a resync
         self.floors: dict[Key, int] = {}  # the snapshot's sequence: older messages are skipped
@@ -71,12 +75,12 @@ class Connection:
 
     def control(self, message: dict[str, Any]) -> None:
         """A reply to the client (acks, errors): never dropped."""
-        self.pending.append((None, message))
+        self.pending.append((None, message, None))
         self.wake.set()
 
-    def offer_all(self, batch: list[Message]) -> None:
-        for key, message in batch:
-            self.offer(key, message)
+    def offer_all(self, batch: list[Encoded]) -> None:
+        for key, message, text in batch:
+            self.offer(key, message, text)
 
     def resync(self, keys: list[Key]) -> None:
         for key in keys:
@@ -85,7 +89,7 @@ class Connection:
                 self.needs[key] = True
         self.wake.set()
 
-    def offer(self, key: Key, message: dict[str, Any]) -> None:
+    def offer(self, key: Key, message: dict[str, Any], text: str | None = None) -> None:
         if key not in self.subscriptions:
             return
         if len(self.pending) >= self.limit:
@@ -93,7 +97,7 @@ class Connection:
             self.pending = deque(item for item in self.pending if item[0] != key)
             self.needs[key] = True
         elif not self.needs.get(key, False):
-            self.pending.append((key, message))
+            self.pending.append((key, message, text))
         self.wake.set()
 
 
@@ -121,13 +125,32 @@ class Hub:
 
     def submit(self, messages: list[Message]) -> None:
         """Hand messages over from any thread to each subscribed connection's event loop."""
-        batches: dict[Connection, list[Message]] = {}
+        self.deliver([(key, message, None) for key, message in messages])
+
+    def deliver(self, messages: list[Encoded]) -> None:
+        """:meth:`submit` for messages whose JSON text may be known already (heard from Redis).
+
+        Each message is encoded once, however many connections it goes to. On the
+        connections' own event loop (the Redis subscriber's) they are handed their
+        messages directly; from another thread (a committing one) through the loop.
+        """
+        batches: dict[Connection, list[Encoded]] = {}
         with self._guard:
-            for key, message in messages:
-                for connection in self.routes.get(key, ()):
-                    batches.setdefault(connection, []).append((key, message))
+            for key, message, text in messages:
+                routes = self.routes.get(key)
+                if not routes:
+                    continue
+                encoded = (key, message, text if text is not None else _encode(message))
+                for connection in routes:
+                    batches.setdefault(connection, []).append(encoded)
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for connection, batch in batches.items():
-            if not connection.loop.is_closed():
+            if connection.loop is running:
+                connection.offer_all(batch)
+            elif not connection.loop.is_closed():
                 connection.loop.call_soon_threadsafe(connection.offer_all, batch)
 
     def resync_all(self) -> None:
@@ -162,6 +185,11 @@ class Hub:
     def drop(self, connection: Connection) -> None:
         for key in list(connection.subscriptions):
             self.unsubscribe(connection, key)
+
+
+def _encode(message: dict[str, Any]) -> str:
+    """A message's JSON text, as the WebSocket sends it (and Redis carries it)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- Redis fan-out between API replicas -----------------------------------------------------
@@ -221,12 +249,18 @@ class RedisRelay:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for key, message in messages:
-                    pipe.publish(self.channel(key), json.dumps(message, separators=(",", ":")))
+                    pipe.publish(self.channel(key), _encode(message))
                 pipe.execute()
         except redis.RedisError:
             log.exception("market_data_publish_failed", messages=len(messages))
 
+    def attach(self) -> None:
+        """Publish what this process commits, and subscribe to nothing: a process that
+        serves no WebSocket (an API process under ``BOURSE_STREAM=external``, the matcher)."""
+        self.hub.relay = self
+
     async def start(self) -> None:
+        """Publish, and run this process's subscriber that feeds the hub's connections."""
         self.hub.relay = self
         self._task = asyncio.create_task(self.run(), name="market-data-relay")
 
@@ -291,4 +325,4 @@ class RedisRelay:
         if key is None or not isinstance(message, dict):
             log.warning("market_data_relay_ignored", channel=channel)
             return
-        self.hub.submit([(key, message)])
+        self.hub.deliver([(key, message, data.decode() if isinstance(data, bytes) else data)])

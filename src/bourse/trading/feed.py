@@ -124,6 +124,8 @@ def capture(
     symbol = instrument.symbol
     touched: dict[int, Order] = {order.id: order for order in orders}
     for trade in trades:
+        if trade.maker_order_id in touched:
+            continue  # a batch names every order it touched, makers included
         maker = session.get(Order, trade.maker_order_id)
         if maker is not None:
             touched[maker.id] = maker

@@ -92,14 +92,18 @@ def list_instruments(session: Session, *, status: InstrumentStatus | None = None
 
 
 def lock_instrument(session: Session, symbol: str) -> Instrument:
-    """The instrument, locked until the transaction ends (``SELECT ... FOR UPDATE``).
+    """The instrument, locked until the transaction ends (``SELECT ... FOR NO KEY UPDATE``).
 
     Whatever changes an instrument's state (its status, ``last_price``,
-    ``sequence``, and later its book) takes this lock first, so each instrument
-    has one writer at a time and a halt lands between two orders, never inside
-    one. Only the instrument row is locked (``FOR UPDATE OF instruments``), never
-    the asset rows joined to it, so instruments sharing a quote asset do not wait
-    for each other.
+    ``sequence``) takes this lock first, so each instrument has one writer at a
+    time (the matcher's batch, a halt, a bust) and a halt lands between two
+    batches, never inside one. Only the instrument row is locked (``OF
+    instruments``), never the asset rows joined to it, so instruments sharing a
+    quote asset do not wait for each other. ``NO KEY``: nobody changes a symbol,
+    and the weaker lock does not conflict with the ``FOR KEY SHARE`` that
+    inserting an order takes through its foreign key, so accepting an order never
+    waits for the matcher (which may be waiting for the accepting user's accounts:
+    that was a deadlock).
     The row is re-read even if the session already holds it, so the caller sees
     the state the previous lock holder committed. On SQLite every write
     transaction already holds the database's single write lock.
@@ -109,7 +113,7 @@ def lock_instrument(session: Session, symbol: str) -> Instrument:
     query = (
         select(Instrument)
         .where(Instrument.symbol == symbol)
-        .with_for_update(of=Instrument)
+        .with_for_update(of=Instrument, key_share=True)
         .execution_options(populate_existing=True)
     )
     instrument = session.scalars(query).one_or_none()

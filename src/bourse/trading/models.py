@@ -119,25 +119,44 @@ class Instrument(Base):
 
 
 class OrderStatus(StrEnum):
+    pending = "pending"  # accepted by the API, its funds held; the matcher has not sequenced it yet
     open = "open"  # resting, nothing filled yet
     partially_filled = "partially_filled"  # resting with some filled
     filled = "filled"  # done: everything traded
     cancelled = "cancelled"  # done: the remainder will never trade (see cancel_reason)
+    rejected = "rejected"  # done: the matcher refused it (see reject_reason); nothing traded
 
 
-# An open order rests in the book; a done one never comes back.
+# An open order rests in the book; a pending one is waiting for the matcher; a done one
+# never comes back.
 OPEN_STATUSES = (OrderStatus.open, OrderStatus.partially_filled)
-DONE_STATUSES = frozenset({OrderStatus.filled, OrderStatus.cancelled})
+LIVE_STATUSES = (OrderStatus.pending, *OPEN_STATUSES)
+DONE_STATUSES = frozenset({OrderStatus.filled, OrderStatus.cancelled, OrderStatus.rejected})
+MAX_REASON = 32
+# What the matcher reads as its commands: orders not yet sequenced, and cancels requested
+# of orders that are still live (spelled once here: the partial index and the query).
+PENDING_COMMANDS_SQL = (
+    "status = 'pending' OR (cancel_requested_at IS NOT NULL AND status IN ('open', 'partially_filled'))"
+)
 MAX_CLIENT_ORDER_ID = 64
 MAX_BUST_REASON = 200
 _SIDES = "'buy', 'sell'"
 _KINDS = "'limit', 'market'"
 _TIFS = "'gtc', 'ioc', 'fok'"
+# An order may be done without ever having been sequenced: cancelled while pending (by
+# its owner, or by a halt), or rejected by the matcher before the book saw it.
+_UNSEQUENCED = "'pending', 'cancelled', 'rejected'"
 
 
 class Order(Base):
-    """An order as placed and as it stands. ``id`` is also the book's order id: it is
-    allocated under the instrument lock, so it increases in arrival order per instrument.
+    """An order as placed and as it stands.
+
+    The API inserts it ``pending``, its funds held; the instrument's matcher gives it
+    its ``sequence`` (the instrument's sequence of its Accepted event), which is its time
+    priority and its id in the book: ids are allocated by concurrent API transactions
+    and commit out of order, so they say nothing about arrival. A cancel is requested by
+    setting ``cancel_requested_at``; the matcher carries it out at ``cancel_sequence``
+    (NULL if the order was cancelled before it was sequenced, or by anything else).
 
     ``price`` is at the instrument's price_scale (NULL for market orders), ``quantity``
     and ``filled_quantity`` in base minor units, ``quote_budget`` and ``quote_spent`` in
@@ -148,6 +167,8 @@ class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
         UniqueConstraint("user_id", "client_order_id"),
+        UniqueConstraint("user_id", "idempotency_key"),
+        UniqueConstraint("instrument", "sequence"),
         CheckConstraint(f"side IN ({_SIDES})", name="side"),
         CheckConstraint(f"kind IN ({_KINDS})", name="kind"),
         CheckConstraint(f"tif IN ({_TIFS})", name="tif"),
@@ -162,8 +183,20 @@ class Order(Base):
         CheckConstraint("quote_spent >= 0", name="quote_spent_not_negative"),
         CheckConstraint("maker_bps >= 0 AND taker_bps >= 0", name="fees_not_negative"),
         CheckConstraint("status <> 'filled' OR filled_quantity = quantity", name="filled_means_all"),
+        CheckConstraint(f"status IN ({_UNSEQUENCED}) OR sequence IS NOT NULL", name="sequenced"),
+        CheckConstraint("(status = 'rejected') = (reject_reason IS NOT NULL)", name="rejected_has_reason"),
+        CheckConstraint(
+            "idempotency_key IS NULL OR request_fingerprint IS NOT NULL", name="idempotency_key_has_fingerprint"
+        ),
         Index("ix_orders_user_id_status", "user_id", "status"),
         Index("ix_orders_instrument_status_id", "instrument", "status", "id"),
+        Index(
+            "ix_orders_instrument_pending",
+            "instrument",
+            "id",
+            postgresql_where=text(PENDING_COMMANDS_SQL),
+            sqlite_where=text(PENDING_COMMANDS_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -180,11 +213,19 @@ class Order(Base):
     quote_budget: Mapped[int | None] = mapped_column(BigInteger, default=None)
     quote_spent: Mapped[int] = mapped_column(BigInteger, default=0)
     hold_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("holds.id"))
-    status: Mapped[OrderStatus] = mapped_column(StrEnumType(OrderStatus), default=OrderStatus.open)
-    cancel_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    status: Mapped[OrderStatus] = mapped_column(StrEnumType(OrderStatus), default=OrderStatus.pending)
+    cancel_reason: Mapped[str | None] = mapped_column(String(MAX_REASON), default=None)
+    reject_reason: Mapped[str | None] = mapped_column(String(MAX_REASON), default=None)
     maker_bps: Mapped[int] = mapped_column(Integer)
     taker_bps: Mapped[int] = mapped_column(Integer)
-    sequence: Mapped[int] = mapped_column(BigInteger)  # the instrument's sequence of its Accepted event
+    # The instrument's sequence of its Accepted event: its time priority, and its id in the book.
+    sequence: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    cancel_sequence: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The client's Idempotency-Key, unique per user, and the request it came with: a retry
+    # finds the order itself (its state as it is now), never a stored copy of an old answer.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -1,64 +1,33 @@
-"""Placing and cancelling orders: matching under the instrument's one writer, and
-settling every fill in the ledger in the same transaction.
+"""Accepting orders and cancels for the matcher: the API's half of order entry.
 
-See docs/decisions/0011-matching-single-writer.md. One command is one transaction:
-
-1. take the instrument's turn (:func:`bourse.trading.book_cache.take_turn`: this
-   process's mutex, then ``SELECT ... FOR UPDATE`` on the row): one writer per instrument;
-2. validate the order against the instrument and bring the process's cached
-   :class:`~bourse.trading.engine.book.Book` up to date (rebuilt from the resting orders
-   when the instrument's ``sequence`` says another process wrote since,
-   :func:`bourse.trading.book_cache.checkout_book`);
-3. ask the book whom the order will trade with (:meth:`Book.counterparties`, which
-   changes nothing) and lock every account the command will post to, the taker's,
-   each counterparty's and ``fees``, in ONE statement in account id order
-   (:func:`bourse.trading.settlement.lock_parties`);
-4. place its hold (a buy limit holds its notional rounded up plus the largest fee it
-   could pay on it; a sell holds its quantity; a market buy holds its quote budget);
-5. insert the order, run the book, and settle each fill with ONE journal entry
-   (:mod:`bourse.trading.settlement`); then release what a finished order's hold
-   still reserves;
-6. hand the book back, and leave the plain values the market-data messages need with
-   the feed (:mod:`bourse.trading.feed`), which builds and sends them after commit,
-   outside the instrument's critical section.
-
-The lock order is the same for every command: the instrument(s), then all the
-accounts at once, then hold rows (which only their instrument's writer touches).
-The instrument comes *before* any account: a transaction that holds a user's account
-rows while queueing for the instrument would deadlock against the instrument's writer
-settling a fill with that user. And the accounts are locked all at once: a command
-that locked its taker's accounts for the hold and its counterparties' later, fill by
-fill, could wait for an order on another instrument that did the same the other way
-round (users buying on one market and selling on the other), and PostgreSQL aborted
-one of them as a deadlock. See docs/decisions/0013-transient-database-errors.md.
-
-Services never commit. The cached book is published only when the transaction
-commits, so a rolled-back command never leaves the cache ahead of the database.
+See docs/decisions/0027-matcher-per-instrument-shard.md. Placing an order is one short
+transaction with no instrument lock: the order is checked against the instrument as
+read, its funds are held (which locks its owner's two accounts), and it is inserted
+``pending``; the matcher of its instrument's shard (:mod:`bourse.trading.matcher`) is
+woken after the commit, sequences it, matches it and settles its fills. A cancel is a
+mark on the order row, which the matcher carries out. Services never commit.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bourse.assets.amounts import parse_amount
 from bourse.assets.rounding import BPS
-from bourse.ledger.accounts import AccountKey, lock_accounts
+from bourse.idempotency.errors import IdempotencyInProgress, IdempotencyKeyReused
 from bourse.ledger.holds import place_hold
-from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context
 from bourse.logging import get_logger
 from bourse.settings import Settings
-from bourse.trading import feed
-from bourse.trading.book_cache import checkin_book, checkout_book, take_turn
-from bourse.trading.engine.book import Book
+from bourse.sqltypes import utcnow
+from bourse.trading import signals
 from bourse.trading.engine.vocabulary import (
-    CancelRejected,
-    NewOrder,
     OrderKind,
     SelfTradePrevention,
     Side,
@@ -68,23 +37,20 @@ from bourse.trading.errors import InvalidOrder, OrderNotOpen
 from bourse.trading.instruments import (
     check_open,
     check_price_band,
+    get_instrument,
     notional,
     parse_price,
     parse_quantity,
-    price_to_ticks,
-    quantity_to_lots,
 )
 from bourse.trading.models import (
     DONE_STATUSES,
+    LIVE_STATUSES,
     MAX_CLIENT_ORDER_ID,
-    OPEN_STATUSES,
     Instrument,
     Order,
     OrderStatus,
-    Trade,
 )
-from bourse.trading.queries import get_order, trades_of_order
-from bourse.trading.settlement import apply_events, lock_parties, release_remainder
+from bourse.trading.queries import get_order
 
 # Log lines keep the name they were always written under: searches select on it.
 log = get_logger("bourse.trading.orders")
@@ -179,7 +145,54 @@ def buy_hold(instrument: Instrument, price: int, quantity: int, fees: Fees) -> i
     return value + -(-value * rate // BPS)
 
 
-def place_order(
+# -- Accepting orders for the matcher -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An order as :func:`accept_order` left it; ``replayed`` if it was placed before (same key)."""
+
+    order: Order
+    replayed: bool
+
+
+def _hold_of(instrument: Instrument, terms: _Terms, fees: Fees) -> tuple[str, int]:
+    """The asset and amount an order's hold reserves (see :func:`buy_hold`)."""
+    if terms.side is Side.SELL:
+        asset, amount = instrument.base_asset, terms.quantity
+    elif terms.quote_budget is not None:
+        asset, amount = instrument.quote_asset, terms.quote_budget
+        if terms.quote_budget * BPS // (BPS + fees.taker_bps) <= 0:
+            raise InvalidOrder("The quote_budget cannot pay for anything once the fee is reserved")
+    else:
+        asset, amount = instrument.quote_asset, buy_hold(instrument, terms.price or 0, terms.quantity, fees)
+    if amount <= 0:
+        raise InvalidOrder("The order is worth less than one minor unit of the quote asset")
+    return asset, amount
+
+
+def _placed_before(
+    session: Session,
+    user_id: uuid.UUID,
+    idempotency_key: str | None,
+    request_fingerprint: str | None,
+    client_order_id: str | None,
+) -> Order | None:
+    """The order this request placed already: same Idempotency-Key (and the same request), or client id."""
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            if existing.request_fingerprint != request_fingerprint:
+                raise IdempotencyKeyReused("This Idempotency-Key was used for a different order")
+            return existing
+    if client_order_id is not None:
+        return session.scalar(select(Order).where(Order.user_id == user_id, Order.client_order_id == client_order_id))
+    return None
+
+
+def accept_order(
     session: Session,
     *,
     user_id: uuid.UUID,
@@ -192,80 +205,39 @@ def place_order(
     quote_budget_text: str | None = None,
     client_order_id: str | None = None,
     stp: str | None = None,
+    idempotency_key: str | None = None,
+    request_fingerprint: str | None = None,
     context: Context,
     fees: Fees = DEFAULT_FEES,
-) -> tuple[Order, list[Trade]]:
-    """Place an order: hold its funds, match it, settle its fills. Returns the order and its trades.
+) -> Accepted:
+    """Accept an order for the matcher: hold its funds and insert it ``pending``.
 
-    The same ``client_order_id`` from the same user returns the order already placed
-    under it (and its trades), holding nothing more.
+    No instrument lock: the order is checked against the instrument as read (the
+    matcher checks it again when it sequences it), its owner's accounts are locked by
+    the hold, and the shard's matcher is woken after the commit
+    (:func:`bourse.trading.signals.announce_commands`). The same Idempotency-Key with
+    the same request, or the same ``client_order_id``, finds the order already placed,
+    holding nothing more; a key reused for another request is refused.
     """
     if client_order_id is not None and not (
         isinstance(client_order_id, str) and 1 <= len(client_order_id) <= MAX_CLIENT_ORDER_ID
     ):
         raise InvalidOrder(f"client_order_id is 1 to {MAX_CLIENT_ORDER_ID} characters")
-    instrument = take_turn(session, symbol)
-    if client_order_id is not None:
-        existing = session.scalar(
-            select(Order).where(Order.user_id == user_id, Order.client_order_id == client_order_id)
-        )
-        if existing is not None:
-            return existing, trades_of_order(session, existing.id)
+    instrument = get_instrument(session, symbol)
+    existing = _placed_before(session, user_id, idempotency_key, request_fingerprint, client_order_id)
+    if existing is not None:
+        return Accepted(existing, replayed=True)
     check_open(instrument)
     terms = _terms(instrument, side, kind, tif, stp, price_text, quantity_text, quote_budget_text)
-    book = checkout_book(session, instrument)
-    order, trades = _place_locked(session, instrument, book, user_id, terms, client_order_id, context, fees)
-    checkin_book(session, instrument, book)
-    feed.publish_after_commit(session, instrument, prev_sequence=order.sequence - 1, orders=[order], trades=trades)
-    return order, trades
-
-
-def _place_locked(  # noqa: PLR0917 - one command's state
-    session: Session,
-    instrument: Instrument,
-    book: Book,
-    user_id: uuid.UUID,
-    terms: _Terms,
-    client_order_id: str | None,
-    context: Context,
-    fees: Fees,
-) -> tuple[Order, list[Trade]]:
-    symbol = instrument.symbol
-    accepted_at = instrument.sequence + 1
-    if terms.side is Side.SELL:
-        asset, amount = instrument.base_asset, terms.quantity
-    elif terms.quote_budget is not None:
-        asset, amount = instrument.quote_asset, terms.quote_budget
-    else:
-        asset, amount = instrument.quote_asset, buy_hold(instrument, terms.price or 0, terms.quantity, fees)
-    if amount <= 0:
-        raise InvalidOrder("The order is worth less than one minor unit of the quote asset")
-    book_budget = None
-    if terms.quote_budget is not None:
-        # The budget pays the fills' notional and the taker fee on it.
-        book_budget = terms.quote_budget * BPS // (BPS + fees.taker_bps)
-        if book_budget <= 0:
-            raise InvalidOrder("The quote_budget cannot pay for anything once the fee is reserved")
-    command = NewOrder(
-        0,  # the order's id, once it has one
-        str(user_id),
-        terms.side,
-        terms.kind,
-        None if terms.price is None else price_to_ticks(instrument, terms.price),
-        quantity_to_lots(instrument, terms.quantity),
-        terms.tif,
-        book_budget,
-        terms.stp,
-    )
-    lock_parties(session, instrument, user_id, *book.counterparties(command), buys=terms.side is Side.BUY)
+    asset, amount = _hold_of(instrument, terms, fees)
     hold = place_hold(
         session,
         user_id=user_id,
         asset=asset,
         amount=amount,
-        reference=f"order:{symbol}:{accepted_at}",
+        reference=f"order:{symbol}",
         context=Context(
-            actor=context.actor, idempotency_key=f"order:{symbol}:{accepted_at}:hold", request_id=context.request_id
+            actor=context.actor, idempotency_key=f"order:{symbol}:hold:{uuid.uuid4()}", request_id=context.request_id
         ),
     )
     order = Order(
@@ -282,95 +254,63 @@ def _place_locked(  # noqa: PLR0917 - one command's state
         quote_budget=terms.quote_budget,
         quote_spent=0,
         hold_id=hold.id,
-        status=OrderStatus.open,
+        status=OrderStatus.pending,
         maker_bps=fees.maker_bps,
         taker_bps=fees.taker_bps,
-        sequence=accepted_at,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
     )
     session.add(order)
-    session.flush()
-    events = book.place(replace(command, order_id=order.id))
-    trades = apply_events(session, instrument, order, events, context)
-    instrument.sequence = book.sequence
-    session.flush()
-    log.info(
-        "order_placed",
-        order_id=order.id,
-        symbol=symbol,
-        side=order.side,
-        kind=order.kind,
-        status=order.status.value,
-        fills=len(trades),
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The same key or client order id, in a request that has not committed yet (or
+        # just did): the client retries and gets that order.
+        raise IdempotencyInProgress("An order with this key is being placed; retry shortly") from exc
+    signals.announce_commands(session)
+    log.info("order_accepted", order_id=order.id, symbol=symbol, side=order.side, kind=order.kind)
+    return Accepted(order, replayed=False)
+
+
+def request_cancel(session: Session, *, user_id: uuid.UUID, order_id: int) -> Order:
+    """Ask the matcher to cancel one of the user's live orders; 409 ``order_not_open`` if it is done.
+
+    The request is the order's ``cancel_requested_at``; asking twice is asking once.
+    Waits for the matcher's batch if it is settling the order (its row lock), so the
+    answer is about the order as the matcher left it.
+    """
+    found = get_order(session, order_id, user_id=user_id)
+    order = session.scalar(
+        select(Order).where(Order.id == found.id).with_for_update().execution_options(populate_existing=True)
     )
-    return order, trades
-
-
-# -- Cancelling ---------------------------------------------------------------------------
-
-
-def _cancel_locked(session: Session, instrument: Instrument, book: Book, order: Order, context: Context) -> None:
-    events = book.cancel(order.id)
-    if isinstance(events[0], CancelRejected):
-        raise RuntimeError(f"order {order.id} is open in the database but not in the book")  # noqa: TRY004
-    order.status = OrderStatus.cancelled
-    order.cancel_reason = "user"
-    release_remainder(session, order, context)
-    instrument.sequence = book.sequence
-
-
-def cancel_order(session: Session, *, user_id: uuid.UUID, order_id: int, context: Context) -> Order:
-    """Cancel one of the user's resting orders and release its hold; 409 ``order_not_open`` if it is done."""
-    order = get_order(session, order_id, user_id=user_id)
-    instrument = take_turn(session, order.instrument)
-    session.refresh(order)
-    if order.status in DONE_STATUSES:
-        raise OrderNotOpen(f"Order {order_id} is {order.status.value}; there is nothing to cancel")
-    book = checkout_book(session, instrument)
-    _cancel_locked(session, instrument, book, order, context)
-    session.flush()
-    checkin_book(session, instrument, book)
-    feed.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - 1, orders=[order])
-    log.info("order_cancelled", order_id=order.id, symbol=instrument.symbol)
+    if order is None or order.status in DONE_STATUSES:
+        status = found.status.value if order is None else order.status.value
+        raise OrderNotOpen(f"Order {order_id} is {status}; there is nothing to cancel")
+    if order.cancel_requested_at is None:
+        order.cancel_requested_at = utcnow()
+        session.flush()
+        signals.announce_commands(session)
     return order
 
 
-def cancel_all(session: Session, *, user_id: uuid.UUID, symbol: str | None = None, context: Context) -> list[Order]:
-    """Cancel every resting order of the user (on one instrument, or everywhere).
-
-    Every instrument is locked first, in symbol order, so two cancel-alls never wait on
-    each other in a cycle; then the user's accounts on all of them, in one statement,
-    before the first release: no lock is taken after an account lock (see the module
-    docstring).
-    """
-    query = select(Order.instrument).where(Order.user_id == user_id, Order.status.in_(OPEN_STATUSES))
-    if symbol is not None:
-        take_turn(session, symbol)  # 404 for an unknown instrument, even with nothing open
-        query = query.where(Order.instrument == symbol)
-    instruments = [take_turn(session, each) for each in sorted(set(session.scalars(query)))]
-    by_symbol = {instrument.symbol: instrument for instrument in instruments}
-    keys: set[AccountKey] = set()
-    sides = select(Order.instrument, Order.side).where(
-        Order.user_id == user_id, Order.status.in_(OPEN_STATUSES), Order.instrument.in_(sorted(by_symbol))
+def request_cancel_all(session: Session, *, user_id: uuid.UUID, symbol: str | None = None) -> list[Order]:
+    """Ask the matcher to cancel every live order of the user (on one instrument, or everywhere)."""
+    query = (
+        select(Order)
+        .where(Order.user_id == user_id, Order.status.in_(LIVE_STATUSES))
+        .order_by(Order.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
-    for each, side in set(session.execute(sides).tuples()):
-        # What the order's hold reserves: the quote asset for a buy, the base asset for a sell.
-        asset = by_symbol[each].quote_asset if side == Side.BUY.value else by_symbol[each].base_asset
-        keys.update({(AccountKind.available, asset, user_id), (AccountKind.held, asset, user_id)})
-    lock_accounts(session, keys)
-    cancelled: list[Order] = []
-    for instrument in instruments:
-        each = instrument.symbol
-        orders = session.scalars(
-            select(Order)
-            .where(Order.user_id == user_id, Order.instrument == each, Order.status.in_(OPEN_STATUSES))
-            .order_by(Order.id)
-            .execution_options(populate_existing=True)
-        ).all()
-        book = checkout_book(session, instrument)
-        for order in orders:
-            _cancel_locked(session, instrument, book, order, context)
-        session.flush()
-        checkin_book(session, instrument, book)
-        feed.publish_after_commit(session, instrument, prev_sequence=instrument.sequence - len(orders), orders=orders)
-        cancelled.extend(orders)
-    return cancelled
+    if symbol is not None:
+        get_instrument(session, symbol)  # 404 for an unknown instrument, even with nothing open
+        query = query.where(Order.instrument == symbol)
+    orders = list(session.scalars(query))
+    now = utcnow()
+    for order in orders:
+        if order.cancel_requested_at is None:
+            order.cancel_requested_at = now
+    session.flush()
+    if orders:
+        signals.announce_commands(session)
+    return orders

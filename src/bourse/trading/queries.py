@@ -9,11 +9,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from bourse.trading.errors import OrderNotFound
-from bourse.trading.models import OPEN_STATUSES, Order, Trade
+from bourse.trading.models import OPEN_STATUSES, PENDING_COMMANDS_SQL, Order, Trade
 
 
 def get_order(session: Session, order_id: int, *, user_id: uuid.UUID | None = None) -> Order:
@@ -46,3 +46,9 @@ def open_orders(session: Session, symbol: str) -> Iterable[Order]:
     return session.scalars(
         select(Order).where(Order.instrument == symbol, Order.status.in_(OPEN_STATUSES)).order_by(Order.id)
     )
+
+
+def any_outstanding(session: Session, order_ids: Iterable[int]) -> bool:
+    """Whether the matcher still has a command to carry out on any of ``order_ids``."""
+    query = select(Order.id).where(Order.id.in_(list(order_ids)), text(f"({PENDING_COMMANDS_SQL})")).limit(1)
+    return session.scalar(query) is not None

@@ -116,8 +116,17 @@ class OrderOut(BaseModel):
     filled_quantity: str
     quote_budget: str | None
     quote_spent: str
-    status: str
+    status: str = Field(
+        description="pending (accepted, funds held, not yet matched), open, partially_filled, filled,"
+        " cancelled or rejected"
+    )
     cancel_reason: str | None
+    reject_reason: str | None = Field(
+        default=None, description="Why the matcher refused the order (status rejected): an order rule's code"
+    )
+    cancel_requested: bool = Field(
+        default=False, description="A cancel was asked for and the matcher has not carried it out yet"
+    )
     created_at: datetime
     updated_at: datetime
     fills: list[TradeOut] = Field(default_factory=list)

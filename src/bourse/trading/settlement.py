@@ -1,116 +1,56 @@
-"""Settling what the book did: each fill in one journal entry, in the command's transaction.
+"""Settling what the book did: each fill in one journal entry, the whole batch in a few statements.
 
 A fill moves the seller's base to the buyer and the buyer's quote to the seller less
-the seller's fee, both fees to ``fees``, in ONE journal entry captured from the two
-orders' holds (:func:`bourse.ledger.holds.capture_holds`), and records the trade.
-What a finished order's hold still reserves (the unfilled part, price improvement,
-the fee reserve) is released. Each fill queues its commissions job in the same
-transaction, so no fill is ever lost to them.
+the seller's fee, both fees to the instrument's fee account, in ONE journal entry
+captured from the two orders' holds, and records the trade. What a finished order's
+hold still reserves (the unfilled part, price improvement, the fee reserve) is
+released. The entries are planned in memory against accounts and holds the batch
+locked once (:class:`bourse.ledger.batch.EntryBatch`) and written with the batch's
+trades in multi-row statements; the batch queues ONE commissions job naming its
+trades, in the same transaction, so no fill is ever lost to them.
+
+**Fees per instrument.** Every fill credits its fees to the instrument's own ``fees``
+account (``ref`` = the symbol), not the one ``fees`` account of the quote asset: the
+matchers of two instruments never queue on one hot row. The ``ledger.sweep_fees``
+job moves those balances into the asset's ``fees`` pool (``ref`` ""), from which
+commissions are paid (docs/decisions/0027-matcher-per-instrument-shard.md).
 
 Fees follow docs/decisions/0008-money-and-rounding.md: each is ``portion(notional,
 bps(rate))``, rounded down. A fill's notional is rounded down too (what the seller
 receives is what the buyer pays), so no fill charges more than the hold reserved.
-
-Every account a command posts to is locked before its first entry, all in one
-statement (:func:`lock_parties`); see :mod:`bourse.trading.orders` for the lock order.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
+from typing import Any, cast
 
+from sqlalchemy import Table, bindparam, insert, text, update
 from sqlalchemy.orm import Session
 
 from bourse.assets.rounding import bps, portion
-from bourse.ledger.accounts import AccountKey, lock_accounts, system_account, user_account
-from bourse.ledger.holds import capture_holds, release_hold, still_reserved
+from bourse.ledger.accounts import AccountKey
+from bourse.ledger.batch import EntryBatch
+from bourse.ledger.holds import release_hold, still_reserved
 from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context
 from bourse.queue.producer import enqueue
-from bourse.trading.engine.vocabulary import Cancelled, Fill, Rejected, Rested, Side
-from bourse.trading.errors import InvalidOrder
+from bourse.sqltypes import utcnow
+from bourse.trading.engine.vocabulary import Fill, Side
 from bourse.trading.instruments import notional
-from bourse.trading.models import DONE_STATUSES, Instrument, Order, OrderStatus, Trade
+from bourse.trading.models import Instrument, Order, OrderStatus, Trade
+
+ACCRUE_JOB = "commissions.accrue"  # the commissions domain's job, named here: it stands above trading
+_TRADES = cast("Table", Trade.__table__)
 
 
-def lock_parties(
-    session: Session,
-    instrument: Instrument,
-    taker: uuid.UUID,
-    makers: set[str],
-    cancels_own: bool,
-    *,
-    buys: bool,
-) -> None:
-    """Lock every account the order will post to, in one statement, before its first entry.
-
-    The book says whom the order will trade with before anything changes
-    (:meth:`Book.counterparties`). Each party pays from its ``available`` account of
-    one asset through its ``held`` one (hold, capture, release) and receives into its
-    ``available`` account of the other; fees go to the quote asset's ``fees``; resting
-    orders of the taker's own that self-trade prevention cancels release the asset the
-    taker receives. Locking them all at once, in id order, right after the instrument
-    lock, is what keeps two orders on two instruments from deadlocking (see
-    :mod:`bourse.trading.orders`).
-    """
-    base, quote = instrument.base_asset, instrument.quote_asset
-    available, held = AccountKind.available, AccountKind.held
-    keys: set[AccountKey] = set()
-
-    def party(user_id: uuid.UUID, *, buyer: bool, trades: bool) -> None:
-        pays, gets = (quote, base) if buyer else (base, quote)
-        keys.update({(available, pays, user_id), (held, pays, user_id)})
-        if trades:
-            keys.add((available, gets, user_id))
-
-    party(taker, buyer=buys, trades=bool(makers))
-    for maker in makers:
-        party(uuid.UUID(maker), buyer=not buys, trades=True)
-    if cancels_own:
-        party(taker, buyer=not buys, trades=False)
-    if makers:
-        keys.add((AccountKind.fees, quote, None))
-    lock_accounts(session, keys)
+def fee_account(instrument: Instrument) -> AccountKey:
+    """The account an instrument's fills pay their fees into (swept into the asset's pool)."""
+    return (AccountKind.fees, instrument.quote_asset, instrument.symbol)
 
 
-def apply_events(
-    session: Session, instrument: Instrument, taker: Order, events: Sequence[object], context: Context
-) -> list[Trade]:
-    """Write what the book did: settle fills, mark orders, release finished holds."""
-    touched: dict[int, Order] = {taker.id: taker}
-    trades: list[Trade] = []
-    for book_event in events:
-        if isinstance(book_event, Rejected):
-            raise InvalidOrder(f"The order was refused: {book_event.reason.value}")
-        if isinstance(book_event, Fill):
-            maker = touched.get(book_event.maker_id) or _order(session, book_event.maker_id)
-            touched[maker.id] = maker
-            trades.append(settle_fill(session, instrument, maker, taker, book_event, context))
-        elif isinstance(book_event, Cancelled):
-            cancelled = touched.get(book_event.order_id) or _order(session, book_event.order_id)
-            touched[cancelled.id] = cancelled
-            cancelled.status = OrderStatus.cancelled
-            cancelled.cancel_reason = book_event.reason.value
-        elif isinstance(book_event, Rested):
-            taker.status = OrderStatus.partially_filled if taker.filled_quantity else OrderStatus.open
-    for order in touched.values():
-        if order.status in DONE_STATUSES:
-            release_remainder(session, order, context)
-    return trades
-
-
-def _order(session: Session, order_id: int) -> Order:
-    order = session.get(Order, order_id)
-    if order is None:
-        raise RuntimeError(f"the book names order {order_id}, which is not in the database")
-    return order
-
-
-def settle_fill(  # noqa: PLR0917 - one fill's state
-    session: Session, instrument: Instrument, maker: Order, taker: Order, fill: Fill, context: Context
-) -> Trade:
-    """Settle one fill in one journal entry, and record it."""
+def settle_fill(ledger: EntryBatch, instrument: Instrument, maker: Order, taker: Order, fill: Fill) -> Trade:
+    """Post one fill's entry in ``ledger`` (in memory), move both orders, and return its trade (not written yet)."""
     price = fill.price * instrument.tick_size
     quantity = fill.quantity * instrument.lot_size
     quote = notional(instrument, price, quantity, instrument.base_scale, instrument.quote_scale)
@@ -122,20 +62,14 @@ def settle_fill(  # noqa: PLR0917 - one fill's state
         buyer, seller, buyer_fee, seller_fee = maker, taker, maker_fee, taker_fee
     base, quote_asset = instrument.base_asset, instrument.quote_asset
     captures = [
-        (seller.hold_id, quantity, user_account(session, buyer.user_id, base)),
-        (buyer.hold_id, quote - seller_fee, user_account(session, seller.user_id, quote_asset)),
-        (buyer.hold_id, seller_fee + buyer_fee, system_account(session, AccountKind.fees, quote_asset)),
+        (seller.hold_id, quantity, ledger.account((AccountKind.available, base, buyer.user_id))),
+        (buyer.hold_id, quote - seller_fee, ledger.account((AccountKind.available, quote_asset, seller.user_id))),
+        (buyer.hold_id, seller_fee + buyer_fee, ledger.account(fee_account(instrument))),
     ]
-    posted = capture_holds(
-        session,
+    entry_id = ledger.capture(
         captures=[capture for capture in captures if capture[1] > 0],
-        legs=[],
         kind="trade",
-        context=Context(
-            actor=context.actor,
-            idempotency_key=f"trade:{instrument.symbol}:{fill.sequence}",
-            request_id=context.request_id,
-        ),
+        idempotency_key=f"trade:{instrument.symbol}:{fill.sequence}",
         metadata={"instrument": instrument.symbol, "sequence": fill.sequence},
     )
     for order in (maker, taker):
@@ -144,7 +78,7 @@ def settle_fill(  # noqa: PLR0917 - one fill's state
     maker.status = OrderStatus.filled if maker.filled_quantity == maker.quantity else OrderStatus.partially_filled
     taker.status = OrderStatus.filled if taker.filled_quantity == taker.quantity else OrderStatus.partially_filled
     instrument.last_price = price
-    trade = Trade(
+    return Trade(
         instrument=instrument.symbol,
         sequence=fill.sequence,
         price=price,
@@ -157,17 +91,152 @@ def settle_fill(  # noqa: PLR0917 - one fill's state
         quote_amount=quote,
         maker_fee=maker_fee,
         taker_fee=taker_fee,
-        entry_id=posted.entry_id,
+        entry_id=entry_id,
+        created_at=utcnow(),
     )
-    session.add(trade)
-    session.flush()
+
+
+def release_finished(ledger: EntryBatch, order: Order) -> None:
+    """Give back what a finished order's hold still reserves (unfilled part, price improvement, fee reserve)."""
+    ledger.release(order.hold_id, idempotency_key=f"order:{order.id}:release")
+
+
+_TRADE_COLUMNS = (
+    "instrument",
+    "sequence",
+    "price",
+    "quantity",
+    "maker_order_id",
+    "taker_order_id",
+    "maker_user_id",
+    "taker_user_id",
+    "taker_side",
+    "quote_amount",
+    "maker_fee",
+    "taker_fee",
+    "entry_id",
+    "created_at",
+)
+
+
+def record_trades(session: Session, instrument: Instrument, trades: Sequence[Trade]) -> None:
+    """Insert the batch's trades in one statement (after its entries), give each its id,
+    and queue ONE commissions job for all of them."""
+    if not trades:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.connection().execute(
+            _PG_INSERT_TRADES,
+            {f"t_{name}": [getattr(trade, name) for trade in trades] for name in _TRADE_COLUMNS},
+        )
+        ids = {row[0]: row[1] for row in rows}
+        for trade in trades:
+            trade.id = ids[trade.sequence]
+    else:
+        statement = insert(_TRADES).returning(_TRADES.c.id, sort_by_parameter_order=True)
+        values = [{name: getattr(trade, name) for name in _TRADE_COLUMNS} for trade in trades]
+        for trade, trade_id in zip(trades, session.execute(statement, values).scalars(), strict=True):
+            trade.id = trade_id
     # Commissions accrue in their own job, queued in this transaction: a fill is never lost to them.
-    enqueue(session, "commissions.accrue", {"trade_id": trade.id}, unique_key=f"commissions:{trade.id}")
-    return trade
+    enqueue(
+        session,
+        ACCRUE_JOB,
+        {"trade_ids": [trade.id for trade in trades]},
+        unique_key=f"commissions:{instrument.symbol}:{trades[0].sequence}",
+    )
+
+
+# The columns the matcher changes on an order, written for the whole batch at once.
+_ORDER_STATE = (
+    "status",
+    "sequence",
+    "filled_quantity",
+    "quote_spent",
+    "cancel_reason",
+    "reject_reason",
+    "cancel_sequence",
+)
+
+
+def write_orders(session: Session, orders: Sequence[Order]) -> None:
+    """Write the state of every order the batch touched in ONE statement (executemany elsewhere
+    than PostgreSQL), then detach them: the ORM must not write them again, one by one.
+
+    The caller holds each row: the pending commands are locked, and a resting order the
+    batch fills or cancels changes only by the instrument's one matcher.
+    """
+    if not orders:
+        return
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        params: dict[str, Any] = {"o_ids": [order.id for order in orders], "now": now}
+        for name in _ORDER_STATE:
+            params[f"o_{name}"] = [_column_value(getattr(order, name)) for order in orders]
+        written = int(session.connection().execute(_PG_UPDATE_ORDERS, params).scalar_one())
+    else:
+        rows = [
+            {
+                "o_id": order.id,
+                "o_now": now,
+                **{f"o_{name}": _column_value(getattr(order, name)) for name in _ORDER_STATE},
+            }
+            for order in orders
+        ]
+        written = int(session.execute(_UPDATE_ORDER, rows).rowcount)  # type: ignore[attr-defined]
+    if written != len(orders):
+        raise RuntimeError(f"the batch wrote {written} of its {len(orders)} orders")
+    for order in orders:
+        order.updated_at = now
+        if order in session:
+            session.expunge(order)
+
+
+def _column_value(value: Any) -> Any:
+    return value.value if isinstance(value, OrderStatus) else value
+
+
+_ORDERS = cast("Table", Order.__table__)
+_UPDATE_ORDER = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("o_id"))
+    .values(updated_at=bindparam("o_now"), **{name: bindparam(f"o_{name}") for name in _ORDER_STATE})
+)
+_PG_UPDATE_ORDERS = text(
+    """
+    WITH u AS (
+        UPDATE orders SET status = v.status, sequence = v.sequence, filled_quantity = v.filled_quantity,
+            quote_spent = v.quote_spent, cancel_reason = v.cancel_reason, reject_reason = v.reject_reason,
+            cancel_sequence = v.cancel_sequence, updated_at = :now
+        FROM unnest(
+            CAST(:o_ids AS bigint[]), CAST(:o_status AS varchar[]), CAST(:o_sequence AS bigint[]),
+            CAST(:o_filled_quantity AS bigint[]), CAST(:o_quote_spent AS bigint[]),
+            CAST(:o_cancel_reason AS varchar[]), CAST(:o_reject_reason AS varchar[]),
+            CAST(:o_cancel_sequence AS bigint[])
+        ) AS v(id, status, sequence, filled_quantity, quote_spent, cancel_reason, reject_reason, cancel_sequence)
+        WHERE orders.id = v.id
+        RETURNING 1
+    )
+    SELECT count(*) FROM u
+    """
+)
+_PG_INSERT_TRADES = text(
+    """
+    INSERT INTO trades (instrument, sequence, price, quantity, maker_order_id, taker_order_id, maker_user_id,
+        taker_user_id, taker_side, quote_amount, maker_fee, taker_fee, entry_id, created_at)
+    SELECT * FROM unnest(
+        CAST(:t_instrument AS varchar[]), CAST(:t_sequence AS bigint[]), CAST(:t_price AS bigint[]),
+        CAST(:t_quantity AS bigint[]), CAST(:t_maker_order_id AS bigint[]), CAST(:t_taker_order_id AS bigint[]),
+        CAST(:t_maker_user_id AS uuid[]), CAST(:t_taker_user_id AS uuid[]), CAST(:t_taker_side AS varchar[]),
+        CAST(:t_quote_amount AS bigint[]), CAST(:t_maker_fee AS bigint[]), CAST(:t_taker_fee AS bigint[]),
+        CAST(:t_entry_id AS uuid[]), CAST(:t_created_at AS timestamptz[])
+    )
+    RETURNING sequence, id
+    """
+)
 
 
 def release_remainder(session: Session, order: Order, context: Context) -> None:
-    """Give back what a finished order's hold still reserves (unfilled part, price improvement, fee reserve)."""
+    """Outside a batch (an order rejected on its own): release what its hold still reserves."""
     if still_reserved(session, order.hold_id) == 0:
         return
     release_hold(

@@ -24,6 +24,7 @@ from bourse.db import Database
 from bourse.errors import BourseError
 from bourse.identity.dependencies import authenticate
 from bourse.logging import get_logger
+from bourse.metrics import WS_CONNECTIONS
 from bourse.settings import Settings
 from bourse.trading import market_data
 from bourse.trading.fanout import Connection, Hub, Key
@@ -171,14 +172,17 @@ async def _send(websocket: WebSocket, connection: Connection) -> None:
                     connection.floors[key] = snapshot["sequence"]
                     await websocket.send_json(snapshot)
                 continue
-            key_or_none, message = connection.pending.popleft()
+            key_or_none, message, text = connection.pending.popleft()
             if key_or_none is not None:
                 if key_or_none not in connection.subscriptions:
                     continue
                 floor = connection.floors.get(key_or_none)
                 if floor is not None and message.get("sequence", floor + 1) <= floor:
                     continue
-            await websocket.send_json(message)
+            if text is None:
+                await websocket.send_json(message)
+            else:
+                await websocket.send_text(text)  # encoded once for every connection
 
 
 @ws_router.websocket("/api/v1/ws")
@@ -186,6 +190,7 @@ async def market_stream(websocket: WebSocket) -> None:
     hub: Hub = websocket.app.state.market_hub
     await websocket.accept()
     connection = Connection(hub.queue_size)
+    WS_CONNECTIONS.inc()
 
     async def receive_then_stop(group: anyio.abc.TaskGroup) -> None:
         await _receive(websocket, hub, connection)
@@ -199,3 +204,4 @@ async def market_stream(websocket: WebSocket) -> None:
         log.info("stream_closed", reason=repr(closed.exceptions[0]))
     finally:
         hub.drop(connection)
+        WS_CONNECTIONS.dec()
