@@ -1,0 +1,3 @@
+export default function TradePage() {
+  return <h1 className="text-xl font-semibold">Trade</h1>;
+}
