@@ -1,4 +1,4 @@
-"""``/api/v1/auth``: register, login, refresh, logout, me, and TOTP enrolment.
+"""``/api/v1/auth``: register, login, refresh, logout, me, TOTP enrolment, and browser sessions.
 
 Registration may carry a referral code, which the referrals domain (above this one:
 it stores users' referrers) checks and records. Identity never imports it: the
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Annotated, Protocol
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from bourse.api.routing import DbSession, LeasedDatabase, router
-from bourse.db import unit_of_work
+from bourse.db import Database, unit_of_work
 from bourse.errors import declared_refusals, raises
 from bourse.identity import service
 from bourse.identity.dependencies import CurrentPrincipal
 from bourse.identity.errors import (
     AccountLocked,
+    CsrfRefused,
     EmailTaken,
     InvalidCredentials,
     InvalidEmail,
@@ -39,9 +42,11 @@ from bourse.identity.errors import (
 from bourse.identity.models import Role
 from bourse.identity.passwords import hasher_for
 from bourse.identity.schemas import (
+    REFRESH_TOKEN_MAX,
     LoginRequest,
     RefreshRequest,
     RegisterRequest,
+    SessionTokenResponse,
     TokenResponse,
     TotpCodeRequest,
     TotpEnrolmentResponse,
@@ -123,19 +128,194 @@ def login(body: LoginRequest, request: Request, database: LeasedDatabase) -> Tok
 @raises(InvalidToken, AccountLocked)
 @auth.post("/refresh", summary="Exchange a refresh token for new tokens (the old one is used up)")
 def refresh(body: RefreshRequest, request: Request, database: LeasedDatabase) -> TokenResponse:
+    return TokenResponse.model_validate(_rotate(database, _settings(request), body.refresh_token))
+
+
+def _rotate(database: Database, settings: Settings, token: str) -> service.TokenPair:
+    """Rotate a refresh token in a transaction of its own: when a reused token is detected
+    the family's revocation must be committed although the request is refused."""
+    if not token or len(token) > REFRESH_TOKEN_MAX:
+        raise InvalidToken
     reused: service.RefreshTokenReused | None = None
     pair: service.TokenPair | None = None
-    # Its own transaction rather than the request's: when a reused token is detected
-    # the family's revocation must be committed although the request is refused.
     with unit_of_work(database) as session:
         try:
-            pair = service.refresh(session, _settings(request), body.refresh_token)
+            pair = service.refresh(session, settings, token)
         except service.RefreshTokenReused as exc:
             reused = exc
     if reused is not None:
         raise reused
     assert pair is not None  # noqa: S101 - one of the two branches above ran
-    return TokenResponse.model_validate(pair)
+    return pair
+
+
+# --- Browser sessions (docs/decisions/0029-browser-sessions.md) ----------------------------
+#
+# The refresh token lives in an HttpOnly, Secure, SameSite=Strict cookie scoped to this
+# path, never in a body; the access token is answered and kept in the page's memory.
+# The cookie-authenticated operations take X-Bourse-CSRF: 1 and, when the browser names
+# an Origin, only their own.
+
+SESSION_PATH = "/api/v1/auth/session"
+SESSION_COOKIE = "bourse_refresh"
+CSRF_HEADER = "X-Bourse-CSRF"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` as (scheme, host, port), or None if it is not one."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in {"", "/"} or parts.query:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def _check_origin(request: Request) -> None:
+    """A browser names the page's origin on every cross-origin POST and DELETE: it must be ours.
+
+    Ours is the request's scheme (``X-Forwarded-Proto`` from a trusted proxy, which the
+    server already applies: BOURSE_FORWARDED_ALLOW_IPS) with its ``Host``.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return  # not a browser, or a same-origin GET-like request: the header is the guard
+    own = _origin_key(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    if own is None or _origin_key(origin) != own:
+        raise CsrfRefused("The request comes from another origin")
+
+
+@raises(CsrfRefused)
+def _csrf_guard(
+    request: Request,
+    x_bourse_csrf: Annotated[
+        str | None,
+        Header(
+            alias=CSRF_HEADER,
+            description="Required, `1`: a cross-site form cannot send a custom header, and a cross-origin "
+            "script would need a CORS preflight Bourse never grants.",
+            json_schema_extra={"enum": ["1"]},
+        ),
+    ] = None,
+) -> None:
+    if x_bourse_csrf != "1":
+        raise CsrfRefused(f"Send the header {CSRF_HEADER}: 1")
+    _check_origin(request)
+
+
+CsrfChecked = Annotated[None, Depends(_csrf_guard)]
+
+
+def _cookie_header(value: str, max_age: int) -> str:
+    """The ``Set-Cookie`` value: HttpOnly, Secure, SameSite=Strict, on the session path only."""
+    carrier = Response()
+    carrier.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=max_age,
+        path=SESSION_PATH,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return carrier.headers["set-cookie"]
+
+
+def _session_answer(pair: service.TokenPair, settings: Settings) -> JSONResponse:
+    body = SessionTokenResponse(access_token=pair.access_token, token_type=pair.token_type, expires_in=pair.expires_in)
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        headers={**_NO_STORE, "Set-Cookie": _cookie_header(pair.refresh_token, settings.refresh_token_ttl_seconds)},
+    )
+
+
+_SETS_COOKIE = {
+    200: {
+        "description": "Signed in: the access token; the refresh token is in the cookie",
+        "headers": {
+            "Set-Cookie": {
+                "description": f"`{SESSION_COOKIE}`: the refresh token; HttpOnly; Secure; SameSite=Strict; "
+                f"Path={SESSION_PATH}; Max-Age the refresh token's lifetime",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
+_SESSION_COOKIE_DOC = (
+    f"Reads the `{SESSION_COOKIE}` cookie set by `POST {SESSION_PATH}`. Requires the header "
+    f"`{CSRF_HEADER}: 1`, and an `Origin`, when sent, that is this server's (`csrf_refused`)."
+)
+
+
+@raises(
+    InvalidCredentials, TotpRequired, InvalidTotpCode, AccountLocked, TooManyAttempts, ThrottleUnavailable, CsrfRefused
+)
+@auth.post(
+    "/session",
+    summary="Sign in from a browser: the refresh token is set as an HttpOnly cookie, never in the body",
+    response_model=SessionTokenResponse,
+    responses=_SETS_COOKIE,  # type: ignore[arg-type]
+)
+def create_session(body: LoginRequest, request: Request, database: LeasedDatabase) -> JSONResponse:
+    """As ``/login``; the answer carries the access token, and sets the ``bourse_refresh`` cookie.
+
+    An ``Origin`` naming another site is refused (``csrf_refused``), so a foreign page
+    cannot sign a browser into somebody else's account.
+    """
+    _check_origin(request)
+    settings = _settings(request)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    pair = service.login(
+        database,
+        settings,
+        throttle,
+        email=body.email,
+        password=body.password,
+        totp_code=body.totp_code,
+        client_ip=request.client.host if request.client else None,
+    )
+    return _session_answer(pair, settings)
+
+
+@raises(InvalidToken, AccountLocked, CsrfRefused)
+@auth.post(
+    "/session/refresh",
+    summary="Rotate the browser session's refresh cookie and answer a new access token",
+    response_model=SessionTokenResponse,
+    responses=_SETS_COOKIE,  # type: ignore[arg-type]
+    description=_SESSION_COOKIE_DOC
+    + " A missing, unknown, expired or reused cookie is `invalid_token` and the cookie is cleared; a reused "
+    "one also revokes every token of its sign-in, as `/refresh` does.",
+)
+def refresh_session(request: Request, database: LeasedDatabase, _csrf: CsrfChecked) -> JSONResponse:
+    settings = _settings(request)
+    token = request.cookies.get(SESSION_COOKIE, "")
+    try:
+        pair = _rotate(database, settings, token)
+    except (InvalidToken, AccountLocked) as exc:
+        exc.headers["Set-Cookie"] = _cookie_header("", 0)
+        raise
+    return _session_answer(pair, settings)
+
+
+@raises(CsrfRefused)
+@auth.delete(
+    "/session",
+    status_code=204,
+    summary="Sign the browser out: revoke its sign-in's refresh tokens and clear the cookie",
+    description=_SESSION_COOKIE_DOC + " Answers 204 with or without a cookie.",
+)
+def delete_session(request: Request, session: DbSession, _csrf: CsrfChecked) -> Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        service.logout(session, token)
+    return Response(status_code=204, headers={**_NO_STORE, "Set-Cookie": _cookie_header("", 0)})
 
 
 @auth.post("/logout", status_code=204, summary="Revoke this sign-in's refresh tokens")

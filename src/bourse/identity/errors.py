@@ -111,3 +111,12 @@ class ThrottleUnavailable(errors.TemporarilyUnavailable, IdentityError):
 
 class UserNotFound(errors.NotFound, IdentityError):
     code = "user_not_found"
+
+
+class CsrfRefused(errors.Forbidden, IdentityError):
+    """A cookie-authenticated request without ``X-Bourse-CSRF: 1``, or from another origin.
+
+    See docs/decisions/0029-browser-sessions.md.
+    """
+
+    code = "csrf_refused"

@@ -12,7 +12,8 @@ from bourse.identity.models import Role, UserStatus
 # Generous bounds: the service applies the real policy with its own error codes.
 _EMAIL = Field(min_length=1, max_length=320)
 _PASSWORD = Field(min_length=1, max_length=4096)
-_TOKEN = Field(min_length=1, max_length=512)
+REFRESH_TOKEN_MAX = 512
+_TOKEN = Field(min_length=1, max_length=REFRESH_TOKEN_MAX)
 _CODE = Field(min_length=1, max_length=16)
 
 
@@ -57,6 +58,14 @@ class TokenResponse(BaseModel):
 
     access_token: str
     refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+
+
+class SessionTokenResponse(BaseModel):
+    """A browser sign-in's answer: the access token only; the refresh token is in the cookie."""
+
+    access_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
     expires_in: int
 
