@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -136,6 +137,57 @@ def config_show(as_json: bool) -> None:
     value_width = min(48, max(len(row.value) for row in rows))
     for row in rows:
         click.echo(f"{row.name:<{width}}  {row.value:<{value_width}}  {row.source}")
+
+
+# What `bourse openapi` builds the app with: no database, Redis or matcher is reached,
+# and nothing configured changes the schema (BOURSE_METRICS_PORT would drop /metrics).
+# The database is a SQLite file in a scratch directory that is never opened.
+OPENAPI_SETTINGS: dict[str, object] = {
+    "env": "development",
+    "redis_url": None,
+    "metrics_port": None,
+    "stream": "in-process",
+    "matcher": "external",
+}
+
+
+def openapi_document() -> str:
+    """The API's OpenAPI schema as JSON: sorted keys, two-space indent, a final newline."""
+    from bourse.app import create_app
+    from bourse.settings import SettingsError, load_settings
+
+    with tempfile.TemporaryDirectory(prefix="bourse-openapi-") as scratch:
+        try:
+            settings = load_settings(**OPENAPI_SETTINGS, database_url=f"sqlite:///{scratch}/never-opened.db")
+        except SettingsError as exc:
+            fail_config(str(exc))
+        app = create_app(settings)
+        try:
+            schema = app.openapi()
+        finally:
+            app.state.db.dispose()
+            app.state.probe_db.dispose()
+        assert not any(Path(scratch).iterdir()), "bourse openapi opened its database"  # noqa: S101
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@main.command()
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write the schema to FILE instead of standard output.",
+)
+def openapi(output: Path | None) -> None:
+    """Print the API's OpenAPI schema (JSON), as /api/openapi.json serves it, without a database.
+
+    The web UI generates its TypeScript types from it.
+    """
+    document = openapi_document()
+    if output is None:
+        click.echo(document, nl=False)
+    else:
+        output.write_text(document, encoding="utf-8")
 
 
 @main.command()
