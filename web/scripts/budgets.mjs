@@ -16,7 +16,8 @@ const manifest = JSON.parse(readFileSync(path.join(dist, ".vite", "manifest.json
 /** Routes with a budget: the module React.lazy loads, and its limit in bytes (gzip). */
 const BUDGETS = [
   { route: "sign-in (/signin)", module: "src/pages/auth/SignInPage.tsx", limit: 200_000 },
-  { route: "trade (/trade/:symbol)", module: "src/pages/trade/TradePage.tsx", limit: 350_000 },
+  // The trade screen loads its chart lazily, but right away: it is counted.
+  { route: "trade (/trade/:symbol)", module: "src/pages/trade/TradePage.tsx", also: ["src/pages/trade/CandleChart.tsx"], limit: 350_000 },
 ];
 
 const gzipCache = new Map();
@@ -54,8 +55,10 @@ for (const key of lazy) {
 
 let failed = false;
 console.log("\nBudgets:");
-for (const { route, module, limit } of BUDGETS) {
-  const size = total(closure(module, new Set(entryFiles)));
+for (const { route, module, also = [], limit } of BUDGETS) {
+  const files = closure(module, new Set(entryFiles));
+  for (const extra of also) closure(extra, files);
+  const size = total(files);
   const ok = size <= limit;
   failed ||= !ok;
   console.log(`  ${ok ? "ok  " : "FAIL"} ${route.padEnd(28)} ${kb(size).padStart(10)} of ${kb(limit)}`);
