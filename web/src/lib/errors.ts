@@ -160,6 +160,8 @@ export function isKnownCode(code: string): code is ErrorCode {
   return Object.prototype.hasOwnProperty.call(ERROR_MESSAGES, code);
 }
 
+const WITH_DETAIL: ReadonlySet<string> = new Set(["invalid_order", "order_invalid", "plan_invalid", "invalid_state"]);
+
 export interface FieldError {
   loc: string;
   msg: string;
@@ -176,7 +178,8 @@ export class ApiError extends Error {
 
   constructor(status: number, code: string, detail: string, requestId: string | null, errors: FieldError[] = []) {
     const known = isKnownCode(code) ? ERROR_MESSAGES[code] : undefined;
-    super(known?.message ?? detail);
+    // A few codes cover many rules; the server's detail says which one.
+    super(known && WITH_DETAIL.has(code) ? `${known.message} ${detail}` : (known?.message ?? detail));
     this.name = "ApiError";
     this.status = status;
     this.code = code;

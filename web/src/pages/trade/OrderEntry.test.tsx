@@ -77,7 +77,7 @@ describe("order entry", () => {
     await user.click(screen.getByRole("button", { name: "Buy ETH" }));
     expect(await screen.findByText(/Order 7: Resting/)).toBeInTheDocument();
     const order = calls.find((c) => c.path === "/api/v1/orders");
-    expect(order?.body).toEqual({ instrument: "ETH-USD", side: "buy", type: "limit", tif: "GTC", price: "0.30", quantity: "3" });
+    expect(order?.body).toEqual({ instrument: "ETH-USD", side: "buy", type: "limit", tif: "gtc", price: "0.30", quantity: "3" });
     expect(order?.headers.get("Idempotency-Key")).toMatch(/^[0-9a-f-]{36}$/);
   });
 

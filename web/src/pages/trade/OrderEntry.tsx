@@ -36,7 +36,7 @@ export function OrderEntry({ instrument, quoteScale }: { instrument: Schemas["In
             instrument: instrument.symbol,
             side: draft.side,
             type: draft.type,
-            tif: draft.tif,
+            tif: draft.tif.toLowerCase(),
             ...(draft.type === "limit" ? { price: draft.price.trim() } : {}),
             ...(marketBuy ? { quote_budget: draft.quoteBudget.trim() } : { quantity: draft.quantity.trim() }),
           },

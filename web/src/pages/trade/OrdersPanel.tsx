@@ -47,7 +47,7 @@ function OrdersTable({ orders, cancellable }: { orders: Schemas["OrderOut"][]; c
             <tr key={o.id} className="border-b border-slate-100">
               <td className="py-1">{formatTime(o.created_at)}</td>
               <td className={o.side === "buy" ? "text-green-800" : "text-red-800"}>{humanize(o.side)}</td>
-              <td>{o.type} {o.tif}</td>
+              <td>{o.type} {o.tif.toUpperCase()}</td>
               <td className="text-right font-mono">{o.price ?? "market"}</td>
               <td className="text-right font-mono">{o.filled_quantity} / {o.quantity}</td>
               <td>{humanize(o.status)}{o.cancel_requested ? " (cancelling)" : ""}{o.cancel_reason ? ` (${o.cancel_reason})` : ""}</td>
