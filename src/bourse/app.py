@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
@@ -49,6 +50,7 @@ from bourse.trading.api import orders as orders_api
 from bourse.trading.api import stream
 from bourse.trading.matcher import MatcherService
 from bourse.trading.results import Listener
+from bourse.webui import mount_ui
 
 API_PREFIX = "/api/v1"
 # Worker threads beyond the connection leases, for work that holds none (health
@@ -140,8 +142,10 @@ def create_app(
     *,
     database: Database | None = None,
     redis: Redis | None = None,
+    web_dist: Path | None = None,
 ) -> FastAPI:
-    """Build the API. The caller may pass a database or Redis client to share."""
+    """Build the API. The caller may pass a database or Redis client to share, and the
+    web UI's build directory (default: the one inside the package, :mod:`bourse.webui`)."""
     settings = settings or load_settings()
     db = database or Database.from_settings(settings, lock_timeout_ms=settings.database_lock_timeout_ms)
     redis_client = redis if redis is not None else create_redis(settings)
@@ -213,6 +217,7 @@ def create_app(
         admission=Admission(settings.http_max_in_flight),
     )
     _include_routers(app, settings)
+    mount_ui(app, web_dist)  # after the routers: the UI answers only where none does
     return app
 
 
