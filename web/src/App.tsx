@@ -17,6 +17,8 @@ const DepositStatusPage = lazy(() => import("./pages/payments/DepositStatusPage"
 const WithdrawPage = lazy(() => import("./pages/payments/WithdrawPage"));
 const MarketsPage = lazy(() => import("./pages/trade/MarketsPage"));
 const TradePage = lazy(() => import("./pages/trade/TradePage"));
+const IbPortalPage = lazy(() => import("./pages/ib/IbPortalPage"));
+const BackOfficePage = lazy(() => import("./pages/admin/BackOfficePage"));
 const NotFoundPage = lazy(() => import("./pages/NotFoundPage"));
 
 export function makeQueryClient(): QueryClient {
@@ -64,6 +66,13 @@ export function AppRoutes() {
         <Route path="/withdraw" element={<WithdrawPage />} />
         <Route path="/trade" element={<MarketsPage />} />
         <Route path="/trade/:symbol" element={<TradePage />} />
+      </Route>
+      <Route element={<RequireAuth roles={["ib"]} />}>
+        <Route path="/ib" element={<IbPortalPage />} />
+      </Route>
+      <Route element={<RequireAuth roles={["operator", "admin"]} />}>
+        <Route path="/admin" element={<BackOfficePage />} />
+        <Route path="/admin/*" element={<BackOfficePage />} />
       </Route>
       <Route path="*" element={<NotFoundPage />} />
     </Routes>

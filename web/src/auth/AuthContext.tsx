@@ -47,7 +47,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
   }, [client]);
 
   const me = useQuery({
-    queryKey: ["me", token],
+    queryKey: ["me"],
     queryFn: () => unwrap(api.GET("/api/v1/auth/me")),
     enabled: token !== null,
     staleTime: 60_000,
