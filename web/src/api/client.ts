@@ -18,19 +18,34 @@ function withToken(request: Request): Request {
   return request;
 }
 
-/** Sends with the access token; on a 401 refreshes the session once and retries. */
+/**
+ * Whether a 401 is about the access token (missing, expired, revoked), which a refresh
+ * may cure, and not a refusal of what was sent (a wrong password or TOTP code, which
+ * must never be sent twice).
+ */
+async function tokenRefused(response: Response): Promise<boolean> {
+  if (response.status !== 401) return false;
+  try {
+    const body = (await response.clone().json()) as { error?: unknown };
+    return body.error === "invalid_token";
+  } catch {
+    return false;
+  }
+}
+
+/** Sends with the access token; on a 401 for the token, refreshes the session once and retries. */
 export async function authFetch(request: Request): Promise<Response> {
   const retry = request.clone();
   const hadToken = getAccessToken() !== null;
   const response = await send(withToken(request));
-  if (response.status !== 401) return response;
+  if (!(await tokenRefused(response))) return response;
   const refreshed = await refreshSession().catch(() => false);
   if (!refreshed) {
     if (hadToken) onSignedOut();
     return response;
   }
   const second = await send(withToken(retry));
-  if (second.status === 401) onSignedOut();
+  if (await tokenRefused(second)) onSignedOut();
   return second;
 }
 
