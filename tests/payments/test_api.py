@@ -795,6 +795,132 @@ def test_an_amount_or_currency_mismatch_needs_review(pay: Payments, amount: int,
     pay.books_balance()
 
 
+# --- Operators resolve deposits under review ------------------------------------------------
+
+
+def _under_review(pay: Payments, user: TestUser, asked: int, received: int | None, currency: str = "USD") -> DepositRef:
+    deposit = pay.deposit(user, asked)
+    reported = asked + 1 if received is None else received
+    event = deposit_event("deposit.succeeded", deposit, amount=reported, currency=currency, status="succeeded")
+    assert pay.deliver(event) == "needs_review"
+    if received is None:  # a provider that names no amount (the simulator always does)
+        with unit_of_work(pay.database) as session:
+            session.execute(update(Deposit).where(Deposit.id == deposit.id).values(received_amount=None))
+    return deposit
+
+
+def _review(pay: Payments, deposit: DepositRef, action: str, operator: TestUser, **options: Any) -> httpx.Response:
+    body = {"reason": options.pop("reason", "bank wire came in short; confirmed with the payer")}
+    headers = pay.headers(operator, options.pop("key", None))
+    return pay.client.post(f"/api/v1/admin/deposits/{deposit.id}/{action}", json=body, headers=headers)
+
+
+def test_an_operator_finds_the_deposits_under_review_and_credits_what_arrived(pay: Payments) -> None:
+    alice = pay.user()
+    operator = pay.user(Role.operator)
+    deposit = _under_review(pay, alice, 100_00, 99_50)
+    listed = pay.get("/api/v1/admin/deposits?state=needs_review&limit=200", operator)
+    assert listed.status_code == 200, listed.text
+    [found] = [row for row in listed.json()["data"] if row["id"] == str(deposit.id)]
+    assert (found["amount"], found["received_amount"], found["received_currency"]) == ("100.00", "99.50", "USD")
+    clearing, entries = pay.clearing(), pay.counts()[0]
+
+    key = uuid.uuid4().hex
+    credited = _review(pay, deposit, "credit", operator, key=key)
+    assert credited.status_code == 200, credited.text
+    body = credited.json()
+    assert (body["state"], body["amount"], body["received_amount"]) == ("succeeded", "99.50", "99.50")
+    assert body["credited_at"] is not None
+    last = body["audit"][-1]
+    assert (last["from_state"], last["to_state"], last["actor"]) == ("needs_review", "succeeded", f"user:{operator.id}")
+    assert "bank wire came in short" in last["reason"]
+    assert "99.50" in last["reason"] or "9950" in last["reason"]
+    # What arrived, and only that, moved from the provider's clearing account to the wallet.
+    assert pay.available(alice) == 99_50
+    assert pay.clearing() == clearing - 99_50
+    assert pay.counts()[0] == entries + 1
+    row = pay.deposit_row(deposit)
+    assert (row.state, row.amount, row.credit_entry_id is not None) == (DepositState.succeeded, 99_50, True)
+    with pay.database.sessions() as session:
+        entry = session.get_one(JournalEntry, row.credit_entry_id)
+        assert entry.actor == f"user:{operator.id}"
+
+    # The same request again replays the answer; another one is refused: credited once only.
+    replay = _review(pay, deposit, "credit", operator, key=key)
+    assert (replay.status_code, replay.headers["Idempotent-Replayed"]) == (200, "true")
+    again = _review(pay, deposit, "credit", pay.user(Role.operator))
+    assert (again.status_code, again.json()["error"]) == (409, "invalid_state")
+    assert pay.available(alice) == 99_50
+    # A refund later reverses at most what was credited.
+    refund = deposit_event("deposit.refunded", deposit, amount=100_00, status="refunded")
+    assert pay.deliver(refund) == "applied"
+    assert (pay.available(alice), pay.receivable(alice)) == (0, 0)
+    pay.books_balance()
+
+
+def test_an_operator_rejects_a_deposit_under_review_and_nothing_is_credited(pay: Payments) -> None:
+    alice = pay.user()
+    operator = pay.user(Role.operator)
+    deposit = _under_review(pay, alice, 100_00, 100_01)
+    entries = pay.counts()[0]
+    for body in ({}, {"reason": ""}, {"reason": "  x "}):
+        refused = pay.post(f"/api/v1/admin/deposits/{deposit.id}/reject", operator, body)
+        assert (refused.status_code, refused.json()["error"]) == (422, "validation_error"), body
+    rejected = _review(pay, deposit, "reject", operator, reason="payer sent from a third-party account")
+    assert rejected.status_code == 200, rejected.text
+    body = rejected.json()
+    assert body["state"] == "failed"
+    assert body["failure_reason"] == "rejected after review: payer sent from a third-party account"
+    last = body["audit"][-1]
+    assert (last["from_state"], last["to_state"], last["actor"]) == ("needs_review", "failed", f"user:{operator.id}")
+    assert pay.available(alice) == 0
+    assert pay.counts()[0] == entries
+    late = _review(pay, deposit, "credit", operator)
+    assert (late.status_code, late.json()["error"]) == (409, "invalid_state")
+    pay.books_balance()
+
+
+def test_another_currency_or_no_amount_is_never_credited(pay: Payments) -> None:
+    alice = pay.user()
+    operator = pay.user(Role.operator)
+    euros = _under_review(pay, alice, 100_00, 100_00, "EUR")
+    refused = _review(pay, euros, "credit", operator)
+    assert (refused.status_code, refused.json()["error"]) == (409, "deposit_currency_mismatch")
+    unknown = _under_review(pay, alice, 100_00, None)
+    nothing = _review(pay, unknown, "credit", operator)
+    assert (nothing.status_code, nothing.json()["error"]) == (409, "received_amount_unknown")
+    for deposit in (euros, unknown):
+        assert pay.deposit_row(deposit).state is DepositState.needs_review
+        assert _review(pay, deposit, "reject", operator).json()["state"] == "failed"
+    assert pay.available(alice) == 0
+    pay.books_balance()
+
+
+def test_nobody_resolves_their_own_deposit_and_clients_resolve_none(pay: Payments) -> None:
+    operator = pay.user(Role.operator)
+    own = _under_review(pay, operator, 50_00, 49_00)
+    for action in ("credit", "reject"):
+        refused = _review(pay, own, action, operator)
+        assert (refused.status_code, refused.json()["error"]) == (403, "self_approval_forbidden"), action
+    alice = pay.user()
+    theirs = _under_review(pay, alice, 50_00, 49_00)
+    for action in ("credit", "reject"):
+        refused = _review(pay, theirs, action, alice)
+        assert (refused.status_code, refused.json()["error"]) == (403, "forbidden"), action
+    missing = pay.client.post(
+        f"/api/v1/admin/deposits/{uuid.uuid4()}/reject", json={"reason": "no such"}, headers=pay.headers(operator)
+    )
+    assert (missing.status_code, missing.json()["error"]) == (404, "deposit_not_found")
+    pending = pay.deposit(alice, 10_00)
+    early = _review(pay, pending, "credit", operator)
+    assert (early.status_code, early.json()["error"]) == (409, "invalid_state")
+    assert pay.deposit_row(own).state is DepositState.needs_review
+    assert pay.available(operator) == 0
+    assert _review(pay, own, "credit", pay.user(Role.admin)).json()["state"] == "succeeded"
+    assert pay.available(operator) == 49_00
+    pay.books_balance()
+
+
 def test_a_failure_then_a_success_credits(pay: Payments) -> None:
     alice = pay.user()
     deposit = pay.deposit(alice, 30_00)

@@ -38,8 +38,10 @@ from bourse.payments.errors import (
     AlreadyApproved,
     CoolingOff,
     DailyLimitExceeded,
+    DepositCurrencyMismatch,
     DepositNotFound,
     InvalidState,
+    ReceivedAmountUnknown,
     ReportNotFound,
     SelfApproval,
     UnknownConnector,
@@ -59,6 +61,7 @@ from bourse.payments.schemas import (
     RejectIn,
     ReportOut,
     ReportsOut,
+    ReviewIn,
     WebhookAck,
     WithdrawalIn,
     WithdrawalOut,
@@ -439,6 +442,40 @@ def admin_list_deposits(
 @payments_admin.get("/deposits/{deposit_id}", summary="A deposit with its audit trail", response_model=DepositOut)
 def admin_get_deposit(deposit_id: uuid.UUID, session: DbSession, _staff: Staff) -> DepositOut:
     return _deposit_out(session, queries.get(session, Deposit, deposit_id), with_audit=True)
+
+
+@raises(DepositNotFound, SelfApproval, InvalidState, ReceivedAmountUnknown, DepositCurrencyMismatch)
+@payments_admin.post(
+    "/deposits/{deposit_id}/credit",
+    summary="Credit a deposit under review with the amount the provider reported as received (its own currency"
+    " only; never your own deposit)",
+    response_model=DepositOut,
+)
+def credit_reviewed_deposit(  # noqa: PLR0917 - FastAPI passes dependencies by name
+    deposit_id: uuid.UUID, body: ReviewIn, request: Request, session: DbSession, operator: Staff, idempotent: Idempotent
+) -> JSONResponse:
+    def produce() -> DepositOut:
+        deposit = deposits.credit_reviewed(
+            session, deposit_id, operator_id=operator.user_id, reason=body.reason, actor=_actor(request, operator)
+        )
+        return _deposit_out(session, deposit, with_audit=True)
+
+    return idempotent.run(body, produce)
+
+
+@raises(DepositNotFound, SelfApproval, InvalidState)
+@payments_admin.post(
+    "/deposits/{deposit_id}/reject",
+    summary="Refuse a deposit under review with a reason: it fails and nothing is credited (never your own deposit)",
+    response_model=DepositOut,
+)
+def reject_reviewed_deposit(
+    deposit_id: uuid.UUID, body: ReviewIn, request: Request, session: DbSession, operator: Staff
+) -> DepositOut:
+    deposit = deposits.reject_reviewed(
+        session, deposit_id, operator_id=operator.user_id, reason=body.reason, actor=_actor(request, operator)
+    )
+    return _deposit_out(session, deposit, with_audit=True)
 
 
 @payments_admin.get(

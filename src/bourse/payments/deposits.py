@@ -23,7 +23,9 @@ from bourse.ledger.models import AccountKind
 from bourse.ledger.posting import Context, Leg, post_entry, post_locked
 from bourse.payments.audit import Actor, record, record_now
 from bourse.payments.connectors import check_amount
+from bourse.payments.errors import DepositCurrencyMismatch, InvalidState, ReceivedAmountUnknown, SelfApproval
 from bourse.payments.models import Deposit, DepositState
+from bourse.payments.queries import locked
 from bourse.psp.connectors.base import Connector
 from bourse.sqltypes import utcnow
 
@@ -158,6 +160,7 @@ def credit(
     actor: Actor,
     idempotency_key: str,
     psp_reference: str | None = None,
+    reason: str | None = None,
 ) -> None:
     """Credit the locked deposit's full amount; first repay any debt the user has in that asset.
 
@@ -190,7 +193,12 @@ def credit(
         legs,
         kind="deposit",
         context=Context(actor=actor.name, idempotency_key=idempotency_key, request_id=actor.request_id),
-        metadata={"deposit_id": str(deposit.id), "connector": deposit.connector, "repaid_debt": repay},
+        metadata={
+            "deposit_id": str(deposit.id),
+            "connector": deposit.connector,
+            "repaid_debt": repay,
+            **({"reason": reason} if reason else {}),
+        },
     )
     now = utcnow()
     session.connection().execute(
@@ -211,7 +219,7 @@ def credit(
         to_state=DepositState.succeeded.value,
         actor=actor.name,
         created_at=now,
-        reason="debt repaid first" if repay else None,
+        reason="; ".join(part for part in (reason, "debt repaid first" if repay else None) if part) or None,
         request_id=actor.request_id,
     )
 
@@ -277,6 +285,75 @@ def needs_review(session: Session, deposit: Deposit, *, amount: int | None, curr
     deposit.received_currency = currency
     why = f"provider reported {amount} {currency}, expected {deposit.amount} {deposit.asset}"
     _transition(session, deposit, DepositState.needs_review, actor, reason=why)
+
+
+def _under_review(session: Session, deposit_id: uuid.UUID, operator_id: uuid.UUID) -> Deposit:
+    """The deposit, locked, if it is under review and not the operator's own (four eyes)."""
+    deposit = locked(session, Deposit, deposit_id)
+    if deposit.user_id == operator_id:
+        raise SelfApproval("Nobody may resolve their own deposit")
+    if deposit.state is not DepositState.needs_review:
+        raise InvalidState(f"The deposit is {deposit.state.value}, not needs_review")
+    return deposit
+
+
+def credit_reviewed(
+    session: Session, deposit_id: uuid.UUID, *, operator_id: uuid.UUID, reason: str, actor: Actor
+) -> Deposit:
+    """An operator credits what the provider reported as received, in the deposit's currency.
+
+    The deposit's ``amount`` becomes that amount (the one asked for stays in the audit
+    trail), so refunds, chargebacks and reconciliation all work on what was credited.
+    Another currency is refused (``deposit_currency_mismatch``): reject the deposit and
+    return the money through the provider. The ledger entry's key is the deposit's
+    own, so it can never be credited twice.
+    """
+    deposit = _under_review(session, deposit_id, operator_id)
+    received = deposit.received_amount
+    if received is None or received <= 0:
+        raise ReceivedAmountUnknown("The provider did not report an amount received; reject the deposit")
+    currency = (deposit.received_currency or "").upper()
+    if currency != deposit.asset:
+        raise DepositCurrencyMismatch(
+            f"The provider reported {deposit.received_currency or 'no currency'}, the deposit is in {deposit.asset};"
+            " reject it and return the money through the provider"
+        )
+    asked = deposit.amount
+    deposit.amount = received
+    session.flush()
+    credit(
+        session,
+        LockedDeposit(
+            id=deposit.id,
+            user_id=deposit.user_id,
+            asset=deposit.asset,
+            amount=received,
+            connector=deposit.connector,
+            state=deposit.state,
+            psp_reference=deposit.psp_reference,
+        ),
+        settled_at=None,
+        actor=actor,
+        idempotency_key=f"deposit:{deposit.id}:review-credit",
+        reason=f"credited {received} received ({asked} asked) after review: {reason}",
+    )
+    session.refresh(deposit)
+    return deposit
+
+
+def reject_reviewed(
+    session: Session, deposit_id: uuid.UUID, *, operator_id: uuid.UUID, reason: str, actor: Actor
+) -> Deposit:
+    """An operator refuses a deposit under review: it fails with the reason, nothing is credited.
+
+    Whatever the provider holds for it is returned through the provider, outside Bourse;
+    reconciliation keeps showing it until then.
+    """
+    deposit = _under_review(session, deposit_id, operator_id)
+    deposit.failure_reason = f"rejected after review: {reason}"[:255]
+    _transition(session, deposit, DepositState.failed, actor, reason=f"rejected after review: {reason}")
+    session.flush()
+    return deposit
 
 
 def fail(session: Session, deposit: Deposit, *, reason: str | None, actor: Actor) -> None:

@@ -54,3 +54,18 @@ class EventNotReady(Exception):
 
     Not an API error: the processing job fails with it and the queue retries later.
     """
+
+
+class DepositCurrencyMismatch(Conflict):
+    """Under review because another currency arrived: Bourse credits no currency but the deposit's own.
+
+    Reject it and return the money through the provider.
+    """
+
+    code = "deposit_currency_mismatch"
+
+
+class ReceivedAmountUnknown(Conflict):
+    """Under review, but the provider named no amount that arrived: there is nothing to credit."""
+
+    code = "received_amount_unknown"

@@ -106,6 +106,12 @@ class RejectIn(_In):
     reason: Reason
 
 
+class ReviewIn(_In):
+    """An operator's decision on a deposit under review: always with a reason, kept in the audit trail."""
+
+    reason: Reason
+
+
 class WebhookAck(BaseModel):
     received: bool
     duplicate: bool
