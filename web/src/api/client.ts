@@ -68,8 +68,3 @@ export async function unwrap<T>(call: Promise<Result<T>>): Promise<T> {
   }
   return data as T;
 }
-
-/** A fresh Idempotency-Key for one money-moving request. */
-export function idempotencyKey(): string {
-  return crypto.randomUUID();
-}

@@ -1,9 +1,10 @@
 import { useQuery } from "@tanstack/react-query";
 import { useCallback, useMemo, useState, type SyntheticEvent } from "react";
 import { Link, useNavigate } from "react-router";
-import { api, idempotencyKey, unwrap } from "../../api/client";
+import { api, unwrap } from "../../api/client";
 import { Alert, Button, Card, Loading, Page, SelectField, TextField } from "../../components/ui";
 import { useAction } from "../../hooks/useAction";
+import { useIdempotencyKey } from "../../hooks/useIdempotencyKey";
 import { messageOf } from "../../lib/errors";
 import { formatTime, humanize } from "../../lib/format";
 import { tryParseDecimal } from "../../lib/money";
@@ -22,17 +23,15 @@ export default function DepositPage() {
   const asset = active.find((a) => a.code === assetCode) ?? active[0];
   const deposits = useQuery({ queryKey: ["deposits"], queryFn: () => unwrap(api.GET("/api/v1/deposits", { params: { query: { limit: 20 } } })) });
 
+  const idempotency = useIdempotencyKey();
   const create = useAction(
     useCallback(async () => {
       if (!asset) return;
-      const deposit = await unwrap(
-        api.POST("/api/v1/deposits", {
-          params: { header: { "idempotency-key": idempotencyKey() } },
-          body: { asset: asset.code, amount: amount.trim(), ...(connector ? { connector } : {}) },
-        }),
-      );
+      const body = { asset: asset.code, amount: amount.trim(), ...(connector ? { connector } : {}) };
+      const deposit = await unwrap(api.POST("/api/v1/deposits", { params: { header: { "idempotency-key": idempotency.keyFor(body) } }, body }));
+      idempotency.done();
       void navigate(`/deposits/${deposit.id}`, { state: { checkout: deposit.checkout_url } });
-    }, [asset, amount, connector, navigate]),
+    }, [asset, amount, connector, navigate, idempotency]),
   );
 
   function onSubmit(event: SyntheticEvent) {

@@ -1,9 +1,10 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useCallback, useMemo, useState, type SyntheticEvent } from "react";
-import { api, idempotencyKey, unwrap, type Schemas } from "../../api/client";
+import { api, unwrap, type Schemas } from "../../api/client";
 import { useAuth } from "../../auth/AuthContext";
 import { Alert, Button, Card, Loading, Page, SelectField, TextField } from "../../components/ui";
 import { useAction } from "../../hooks/useAction";
+import { useIdempotencyKey } from "../../hooks/useIdempotencyKey";
 import { ApiError, messageOf } from "../../lib/errors";
 import { formatTime } from "../../lib/format";
 import { tryParseDecimal } from "../../lib/money";
@@ -60,16 +61,14 @@ export default function WithdrawPage() {
   const available = wallets.data?.wallets.find((w) => w.asset === asset?.code)?.available;
   const needsCode = askCode || user?.totp_enabled === true;
 
+  const idempotency = useIdempotencyKey();
   const create = useAction(
     useCallback(async () => {
       if (!asset) return;
       try {
-        const created = await unwrap(
-          api.POST("/api/v1/withdrawals", {
-            params: { header: { "idempotency-key": idempotencyKey() } },
-            body: { asset: asset.code, amount: amount.trim(), destination: destination.trim(), ...(connector ? { connector } : {}), ...(code ? { totp_code: code } : {}) },
-          }),
-        );
+        const body = { asset: asset.code, amount: amount.trim(), destination: destination.trim(), ...(connector ? { connector } : {}), ...(code ? { totp_code: code } : {}) };
+        const created = await unwrap(api.POST("/api/v1/withdrawals", { params: { header: { "idempotency-key": idempotency.keyFor(body) } }, body }));
+        idempotency.done();
         setDone(`Your withdrawal of ${created.amount} ${created.asset} is ${WITHDRAWAL_STATES[created.state].toLowerCase()}.`);
         setAmount("");
         setCode("");
@@ -80,7 +79,7 @@ export default function WithdrawPage() {
         await client.invalidateQueries({ queryKey: ["withdrawals"] });
         await client.invalidateQueries({ queryKey: ["wallets"] });
       }
-    }, [asset, amount, destination, connector, code, client]),
+    }, [asset, amount, destination, connector, code, client, idempotency]),
   );
 
   function onSubmit(event: SyntheticEvent) {

@@ -100,4 +100,24 @@ describe("order entry", () => {
     expect(screen.getByTestId("estimate-notional")).toHaveTextContent("100.00 USD");
     expect(screen.getByTestId("estimate-fee")).toHaveTextContent("0.20 USD");
   });
+
+  test("a retry after a network failure reuses the Idempotency-Key, so the order is placed once", async () => {
+    let attempts = 0;
+    const calls = mockApi(({ path }) => {
+      if (path !== "/api/v1/orders") return undefined;
+      attempts += 1;
+      if (attempts === 1) throw new TypeError("Failed to fetch");
+      return { status: 201, body: { id: 8, status: "resting", filled_quantity: "0.000", quantity: "3.000", reject_reason: null } };
+    });
+    const user = setup();
+    await user.type(screen.getByLabelText("Price (USD)"), "0.30");
+    await user.type(screen.getByLabelText("Quantity (ETH)"), "3");
+    await user.click(screen.getByRole("button", { name: "Buy ETH" }));
+    expect(await screen.findByRole("alert")).toHaveTextContent(ERROR_MESSAGES.network_error.message);
+    await user.click(screen.getByRole("button", { name: "Buy ETH" }));
+    expect(await screen.findByText(/Order 8: Resting/)).toBeInTheDocument();
+    const keys = calls.filter((c) => c.path === "/api/v1/orders").map((c) => c.headers.get("Idempotency-Key"));
+    expect(keys).toHaveLength(2);
+    expect(keys[0]).toBe(keys[1]);
+  });
 });

@@ -1,8 +1,9 @@
 import { useQueryClient } from "@tanstack/react-query";
 import { useCallback, useMemo, useState, type SyntheticEvent } from "react";
-import { api, idempotencyKey, unwrap, type Schemas } from "../../api/client";
+import { api, unwrap, type Schemas } from "../../api/client";
 import { Alert, Button, SelectField, TextField, cx } from "../../components/ui";
 import { useAction } from "../../hooks/useAction";
+import { useIdempotencyKey } from "../../hooks/useIdempotencyKey";
 import { humanize } from "../../lib/format";
 import { checkOrder, type OrderDraft, type OrderType, type Side, type TimeInForce } from "../../lib/orderEntry";
 
@@ -26,22 +27,20 @@ export function OrderEntry({ instrument, quoteScale }: { instrument: Schemas["In
     setDraft((current) => ({ ...current, ...patch }));
   };
 
+  const idempotency = useIdempotencyKey();
   const place = useAction(
     useCallback(async () => {
       const marketBuy = draft.type === "market" && draft.side === "buy";
-      const order = await unwrap(
-        api.POST("/api/v1/orders", {
-          params: { header: { "idempotency-key": idempotencyKey() } },
-          body: {
-            instrument: instrument.symbol,
-            side: draft.side,
-            type: draft.type,
-            tif: draft.tif.toLowerCase(),
-            ...(draft.type === "limit" ? { price: draft.price.trim() } : {}),
-            ...(marketBuy ? { quote_budget: draft.quoteBudget.trim() } : { quantity: draft.quantity.trim() }),
-          },
-        }),
-      );
+      const body = {
+        instrument: instrument.symbol,
+        side: draft.side,
+        type: draft.type,
+        tif: draft.tif.toLowerCase(),
+        ...(draft.type === "limit" ? { price: draft.price.trim() } : {}),
+        ...(marketBuy ? { quote_budget: draft.quoteBudget.trim() } : { quantity: draft.quantity.trim() }),
+      };
+      const order = await unwrap(api.POST("/api/v1/orders", { params: { header: { "idempotency-key": idempotency.keyFor(body) } }, body }));
+      idempotency.done();
       setResult(`Order ${order.id}: ${humanize(order.status)}${order.reject_reason ? ` (${order.reject_reason})` : ""}. Filled ${order.filled_quantity} of ${order.quantity}.`);
       setTouched(false);
       setDraft((current) => ({ ...current, quantity: "", quoteBudget: "" }));
@@ -50,7 +49,7 @@ export function OrderEntry({ instrument, quoteScale }: { instrument: Schemas["In
         client.invalidateQueries({ queryKey: ["my-trades"] }),
         client.invalidateQueries({ queryKey: ["wallets"] }),
       ]);
-    }, [draft, instrument.symbol, client]),
+    }, [draft, instrument.symbol, client, idempotency]),
   );
 
   function onSubmit(event: SyntheticEvent) {
