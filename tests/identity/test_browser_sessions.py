@@ -163,7 +163,7 @@ def test_cookie_authenticated_operations_refuse_a_missing_csrf_header_or_a_forei
         {**jar, "X-Bourse-CSRF": "0"},
         {**jar, **CSRF, "Origin": "https://evil.example"},
         {**jar, **CSRF, "Origin": "http://testserver:8080"},  # another port is another origin
-        {**jar, **CSRF, "Origin": "https://testserver"},  # and another scheme
+        {**jar, **CSRF, "Origin": "http://testserver.evil.example"},
         {**jar, **CSRF, "Origin": "null"},
     ]
     for headers in refusals:
@@ -188,15 +188,28 @@ def test_a_foreign_origin_cannot_sign_a_browser_in(client: TestClient) -> None:
     assert "set-cookie" not in response.headers
 
 
-def test_the_origin_is_compared_with_the_scheme_a_trusted_proxy_forwarded(client: TestClient) -> None:
-    # Behind TLS termination the server sees https through X-Forwarded-Proto (uvicorn's
-    # proxy_headers); the test client sets the scope's scheme the same way with its base URL.
+def test_the_origin_is_compared_with_the_scheme_where_the_server_knows_it(client: TestClient) -> None:
     email = unique_email()
     register(client, email=email)
     _, cookie = _sign_in(client, email)
+    # Seen as https (TLS here, or X-Forwarded-Proto from a trusted proxy, which uvicorn
+    # applies to the scope as the test client's base URL does): an http page is foreign.
     behind = TestClient(client.app, base_url="https://bourse.example", raise_server_exceptions=False)
-    headers = {**CSRF, "Origin": "https://bourse.example", "Cookie": f"{COOKIE}={cookie}"}
-    assert behind.post(REFRESH, headers=headers).status_code == 200
+    jar = {**CSRF, "Cookie": f"{COOKIE}={cookie}"}
+    refused = behind.post(REFRESH, headers={**jar, "Origin": "http://bourse.example"})
+    assert (refused.status_code, refused.json()["error"]) == (403, "csrf_refused")
+    other_port = behind.post(REFRESH, headers={**jar, "Origin": "https://bourse.example:8443"})
+    assert (other_port.status_code, other_port.json()["error"]) == (403, "csrf_refused")
+    accepted = behind.post(REFRESH, headers={**jar, "Origin": "https://bourse.example"})
+    assert accepted.status_code == 200, accepted.text
+    # Seen as http, the request may have come through a TLS proxy the server does not
+    # trust (a Kubernetes ingress outside BOURSE_FORWARDED_ALLOW_IPS): the https page of
+    # the same host and default port is ours.
+    rotated = _set_cookie(accepted)["value"]
+    through_tls = client.post(
+        REFRESH, headers={**CSRF, "Cookie": f"{COOKIE}={rotated}", "Origin": "https://testserver"}
+    )
+    assert through_tls.status_code == 200, through_tls.text
 
 
 def test_the_schema_documents_the_session_operations(client: TestClient) -> None:

@@ -163,8 +163,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _origin_key(origin: str) -> tuple[str, str, int] | None:
-    """``scheme://host[:port]`` as (scheme, host, port), or None if it is not one."""
+def _split_origin(origin: str) -> tuple[str, str, int | None] | None:
+    """``scheme://host[:port]`` as (scheme, host, port as written), or None if it is not one."""
     try:
         parts = urlsplit(origin)
         port = parts.port
@@ -173,20 +173,36 @@ def _origin_key(origin: str) -> tuple[str, str, int] | None:
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in {"", "/"} or parts.query:
         return None
-    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+    return scheme, parts.hostname.lower(), port
+
+
+def _is_own_origin(origin: str, request: Request) -> bool:
+    """Whether the browser's ``Origin`` is the origin this request was sent to.
+
+    The host and port are the ``Host`` header's (a missing port is the default of the
+    Origin's scheme). The scheme is compared where the server knows it: a request it
+    sees as https (directly, or through ``X-Forwarded-Proto`` from a proxy in
+    BOURSE_FORWARDED_ALLOW_IPS) refuses an http Origin. A request it sees as http may
+    have come through a TLS-terminating proxy it does not trust, so an https Origin
+    for the same host is taken.
+    """
+    theirs = _split_origin(origin)
+    ours = _split_origin(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    if theirs is None or ours is None:
+        return False
+    scheme, host, port = theirs
+    own_scheme, own_host, own_port = ours
+    if host != own_host or (own_scheme == "https" and scheme != "https"):
+        return False
+    return (port or _DEFAULT_PORTS[scheme]) == (own_port or _DEFAULT_PORTS[scheme])
 
 
 def _check_origin(request: Request) -> None:
-    """A browser names the page's origin on every cross-origin POST and DELETE: it must be ours.
-
-    Ours is the request's scheme (``X-Forwarded-Proto`` from a trusted proxy, which the
-    server already applies: BOURSE_FORWARDED_ALLOW_IPS) with its ``Host``.
-    """
+    """A browser names the page's origin on every cross-origin POST and DELETE: it must be ours."""
     origin = request.headers.get("origin")
     if origin is None:
         return  # not a browser, or a same-origin GET-like request: the header is the guard
-    own = _origin_key(f"{request.url.scheme}://{request.headers.get('host', '')}")
-    if own is None or _origin_key(origin) != own:
+    if not _is_own_origin(origin, request):
         raise CsrfRefused("The request comes from another origin")
 
 
