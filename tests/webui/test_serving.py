@@ -124,6 +124,16 @@ def test_the_api_keeps_its_own_answers(ui: TestClient) -> None:
     assert posted.json()["error"] == "not_found"
 
 
+def test_ui_requests_are_counted_under_two_templates_not_as_unmatched(ui: TestClient) -> None:
+    ui.get("/trade/ETH-USD")
+    ui.get("/assets/index-3f9a1c2b.js")
+    ui.get("/assets/index-00000000.js")
+    metrics = ui.get("/metrics").text
+    assert 'bourse_http_requests_total{method="GET",route="/{ui_path}",status="200"}' in metrics
+    assert 'bourse_http_requests_total{method="GET",route="/assets/{file}",status="200"}' in metrics
+    assert 'bourse_http_requests_total{method="GET",route="/assets/{file}",status="404"}' in metrics
+
+
 def test_head_answers_the_headers_without_a_body(ui: TestClient) -> None:
     for path, size in (("/", len(INDEX)), ("/orders", len(INDEX)), ("/assets/index-3f9a1c2b.js", len(SCRIPT))):
         response = ui.head(path)

@@ -79,6 +79,18 @@ NOT_BUILT_PAGE = """<!doctype html>
 """
 
 
+class _Template:
+    """What the access log and the request metrics name a UI answer by (they read
+    ``scope["route"].path``), instead of the ``<unmatched>`` of a path no route matched."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+ASSET_TEMPLATE = _Template(f"{ASSETS_PREFIX}{{file}}")
+PAGE_TEMPLATE = _Template("/{ui_path}")
+
+
 class WebUI:
     """The router's default app: the UI where it applies, else the router's own not-found."""
 
@@ -112,6 +124,7 @@ class WebUI:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        scope["route"] = ASSET_TEMPLATE if path.startswith(ASSETS_PREFIX) else PAGE_TEMPLATE
         if path.startswith(ASSETS_PREFIX):
             asset = self._file(path)
             if asset is None:
