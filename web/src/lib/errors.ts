@@ -22,7 +22,13 @@ type CodeOf<R> = R extends { content: { "application/json": infer J } }
 export type SchemaErrorCode = CodeOf<ResponsesOf<operations[keyof operations]>>;
 
 /** Codes the UI itself uses, or that endpoints not yet in the committed schema answer. */
-export type ClientErrorCode = "network_error" | "unexpected_response" | "csrf_refused" | "user_not_found";
+export type ClientErrorCode =
+  | "network_error"
+  | "unexpected_response"
+  | "csrf_refused"
+  | "user_not_found"
+  | "deposit_currency_mismatch"
+  | "received_amount_unknown";
 
 export type ErrorCode = SchemaErrorCode | ClientErrorCode;
 
@@ -94,6 +100,8 @@ export const ERROR_MESSAGES: Record<ErrorCode, ErrorMessage> = {
   withdrawals_blocked: { message: "Withdrawals are blocked on this account. Contact support." },
   already_approved: { message: "You have already approved this withdrawal; a second operator must approve it." },
   self_approval_forbidden: { message: "You cannot approve your own withdrawal." },
+  deposit_currency_mismatch: { message: "The provider reported the payment in another currency: it cannot be credited as it is." },
+  received_amount_unknown: { message: "The provider did not report the amount received: it cannot be credited." },
   invalid_state: { message: "This cannot be done in its current state. Refresh to see its state." },
   reason_required: { message: "Give a reason.", field: "reason" },
   psp_error: { message: "The payment provider failed. Try again later." },

@@ -1,6 +1,6 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useCallback, useState, type SyntheticEvent } from "react";
-import { api, unwrap, type Schemas } from "../../api/client";
+import { api, postUntyped, unwrap, type Schemas } from "../../api/client";
 import { useAuth } from "../../auth/AuthContext";
 import { Alert, Button, Card, Loading, Page, TextField } from "../../components/ui";
 import { useAction } from "../../hooks/useAction";
@@ -81,6 +81,52 @@ function Withdrawals() {
   );
 }
 
+function DepositReview({ deposit }: { deposit: Schemas["DepositOut"] }) {
+  const { user } = useAuth();
+  const client = useQueryClient();
+  const [reason, setReason] = useState("");
+  const [reasonError, setReasonError] = useState<string | undefined>();
+  const [key] = useState(() => crypto.randomUUID());
+  const decide = useAction(
+    useCallback(
+      async (decision: "credit" | "reject") => {
+        const path = `/api/v1/admin/deposits/${encodeURIComponent(deposit.id)}/${decision}`;
+        await postUntyped<Schemas["DepositOut"]>(path, { reason: reason.trim() }, decision === "credit" ? { "Idempotency-Key": key } : {});
+        await client.invalidateQueries({ queryKey: ["admin", "deposits"] });
+      },
+      [deposit.id, reason, key, client],
+    ),
+  );
+  const own = deposit.user_id === user?.id;
+  function run(decision: "credit" | "reject") {
+    if (reason.trim().length < 3) {
+      setReasonError("Give a reason (at least 3 characters); it is kept in the audit trail.");
+      return;
+    }
+    setReasonError(undefined);
+    void decide.run(decision);
+  }
+  return (
+    <li className="py-3 text-sm">
+      <div className="flex flex-wrap gap-x-4 gap-y-1">
+        <span className="font-mono font-semibold">{deposit.amount} {deposit.asset}</span>
+        <span>received {deposit.received_amount ?? "unknown"} {deposit.received_currency ?? ""}</span>
+        <span>via {deposit.connector}</span>
+        <span className="text-slate-600">user {deposit.user_id}</span>
+        <span className="text-slate-600">{formatTime(deposit.created_at)}</span>
+        {deposit.failure_reason && <span>{deposit.failure_reason}</span>}
+      </div>
+      <div className="mt-2 flex flex-wrap items-end gap-2">
+        <TextField label="Reason" className="min-w-[12rem] flex-1" value={reason} onChange={(e) => setReason(e.target.value)} error={reasonError ?? decide.fieldError("reason")} />
+        <Button busy={decide.busy} disabled={own} onClick={() => run("credit")}>Credit the amount received</Button>
+        <Button variant="danger" busy={decide.busy} disabled={own} onClick={() => run("reject")}>Refuse</Button>
+      </div>
+      {own && <p className="mt-1 text-xs text-slate-600">This is your own deposit: another operator must decide.</p>}
+      {decide.formError(["reason"]) && <div className="mt-2"><Alert>{decide.formError(["reason"])}</Alert></div>}
+    </li>
+  );
+}
+
 function DepositsForReview() {
   const deposits = useQuery({
     queryKey: ["admin", "deposits", "needs_review"],
@@ -90,20 +136,8 @@ function DepositsForReview() {
   return (
     <Card title="Deposits needing review">
       {deposits.isPending ? <Loading /> : deposits.isError ? <Alert>{messageOf(deposits.error)}</Alert> : deposits.data.data.length === 0 ? <p className="text-sm">None to review.</p> : (
-        <ul className="divide-y divide-slate-100 text-sm">
-          {deposits.data.data.map((d) => (
-            <li key={d.id} className="flex flex-wrap gap-x-4 py-2">
-              <span className="font-mono">{d.amount} {d.asset}</span>
-              <span>received {d.received_amount ?? "?"} {d.received_currency ?? ""}</span>
-              <span>via {d.connector}</span>
-              <span className="text-slate-600">user {d.user_id}</span>
-              <span className="text-slate-600">{formatTime(d.created_at)}</span>
-              {d.failure_reason && <span>{d.failure_reason}</span>}
-            </li>
-          ))}
-        </ul>
+        <ul className="divide-y divide-slate-100">{deposits.data.data.map((d) => <DepositReview key={d.id} deposit={d} />)}</ul>
       )}
-      <p className="mt-2 text-xs text-slate-600">Crediting or refusing a deposit needs the operator actions the API is getting in this release; they are not in this build&apos;s API schema yet.</p>
     </Card>
   );
 }
