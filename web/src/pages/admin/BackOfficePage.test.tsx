@@ -29,6 +29,8 @@ function api(credit: () => { status: number; body?: unknown }) {
     if (method === "GET" && path.startsWith("/api/v1/admin/deposits")) return { status: 200, body: { data: [DEPOSIT], next_before: null } };
     if (path === "/api/v1/admin/jobs/stats") return { status: 200, body: { busy_workers: 1, workers: 2, failed: 0, pipeline_heartbeat_at: null, queues: [{ queue: "deposits", ready: 3, delayed: 0, reserved: 1, oldest_job_age_seconds: 12.4 }] } };
     if (path.startsWith("/api/v1/admin/jobs/failed")) return { status: 200, body: [] };
+    if (path === "/api/v1/instruments") return { status: 200, body: [] };
+    if (path.startsWith("/api/v1/admin/reconciliation-reports")) return { status: 200, body: { data: [] } };
     if (method === "POST" && path === "/api/v1/admin/deposits/d1/credit") return credit();
     return undefined;
   });

@@ -6,6 +6,7 @@ import { Alert, Button, Card, Loading, Page, TextField } from "../../components/
 import { useAction } from "../../hooks/useAction";
 import { messageOf } from "../../lib/errors";
 import { formatTime } from "../../lib/format";
+import { InstrumentsAdmin, Reconciliation, TradeBust } from "./MarketsAdmin";
 
 function WithdrawalReview({ withdrawal }: { withdrawal: Schemas["WithdrawalOut"] }) {
   const { user } = useAuth();
@@ -223,6 +224,9 @@ export default function BackOfficePage() {
         <Withdrawals />
         <DepositsForReview />
         <Queues />
+        <Reconciliation />
+        <TradeBust />
+        <InstrumentsAdmin />
       </div>
     </Page>
   );
