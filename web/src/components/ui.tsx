@@ -1,4 +1,4 @@
-import { useId, type ButtonHTMLAttributes, type Ref, type InputHTMLAttributes, type ReactNode, type SelectHTMLAttributes } from "react";
+import { useEffect, useId, type ButtonHTMLAttributes, type Ref, type InputHTMLAttributes, type ReactNode, type SelectHTMLAttributes } from "react";
 
 export function cx(...classes: (string | false | null | undefined)[]): string {
   return classes.filter(Boolean).join(" ");
@@ -131,6 +131,9 @@ export function Loading({ label = "Loading…" }: { label?: string }) {
 }
 
 export function Page({ title, children, wide = false }: { title: string; children: ReactNode; wide?: boolean }) {
+  useEffect(() => {
+    document.title = `${title} · Bourse`;
+  }, [title]);
   return (
     <main id="main" className={cx("mx-auto w-full px-4 py-6", wide ? "max-w-7xl" : "max-w-3xl")}>
       <h1 className="mb-4 text-2xl font-semibold">{title}</h1>
