@@ -6,6 +6,8 @@
 # Base images are build arguments, so a build can substitute them; production
 # builds pin them by digest, e.g. PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The web UI's build stage (Node 20, the version the README asks for).
+ARG NODE_IMAGE=node:20-bookworm-slim
 
 # ---------------------------------------------------------------------------
 # Dependencies: uv installs the locked runtime dependencies (no dev group) into
@@ -58,13 +60,33 @@ RUN stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
         | tar --null -T - -cf - | tar -C /out/stdlib -xf -
 
 # ---------------------------------------------------------------------------
+# The web UI: `npm ci` from the lock file, then `npm run build` (Vite, Tailwind,
+# with the bundle budgets checked) into src/bourse/webui/dist. Only the built
+# files leave this stage: they ship inside Bourse's wheel, so the runtime image
+# needs no Node. Changing a Python file does not rebuild it.
+FROM ${NODE_IMAGE} AS web
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# As PIP_CERT above: for machines whose outbound TLS is re-signed (CI), this stage only.
+ARG NODE_EXTRA_CA_CERTS
+ENV npm_config_update_notifier=false \
+    npm_config_fund=false \
+    npm_config_audit=false
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci
+COPY web ./
+RUN npm run build
+
+# ---------------------------------------------------------------------------
 # Bourse itself, installed from the source tree as a wheel (not editable) on top
-# of the dependencies. Its files are collected apart, so that changing a Python
-# file rebuilds only this stage and the last layer of the image.
+# of the dependencies, with the web UI's built files inside it. Its files are
+# collected apart, so that changing a Python file rebuilds only this stage and the
+# last layer of the image.
 FROM deps AS app
 COPY README.md LICENSE ./
 COPY migrations ./migrations
 COPY src ./src
+COPY --from=web /src/src/bourse/webui/dist ./src/bourse/webui/dist
 RUN uv sync --frozen --no-dev --no-editable --python python3 \
     && site=$(/opt/bourse/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
     && python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash "$site/bourse" \
@@ -72,10 +94,6 @@ RUN uv sync --frozen --no-dev --no-editable --python python3 \
     && mv "$site/bourse" "$site"/bourse-*.dist-info "/out/venv/${site#/opt/bourse/venv/}/" \
     && mv /opt/bourse/venv/bin/bourse /out/venv/bin/
 
-# ---------------------------------------------------------------------------
-# The front-end stage lands with the web UI: a stage from ${NODE_IMAGE} running
-# `npm ci` and `npm run build` in web/, and one `COPY --from=web --chown=1000:1000`
-# of its output into the runtime stage below.
 
 # ---------------------------------------------------------------------------
 # Runtime: the Python base, the virtual environment and byte-code. No compiler,

@@ -13,6 +13,14 @@ STAMP := $(VENV)/.installed-stamp
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
+# The web UI (web/, docs/decisions/0031-ui-stack.md): Node 20+ and npm build it into
+# src/bourse/webui/dist, which `bourse serve` serves at / and the wheel ships. It is
+# rebuilt when missing or older than anything in web/ (node_modules aside).
+WEB_DIST := src/bourse/webui/dist
+WEB_BUILT := $(WEB_DIST)/index.html
+WEB_MODULES := web/node_modules/.package-lock.json
+WEB_SOURCES := $(shell find web \( -path web/node_modules -o -path web/coverage -o -name '*.tsbuildinfo' \) -prune -o -type f -print 2>/dev/null)
+
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bourse needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +36,43 @@ help: ## List the targets
 install: $(STAMP) ## Create .venv and install Bourse with its locked dependencies
 
 .PHONY: up
-up: $(STAMP) ## Run Bourse on this machine: SQLite, embedded processes, http://127.0.0.1:8000
+up: $(STAMP) $(WEB_BUILT) ## Run Bourse on this machine: SQLite, embedded processes, the UI and API at http://127.0.0.1:8000
 	@$(BIN)/bourse up
+
+$(WEB_MODULES): web/package.json web/package-lock.json
+	@command -v npm > /dev/null || { echo "Building the web UI needs Node 20 or newer with npm (https://nodejs.org/)" >&2; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+	  || { echo "Building the web UI needs Node 20 or newer; this is Node $$(node --version)" >&2; exit 1; }
+	@cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WEB_BUILT): $(WEB_MODULES) $(WEB_SOURCES)
+	@cd web && npm run --silent build
+	@touch $@
+
+.PHONY: web
+web: $(WEB_BUILT) ## Build the web UI into src/bourse/webui/dist (only when missing or older than web/)
+
+.PHONY: web-dev
+web-dev: $(WEB_MODULES) ## Serve the web UI with Vite's hot reload on :5173, against `make up` on :8000
+	@cd web && npm run dev
+
+.PHONY: web-api
+web-api: $(STAMP) $(WEB_MODULES) ## Regenerate web/openapi.json (bourse openapi) and the UI's API types from it
+	@$(BIN)/bourse openapi --output web/openapi.json
+	@cd web && npm run --silent gen:api
+
+.PHONY: web-check
+web-check: $(STAMP) $(WEB_MODULES) ## The UI's checks: API types match the served schema, tsc, ESLint, Vitest
+	@fresh=$$(mktemp); trap 'rm -f "$$fresh"' EXIT; \
+	$(BIN)/bourse openapi --output "$$fresh"; \
+	cmp -s "$$fresh" web/openapi.json \
+	  || { echo "web/openapi.json differs from the schema the API serves; run \`make web-api\` and commit both files" >&2; exit 1; }
+	@echo "web/openapi.json matches the served schema"
+	@cd web && npm run --silent check:api
+	@cd web && npm run --silent typecheck && echo "tsc --noEmit: clean"
+	@cd web && npm run --silent lint && echo "eslint: clean"
+	@cd web && npm run --silent test
 
 .PHONY: serve
 serve: $(STAMP) ## Serve only the HTTP API (expects a migrated database)

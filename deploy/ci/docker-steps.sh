@@ -25,7 +25,7 @@ trap 'step_done; deploy/ci/dockerd.sh stop' EXIT
 export DOCKER_HOST=unix:///run/bourse-ci/docker.sock DOCKER=/usr/bin/docker COMPOSE=docker-compose
 # The stand-ins carry this machine's CA bundle; only the build stages are told about it.
 ca=/etc/ssl/certs/ca-certificates.crt
-export DOCKER_BUILD_FLAGS="--network host --progress plain --build-arg PIP_CERT=$ca --build-arg SSL_CERT_FILE=$ca"
+export DOCKER_BUILD_FLAGS="--network host --progress plain --build-arg PIP_CERT=$ca --build-arg SSL_CERT_FILE=$ca --build-arg NODE_EXTRA_CA_CERTS=$ca"
 
 step "Stand-in base images (debootstrap from this machine's Debian mirror, cached in /var/cache/bourse-ci)"
 deploy/ci/standins.sh

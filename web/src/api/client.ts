@@ -68,27 +68,3 @@ export async function unwrap<T>(call: Promise<Result<T>>): Promise<T> {
   }
   return data as T;
 }
-
-/**
- * A call to an endpoint the committed schema does not describe yet (added by the backend
- * in the same release); replace with the typed client once `npm run gen:api` has it.
- */
-export async function postUntyped<T>(path: string, body: unknown, headers: Record<string, string> = {}): Promise<T> {
-  const response = await authFetch(
-    new Request(`${window.location.origin}${path}`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", ...headers },
-      body: JSON.stringify(body),
-    }),
-  );
-  if (!response.ok) {
-    let parsed: unknown = null;
-    try {
-      parsed = await response.json();
-    } catch {
-      // not JSON
-    }
-    throw apiErrorOf(response.status, parsed, response.headers.get("X-Request-ID"));
-  }
-  return (await response.json()) as T;
-}

@@ -106,6 +106,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/deposits/{deposit_id}/credit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Credit a deposit under review with the amount the provider reported as received (its own currency only; never your own deposit) */
+        post: operations["credit_reviewed_deposit_api_v1_admin_deposits__deposit_id__credit_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/deposits/{deposit_id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Refuse a deposit under review with a reason: it fails and nothing is credited (never your own deposit) */
+        post: operations["reject_reviewed_deposit_api_v1_admin_deposits__deposit_id__reject_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/entries/{entry_id}/reversal": {
         parameters: {
             query?: never;
@@ -534,6 +568,53 @@ export interface paths {
          *     an unknown or inactive code (``unknown_referral_code``) creates no user.
          */
         post: operations["register_api_v1_auth_register_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sign in from a browser: the refresh token is set as an HttpOnly cookie, never in the body
+         * @description As ``/login``; the answer carries the access token, and sets the ``bourse_refresh`` cookie.
+         *
+         *     An ``Origin`` naming another site is refused (``csrf_refused``), so a foreign page
+         *     cannot sign a browser into somebody else's account.
+         */
+        post: operations["create_session_api_v1_auth_session_post"];
+        /**
+         * Sign the browser out: revoke its sign-in's refresh tokens and clear the cookie
+         * @description Reads the `bourse_refresh` cookie set by `POST /api/v1/auth/session`. Requires the header `X-Bourse-CSRF: 1`, and an `Origin`, when sent, that is this server's (`csrf_refused`). Answers 204 with or without a cookie.
+         */
+        delete: operations["delete_session_api_v1_auth_session_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/session/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate the browser session's refresh cookie and answer a new access token
+         * @description Reads the `bourse_refresh` cookie set by `POST /api/v1/auth/session`. Requires the header `X-Bourse-CSRF: 1`, and an `Origin`, when sent, that is this server's (`csrf_refused`). A missing, unknown, expired or reused cookie is `invalid_token` and the cookie is cleared; a reused one also revokes every token of its sign-in, as `/refresh` does.
+         */
+        post: operations["refresh_session_api_v1_auth_session_refresh_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2102,11 +2183,34 @@ export interface components {
             reverses_id: string;
         };
         /**
+         * ReviewIn
+         * @description An operator's decision on a deposit under review: always with a reason, kept in the audit trail.
+         */
+        ReviewIn: {
+            /** Reason */
+            reason: string;
+        };
+        /**
          * Role
          * @description What a user may do. Authorisation checks these through ``require_roles``.
          * @enum {string}
          */
         Role: "client" | "ib" | "operator" | "admin";
+        /**
+         * SessionTokenResponse
+         * @description A browser sign-in's answer: the access token only; the refresh token is in the cookie.
+         */
+        SessionTokenResponse: {
+            /** Access Token */
+            access_token: string;
+            /** Expires In */
+            expires_in: number;
+            /**
+             * Token Type
+             * @default bearer
+             */
+            token_type: string;
+        };
         /** StatementLineOut */
         StatementLineOut: {
             /** Amount */
@@ -3097,6 +3201,297 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {unknown} */
                         error?: "control_character" | "validation_error";
+                    };
+                };
+            };
+            /** @description `internal_error` */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "internal_error";
+                    };
+                };
+            };
+            /** @description `database_busy`, `database_unavailable`, `overloaded`, `temporarily_unavailable`, `transient_conflict` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "database_busy" | "database_unavailable" | "overloaded" | "temporarily_unavailable" | "transient_conflict";
+                    };
+                };
+            };
+        };
+    };
+    credit_reviewed_deposit_api_v1_admin_deposits__deposit_id__credit_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A unique key per operation (e.g. a UUID). Retrying with the same key and body replays the first response instead of moving money again. */
+                "idempotency-key"?: string | null;
+            };
+            path: {
+                deposit_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DepositOut"];
+                };
+            };
+            /** @description `idempotency_key_invalid`, `idempotency_key_required` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "idempotency_key_invalid" | "idempotency_key_required";
+                    };
+                };
+            };
+            /** @description `invalid_token` */
+            401: {
+                headers: {
+                    /** @description Bearer, with the error, when the access token is missing or not valid */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "invalid_token";
+                    };
+                };
+            };
+            /** @description `account_locked`, `forbidden`, `self_approval_forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "account_locked" | "forbidden" | "self_approval_forbidden";
+                    };
+                };
+            };
+            /** @description `deposit_not_found`, `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "deposit_not_found" | "not_found";
+                    };
+                };
+            };
+            /** @description `deposit_currency_mismatch`, `idempotency_in_progress`, `invalid_state`, `received_amount_unknown` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "deposit_currency_mismatch" | "idempotency_in_progress" | "invalid_state" | "received_amount_unknown";
+                    };
+                };
+            };
+            /** @description `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `control_character`, `idempotency_key_reused`, `invalid_json`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "control_character" | "idempotency_key_reused" | "invalid_json" | "validation_error";
+                    };
+                };
+            };
+            /** @description `internal_error` */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "internal_error";
+                    };
+                };
+            };
+            /** @description `database_busy`, `database_unavailable`, `overloaded`, `temporarily_unavailable`, `transient_conflict` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "database_busy" | "database_unavailable" | "overloaded" | "temporarily_unavailable" | "transient_conflict";
+                    };
+                };
+            };
+        };
+    };
+    reject_reviewed_deposit_api_v1_admin_deposits__deposit_id__reject_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deposit_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DepositOut"];
+                };
+            };
+            /** @description `invalid_token` */
+            401: {
+                headers: {
+                    /** @description Bearer, with the error, when the access token is missing or not valid */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "invalid_token";
+                    };
+                };
+            };
+            /** @description `account_locked`, `forbidden`, `self_approval_forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "account_locked" | "forbidden" | "self_approval_forbidden";
+                    };
+                };
+            };
+            /** @description `deposit_not_found`, `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "deposit_not_found" | "not_found";
+                    };
+                };
+            };
+            /** @description `invalid_state` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "invalid_state";
+                    };
+                };
+            };
+            /** @description `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `control_character`, `invalid_json`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "control_character" | "invalid_json" | "validation_error";
                     };
                 };
             };
@@ -6237,6 +6632,318 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {unknown} */
                         error?: "control_character" | "invalid_email" | "invalid_json" | "password_contains_email" | "password_too_long" | "password_too_short" | "unknown_referral_code" | "validation_error";
+                    };
+                };
+            };
+            /** @description `internal_error` */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "internal_error";
+                    };
+                };
+            };
+            /** @description `database_busy`, `database_unavailable`, `overloaded`, `temporarily_unavailable`, `transient_conflict` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "database_busy" | "database_unavailable" | "overloaded" | "temporarily_unavailable" | "transient_conflict";
+                    };
+                };
+            };
+        };
+    };
+    create_session_api_v1_auth_session_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LoginRequest"];
+            };
+        };
+        responses: {
+            /** @description Signed in: the access token; the refresh token is in the cookie */
+            200: {
+                headers: {
+                    /** @description `bourse_refresh`: the refresh token; HttpOnly; Secure; SameSite=Strict; Path=/api/v1/auth/session; Max-Age the refresh token's lifetime */
+                    "Set-Cookie": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionTokenResponse"];
+                };
+            };
+            /** @description `invalid_credentials`, `invalid_totp_code`, `totp_required` */
+            401: {
+                headers: {
+                    /** @description Bearer, with the error, when the access token is missing or not valid */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "invalid_credentials" | "invalid_totp_code" | "totp_required";
+                    };
+                };
+            };
+            /** @description `account_locked`, `csrf_refused` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "account_locked" | "csrf_refused";
+                    };
+                };
+            };
+            /** @description `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description `control_character`, `invalid_json`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "control_character" | "invalid_json" | "validation_error";
+                    };
+                };
+            };
+            /** @description `too_many_attempts` */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "too_many_attempts";
+                    };
+                };
+            };
+            /** @description `internal_error` */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "internal_error";
+                    };
+                };
+            };
+            /** @description `database_busy`, `database_unavailable`, `overloaded`, `temporarily_unavailable`, `throttle_unavailable`, `transient_conflict` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "database_busy" | "database_unavailable" | "overloaded" | "temporarily_unavailable" | "throttle_unavailable" | "transient_conflict";
+                    };
+                };
+            };
+        };
+    };
+    delete_session_api_v1_auth_session_delete: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Required, `1`: a cross-site form cannot send a custom header, and a cross-origin script would need a CORS preflight Bourse never grants. */
+                "X-Bourse-CSRF"?: "1";
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `csrf_refused` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "csrf_refused";
+                    };
+                };
+            };
+            /** @description `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `control_character`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "control_character" | "validation_error";
+                    };
+                };
+            };
+            /** @description `internal_error` */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "internal_error";
+                    };
+                };
+            };
+            /** @description `database_busy`, `database_unavailable`, `overloaded`, `temporarily_unavailable`, `transient_conflict` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "database_busy" | "database_unavailable" | "overloaded" | "temporarily_unavailable" | "transient_conflict";
+                    };
+                };
+            };
+        };
+    };
+    refresh_session_api_v1_auth_session_refresh_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Required, `1`: a cross-site form cannot send a custom header, and a cross-origin script would need a CORS preflight Bourse never grants. */
+                "X-Bourse-CSRF"?: "1";
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Signed in: the access token; the refresh token is in the cookie */
+            200: {
+                headers: {
+                    /** @description `bourse_refresh`: the refresh token; HttpOnly; Secure; SameSite=Strict; Path=/api/v1/auth/session; Max-Age the refresh token's lifetime */
+                    "Set-Cookie": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionTokenResponse"];
+                };
+            };
+            /** @description `invalid_token` */
+            401: {
+                headers: {
+                    /** @description Bearer, with the error, when the access token is missing or not valid */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "invalid_token";
+                    };
+                };
+            };
+            /** @description `account_locked`, `csrf_refused` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "account_locked" | "csrf_refused";
+                    };
+                };
+            };
+            /** @description `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description `control_character`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {unknown} */
+                        error?: "control_character" | "validation_error";
                     };
                 };
             };

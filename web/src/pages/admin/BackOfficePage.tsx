@@ -1,6 +1,6 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useCallback, useState, type SyntheticEvent } from "react";
-import { api, postUntyped, unwrap, type Schemas } from "../../api/client";
+import { api, unwrap, type Schemas } from "../../api/client";
 import { useAuth } from "../../auth/AuthContext";
 import { Alert, Button, Card, Loading, Page, TextField } from "../../components/ui";
 import { useAction } from "../../hooks/useAction";
@@ -91,8 +91,13 @@ function DepositReview({ deposit }: { deposit: Schemas["DepositOut"] }) {
   const decide = useAction(
     useCallback(
       async (decision: "credit" | "reject") => {
-        const path = `/api/v1/admin/deposits/${encodeURIComponent(deposit.id)}/${decision}`;
-        await postUntyped<Schemas["DepositOut"]>(path, { reason: reason.trim() }, decision === "credit" ? { "Idempotency-Key": key } : {});
+        const path = { deposit_id: deposit.id };
+        const body = { reason: reason.trim() };
+        if (decision === "credit") {
+          await unwrap(api.POST("/api/v1/admin/deposits/{deposit_id}/credit", { params: { path, header: { "idempotency-key": key } }, body }));
+        } else {
+          await unwrap(api.POST("/api/v1/admin/deposits/{deposit_id}/reject", { params: { path }, body }));
+        }
         await client.invalidateQueries({ queryKey: ["admin", "deposits"] });
       },
       [deposit.id, reason, key, client],
