@@ -42,7 +42,7 @@ function InstrumentStatus({ instrument }: { instrument: Schemas["InstrumentOut"]
       </form>
       {change.formError(REASON) && <div className="mt-2"><Alert>{change.formError(REASON)}</Alert></div>}
       {showBook && (book.isPending ? <Loading /> : book.isError ? <Alert>{messageOf(book.error)}</Alert> : book.data.data.length === 0 ? <p className="mt-2">No resting orders.</p> : (
-        <div className="mt-2 overflow-x-auto">
+        <div className="mt-2 overflow-x-auto" tabIndex={0} role="region" aria-label={`${instrument.symbol} resting orders`}>
           <table className="w-full min-w-[32rem] text-left text-xs">
             <thead><tr className="border-b border-slate-200"><th scope="col">Order</th><th scope="col">Side</th><th scope="col" className="text-right">Price</th><th scope="col" className="text-right">Remaining</th><th scope="col">User</th><th scope="col">Time</th></tr></thead>
             <tbody>

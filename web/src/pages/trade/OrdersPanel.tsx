@@ -29,7 +29,7 @@ function CancelOrder({ order }: { order: Schemas["OrderOut"] }) {
 function OrdersTable({ orders, cancellable }: { orders: Schemas["OrderOut"][]; cancellable: boolean }) {
   if (orders.length === 0) return <p className="py-2 text-sm text-slate-600">None.</p>;
   return (
-    <div className="overflow-x-auto">
+    <div className="overflow-x-auto" tabIndex={0} role="region" aria-label={cancellable ? "Open orders" : "Order history"}>
       <table className="w-full min-w-[36rem] text-left text-sm">
         <thead>
           <tr className="border-b border-slate-200 text-xs text-slate-600">
@@ -126,7 +126,7 @@ export function OrdersPanel({ symbol }: { symbol: string }) {
 function FillsTable({ fills }: { fills: Schemas["TradeOut"][] }) {
   if (fills.length === 0) return <p className="py-2 text-sm text-slate-600">No fills yet.</p>;
   return (
-    <div className="overflow-x-auto">
+    <div className="overflow-x-auto" tabIndex={0} role="region" aria-label="Fills">
       <table className="w-full min-w-[36rem] text-left text-sm">
         <thead>
           <tr className="border-b border-slate-200 text-xs text-slate-600">

@@ -33,7 +33,7 @@ export default function StatementPage() {
       ) : (
         <Card>
           <p className="mb-3">Balance: <span className="font-mono">{first?.balance} {first?.asset}</span></p>
-          <div className="overflow-x-auto">
+          <div className="overflow-x-auto" tabIndex={0} role="region" aria-label="Postings">
             <table className="w-full min-w-[32rem] text-left text-sm">
               <caption className="sr-only">Postings, newest first</caption>
               <thead>
