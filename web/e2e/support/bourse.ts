@@ -1,0 +1,74 @@
+/** Seeding through the real command line and the real API, as the README's walkthroughs do. */
+import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import path from "node:path";
+import { expect } from "@playwright/test";
+import { REPO, bourseEnv } from "./paths";
+
+export const PASSWORD = "correct horse battery staple";
+
+export function baseUrl(): string {
+  const url = process.env.BOURSE_E2E_URL;
+  if (!url) throw new Error("BOURSE_E2E_URL is not set");
+  return url;
+}
+
+/** Run `bourse ARGS` in the server's directory with its settings; its stdout. */
+export function bourse(args: string[], input?: string): string {
+  return execFileSync(path.join(REPO, ".venv", "bin", "bourse"), args, {
+    cwd: process.env.BOURSE_E2E_DIR,
+    env: bourseEnv(),
+    input: input ?? "",
+    encoding: "utf8",
+    timeout: 120_000,
+  });
+}
+
+/** A unique email for this run, so scenarios never collide. */
+export function email(name: string): string {
+  return `${name}-${randomUUID().slice(0, 8)}@example.com`;
+}
+
+/** Create a user with a role on the command line (password on stdin); their id. */
+export function createUser(address: string, role: "client" | "ib" | "operator" | "admin"): string {
+  const out = bourse(["users", "create", "--email", address, "--role", role], `${PASSWORD}\n`);
+  const id = out.trim().split(/\s+/).pop();
+  if (!id) throw new Error(`bourse users create printed nothing: ${out}`);
+  return id;
+}
+
+type Json = Record<string, unknown>;
+
+export async function call(method: string, route: string, token?: string, body?: unknown, idempotent = false): Promise<{ status: number; json: Json }> {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (idempotent) headers["idempotency-key"] = randomUUID();
+  const response = await fetch(`${baseUrl()}${route}`, { method, headers, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+  const text = await response.text();
+  return { status: response.status, json: text ? (JSON.parse(text) as Json) : {} };
+}
+
+export async function ok(method: string, route: string, token?: string, body?: unknown, idempotent = false): Promise<Json> {
+  const { status, json } = await call(method, route, token, body, idempotent);
+  if (status >= 300) throw new Error(`${method} ${route}: ${status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+export async function login(address: string): Promise<string> {
+  const json = await ok("POST", "/api/v1/auth/login", undefined, { email: address, password: PASSWORD });
+  return json.access_token as string;
+}
+
+export async function register(address: string, referralCode?: string): Promise<void> {
+  await ok("POST", "/api/v1/auth/register", undefined, { email: address, password: PASSWORD, ...(referralCode ? { referral_code: referralCode } : {}) });
+}
+
+/** Deposit through the simulator and approve its checkout (as its Approve button does); wait for the credit. */
+export async function fund(token: string, asset: string, amount: string): Promise<void> {
+  const deposit = await ok("POST", "/api/v1/deposits", token, { asset, amount }, true);
+  const approved = await fetch(`${deposit.checkout_url as string}/approve`, { method: "POST" });
+  if (approved.status !== 200) throw new Error(`approving the checkout: ${approved.status}`);
+  await expect
+    .poll(async () => (await ok("GET", `/api/v1/deposits/${deposit.id as string}`, token)).state, { timeout: 60_000, intervals: [250, 500, 1000] })
+    .toBe("succeeded");
+}
