@@ -93,20 +93,20 @@ export function OrderEntry({ instrument, quoteScale }: { instrument: Schemas["In
       ) : (
         <TextField label={`Quantity (${instrument.base_asset})`} inputMode="decimal" autoComplete="off" value={draft.quantity} onChange={(e) => update({ quantity: e.target.value })} error={show("quantity")} hint={`Lot ${instrument.lot_size}; min ${instrument.min_quantity}, max ${instrument.max_quantity}`} />
       )}
-      <dl role="group" className="grid grid-cols-[1fr_auto] gap-x-3 gap-y-1 rounded bg-slate-50 p-2 text-sm" aria-live="polite" aria-label="Estimate">
+      <div role="group" className="rounded bg-slate-50 p-2 text-sm" aria-live="polite" aria-label="Estimate">
         {checked.estimate ? (
-          <>
+          <dl className="grid grid-cols-[1fr_auto] gap-x-3 gap-y-1">
             <dt>Estimated value</dt>
             <dd className="text-right font-mono" data-testid="estimate-notional">{checked.estimate.notional} {checked.estimate.asset}</dd>
             <dt>Estimated fee (at most, {ESTIMATE_FEE_BPS / 100}%)</dt>
             <dd className="text-right font-mono" data-testid="estimate-fee">{checked.estimate.fee} {checked.estimate.asset}</dd>
             <dt className="font-medium">{draft.side === "buy" ? "Total held" : "You receive about"}</dt>
             <dd className="text-right font-mono font-medium" data-testid="estimate-total">{checked.estimate.total} {checked.estimate.asset}</dd>
-          </>
+          </dl>
         ) : (
-          <dt className="col-span-2 text-slate-600">{draft.type === "market" && draft.side === "sell" ? "A market sell fills at the best bids." : "Enter a price and quantity to see the cost."}</dt>
+          <p className="text-slate-600">{draft.type === "market" && draft.side === "sell" ? "A market sell fills at the best bids." : "Enter a price and quantity to see the cost."}</p>
         )}
-      </dl>
+      </div>
       {banner && <Alert>{banner}</Alert>}
       {result && <Alert kind="success">{result}</Alert>}
       {halted && <Alert kind="info">Trading on {instrument.symbol} is halted.</Alert>}
