@@ -1,6 +1,6 @@
 /** Seeding through the real command line and the real API, as the README's walkthroughs do. */
 import { execFileSync } from "node:child_process";
-import { randomUUID } from "node:crypto";
+import { createHmac, randomUUID } from "node:crypto";
 import path from "node:path";
 import { expect } from "@playwright/test";
 import { REPO, bourseEnv } from "./paths";
@@ -59,8 +59,10 @@ export async function login(address: string): Promise<string> {
   return json.access_token as string;
 }
 
-export async function register(address: string, referralCode?: string): Promise<void> {
-  await ok("POST", "/api/v1/auth/register", undefined, { email: address, password: PASSWORD, ...(referralCode ? { referral_code: referralCode } : {}) });
+/** Register a client through the API; its id. */
+export async function register(address: string, referralCode?: string): Promise<string> {
+  const user = await ok("POST", "/api/v1/auth/register", undefined, { email: address, password: PASSWORD, ...(referralCode ? { referral_code: referralCode } : {}) });
+  return user.id as string;
 }
 
 /** Deposit through the simulator and approve its checkout (as its Approve button does); wait for the credit. */
@@ -71,4 +73,39 @@ export async function fund(token: string, asset: string, amount: string): Promis
   await expect
     .poll(async () => (await ok("GET", `/api/v1/deposits/${deposit.id as string}`, token)).state, { timeout: 60_000, intervals: [250, 500, 1000] })
     .toBe("succeeded");
+}
+
+/** The simulator's development secrets (its defaults, which `bourse up` uses). */
+const SIM_API_KEY = "dev-only-psp-sim-api-key";
+const SIM_WEBHOOK_SECRET = "dev-only-psp-sim-webhook-secret";
+
+/**
+ * Start a deposit and have the provider report a different amount paid (`paidMinor`), as a
+ * late or odd delivery would: a `deposit.succeeded` webhook signed as the simulator signs.
+ * Bourse sends the deposit to `needs_review`; waits for that. The deposit's id.
+ */
+export async function depositNeedingReview(token: string, asset: string, amount: string, paidMinor: number): Promise<string> {
+  const deposit = await ok("POST", "/api/v1/deposits", token, { asset, amount }, true);
+  const sim = process.env.BOURSE_E2E_SIM_URL;
+  const simDeposit = (await (await fetch(`${sim}/v1/deposits/${deposit.psp_reference as string}`, { headers: { authorization: `Bearer ${SIM_API_KEY}` } })).json()) as Json;
+  const event = {
+    id: `evt_e2e_${randomUUID().replace(/-/g, "")}`,
+    object: "event",
+    type: "deposit.succeeded",
+    created: Math.floor(Date.now() / 1000),
+    data: { object: { ...simDeposit, status: "succeeded", amount: paidMinor } },
+  };
+  const body = JSON.stringify(event);
+  const t = Math.floor(Date.now() / 1000);
+  const signature = createHmac("sha256", SIM_WEBHOOK_SECRET).update(`${t}.${body}`).digest("hex");
+  const delivered = await fetch(`${baseUrl()}/api/v1/psp/simulator/webhook`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "PSP-Signature": `t=${t},v1=${signature}` },
+    body,
+  });
+  if (delivered.status !== 200) throw new Error(`the webhook was refused: ${delivered.status} ${await delivered.text()}`);
+  await expect
+    .poll(async () => (await ok("GET", `/api/v1/deposits/${deposit.id as string}`, token)).state, { timeout: 60_000, intervals: [250, 500, 1000] })
+    .toBe("needs_review");
+  return deposit.id as string;
 }
