@@ -225,6 +225,8 @@ class E2E:
                 self.withdraw_and_verify()
             with self.step("nginx: X-Request-ID, the body-size limit, the client's address"):
                 self.check_nginx()
+            with self.step("the web UI through nginx: a client route, its hashed assets, the security headers"):
+                self.check_web_ui()
             with self.step("fault: Redis down when a job commits, then killed with jobs queued; none lost"):
                 self.fault_redis_restart()
             with self.step("fault: `docker stop` of the worker during a 20 s job"):
@@ -421,6 +423,25 @@ class E2E:
         check(addresses == [gateway, worker_ip], f"client_ip seen {addresses}, expected [{gateway}, {worker_ip}]")
         self.note(f"through nginx the API sees {gateway} (what nginx saw), not the spoofed {SPOOFED};")
         self.note(f"straight from another container it ignores X-Forwarded-For and sees {worker_ip}")
+
+    def check_web_ui(self) -> None:
+        """The image's UI, built in its front-end stage, answered by the API through nginx."""
+        page = self.http.get("/trade/BTC-EUR", headers={"Accept-Encoding": "gzip"})
+        check(page.status_code == 200, f"GET /trade/BTC-EUR: {page.status_code} {page.text[:200]}")
+        check(page.headers.get("content-type", "").startswith("text/html"), f"a client route: {page.headers}")
+        check(page.headers.get("cache-control") == "no-cache", f"index.html is revalidated: {page.headers}")
+        policy = page.headers.get("content-security-policy", "")
+        check("script-src 'self'" in policy and "frame-ancestors 'none'" in policy, f"CSP: {policy!r}")
+        check(page.headers.get("x-content-type-options") == "nosniff", f"nosniff: {page.headers}")
+        scripts = re.findall(r'<script[^>]+src="(/assets/[^"]+\.js)"', page.text)
+        check(scripts, f"index.html names no hashed script: {page.text[:400]}")
+        asset = self.http.get(scripts[0], headers={"Accept-Encoding": "gzip"})
+        check(asset.status_code == 200, f"GET {scripts[0]}: {asset.status_code}")
+        check("immutable" in asset.headers.get("cache-control", ""), f"{scripts[0]}: {asset.headers}")
+        check(asset.headers.get("content-encoding") == "gzip", f"{scripts[0]} not compressed: {asset.headers}")
+        missing = self.http.get("/assets/not-built-0000.js")
+        check(missing.status_code == 404, f"a missing asset: {missing.status_code}")
+        self.note(f"/trade/BTC-EUR is the UI's index.html with its CSP; {scripts[0]} is gzip, cached for a year")
 
     def now(self) -> str:
         """A timestamp for ``docker logs --since``: the engine runs on this machine's clock."""
