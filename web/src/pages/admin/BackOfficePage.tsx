@@ -195,7 +195,7 @@ function Queues() {
             Workers: {stats.data.busy_workers} busy of {stats.data.workers}. Failed jobs: {stats.data.failed}.
             {stats.data.pipeline_heartbeat_at && ` Last heartbeat ${formatTime(stats.data.pipeline_heartbeat_at)}.`}
           </p>
-          <div className="overflow-x-auto" tabIndex={0} role="region" aria-label="Queues">
+          <div className="overflow-x-auto" tabIndex={0} role="region" aria-label="Queue depths">
             <table className="w-full min-w-[28rem] text-left text-sm">
               <thead><tr className="border-b border-slate-200"><th scope="col" className="py-1">Queue</th><th scope="col" className="text-right">Ready</th><th scope="col" className="text-right">Delayed</th><th scope="col" className="text-right">Running</th><th scope="col" className="text-right">Oldest job</th></tr></thead>
               <tbody>
