@@ -109,3 +109,25 @@ export async function depositNeedingReview(token: string, asset: string, amount:
     .toBe("needs_review");
   return deposit.id as string;
 }
+
+/**
+ * Record a failed job as the worker records one after its last try: a real job
+ * (`identity.prune_expired`, harmless and idempotent, so its retry succeeds), with an
+ * exception carrying `marker` and a traceback. Written straight into the embedded
+ * SQLite database, as the queue's own tests do through the driver.
+ */
+export function recordFailedJob(marker: string): void {
+  const script = `
+import sqlite3, sys, time, uuid
+db = sqlite3.connect(sys.argv[1], timeout=60)
+now = time.time()
+with db:
+    db.execute(
+        "INSERT INTO queue_failed_jobs (uuid, queue, job, payload, attempts, exception, traceback, request_id, created_at, failed_at)"
+        " VALUES (?, 'default', 'identity.prune_expired', '{}', 3, ?, ?, NULL, ?, ?)",
+        (uuid.uuid4().hex, "OperationalError: " + sys.argv[2],
+         'Traceback (most recent call last):\\n  File "bourse/identity/jobs.py", line 21, in prune_expired\\nOperationalError: ' + sys.argv[2], now - 60, now),
+    )
+`;
+  execFileSync(path.join(REPO, ".venv", "bin", "python"), ["-c", script, path.join(process.env.BOURSE_E2E_DIR ?? "", "bourse.db"), marker], { timeout: 120_000 });
+}
