@@ -225,7 +225,7 @@ function Queues() {
 export default function BackOfficePage() {
   return (
     <Page title="Back office" wide>
-      <div className="grid gap-4 lg:grid-cols-2">
+      <div className="grid grid-cols-1 gap-4 lg:grid-cols-2">
         <Withdrawals />
         <DepositsForReview />
         <Queues />

@@ -161,7 +161,7 @@ function Payouts() {
 export default function IbPortalPage() {
   return (
     <Page title="IB portal" wide>
-      <div className="grid gap-4 lg:grid-cols-2">
+      <div className="grid grid-cols-1 gap-4 lg:grid-cols-2">
         <ReferralCodes />
         <Tree />
         <Commissions />

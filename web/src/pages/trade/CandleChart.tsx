@@ -88,9 +88,12 @@ export default function CandleChart({ symbol }: { symbol: string }) {
           </button>
         ))}
       </div>
-      <div ref={container} className="h-64 w-full md:h-80" role="img" aria-label={`${symbol} candles, ${interval}`} />
-      {candles.isError && <p role="alert" className="mt-2 text-sm text-red-700">{messageOf(candles.error)}</p>}
-      {candles.data?.length === 0 && <p className="mt-2 text-sm text-slate-600">No trades in this period yet.</p>}
+      {/* The messages sit over the chart, so what loads after the page never moves it (no layout shift). */}
+      <div className="relative">
+        <div ref={container} className="h-64 w-full md:h-80" role="img" aria-label={`${symbol} candles, ${interval}`} />
+        {candles.isError && <p role="alert" className="absolute inset-x-0 top-2 text-center text-sm text-red-700">{messageOf(candles.error)}</p>}
+        {candles.data?.length === 0 && <p className="absolute inset-x-0 top-2 text-center text-sm text-slate-600">No trades in this period yet.</p>}
+      </div>
     </div>
   );
 }

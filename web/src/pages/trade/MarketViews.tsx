@@ -18,8 +18,9 @@ function Rows({ levels, side }: { levels: Level[]; side: "bid" | "ask" }) {
 }
 
 export function BookView({ book, base, quote }: { book: BookState; base: string; quote: string }) {
+  // Room for the depth shown, so the snapshot arriving does not push the page down.
   return (
-    <div>
+    <div className="min-h-[16rem]">
       {!book.synced && <p role="status" className="mb-1 text-xs text-slate-600">{book.gaps > 0 ? "Resynchronising…" : "Loading the book…"}</p>}
       <table className="w-full text-sm">
         <caption className="sr-only">Order book: asks, then bids</caption>
@@ -44,7 +45,7 @@ export function BookView({ book, base, quote }: { book: BookState; base: string;
 
 export function TradesView({ trades }: { trades: TradesState }) {
   return (
-    <div>
+    <div className="min-h-[12rem]">
       {!trades.synced && <p role="status" className="mb-1 text-xs text-slate-600">Loading trades…</p>}
       <table className="w-full text-sm">
         <caption className="sr-only">Recent trades, newest first</caption>

@@ -45,15 +45,18 @@ export default function TradePage() {
         {streamError && <span role="alert" className="text-red-700">Live data: {streamError.replace(/_/g, " ")}</span>}
         <Link className="ml-auto text-blue-700 underline" to="/trade">All markets</Link>
       </div>
-      <div className="grid gap-4 lg:grid-cols-[18rem_1fr_20rem]">
+      <div className="grid grid-cols-1 gap-4 lg:grid-cols-[18rem_1fr_20rem]">
         <Card title="Order book" className="order-2 lg:order-1">
           <BookView book={book} base={data.base_asset} quote={data.quote_asset} />
         </Card>
         <div className="order-1 flex flex-col gap-4 lg:order-2">
           <Card title="Chart">
-            <Suspense fallback={<Loading label="Loading the chart…" />}>
-              <CandleChart symbol={symbol} />
-            </Suspense>
+            {/* The chart's own height (its interval buttons and the plot) while it loads, so nothing below it moves. */}
+            <div className="min-h-[18rem] md:min-h-[22rem]">
+              <Suspense fallback={<Loading label="Loading the chart…" />}>
+                <CandleChart symbol={symbol} />
+              </Suspense>
+            </div>
           </Card>
           <Card title="Recent trades">
             <TradesView trades={trades} />
