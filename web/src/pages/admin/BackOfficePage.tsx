@@ -178,7 +178,7 @@ function FailedJob({ job }: { job: Schemas["FailedJobOut"] }) {
         </span>
       </div>
       <p className="mt-1 break-all text-red-800">{job.exception}</p>
-      {open && <pre className="mt-2 max-h-72 overflow-auto rounded bg-slate-900 p-2 text-xs text-slate-100">{job.traceback}</pre>}
+      {open && <pre tabIndex={0} role="region" aria-label={`Traceback of ${job.job}`} className="mt-2 max-h-72 overflow-auto rounded bg-slate-900 p-2 text-xs text-slate-100">{job.traceback}</pre>}
       {error !== null && <Alert>{messageOf(error)}</Alert>}
     </li>
   );
