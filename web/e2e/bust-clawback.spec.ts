@@ -67,7 +67,10 @@ test("an operator busts a trade and the IB's commission is clawed back", async (
   await context.close();
 
   // The IB's commission is gone.
-  await page.reload();
+  const nav = page.getByRole("navigation", { name: "Main" });
+  await nav.getByRole("link", { name: "Wallets" }).click();
+  await expect(page.getByRole("heading", { name: "Wallets", level: 1 })).toBeVisible();
+  await nav.getByRole("link", { name: "IB portal" }).click();
   await expect(page.getByRole("heading", { name: "IB portal", level: 1 })).toBeVisible();
   await expect(commissions.getByText("No commissions yet.")).toBeVisible();
 });

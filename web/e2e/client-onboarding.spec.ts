@@ -43,7 +43,7 @@ test("a client registers through an IB's link, enrols 2FA, deposits through the 
   expect(JSON.stringify(referrals)).toContain(client);
 
   // Enrol 2FA: read the secret off the page, confirm with a code computed from it.
-  await page.goto("/security");
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Security" }).click();
   await expect(page.getByRole("heading", { name: "Security", level: 1 })).toBeVisible();
   await page.getByRole("button", { name: "Set up 2FA" }).click();
   const secretBox = page.locator("code");

@@ -39,7 +39,10 @@ test("a failed job is retried from the queue screen", async ({ page }) => {
       return `${again} failed again, ${(queue?.ready ?? 0) + (queue?.reserved ?? 0)} waiting on default`;
     }, { timeout: 60_000 })
     .toBe("0 failed again, 0 waiting on default");
-  await page.reload();
+  const nav = page.getByRole("navigation", { name: "Main" });
+  await nav.getByRole("link", { name: "Wallets" }).click();
+  await expect(page.getByRole("heading", { name: "Wallets", level: 1 })).toBeVisible();
+  await nav.getByRole("link", { name: "Back office" }).click();
   await expect(page.getByRole("heading", { name: "Back office", level: 1 })).toBeVisible();
   await expect(page.getByRole("heading", { name: "Failed jobs" })).toBeVisible();
   await expect(queues.getByRole("status")).toHaveCount(0); // both lists loaded
