@@ -62,6 +62,11 @@ web-api: $(STAMP) $(WEB_MODULES) ## Regenerate web/openapi.json (bourse openapi)
 	@$(BIN)/bourse openapi --output web/openapi.json
 	@cd web && npm run --silent gen:api
 
+.PHONY: web-e2e
+web-e2e: $(STAMP) $(WEB_BUILT) ## The UI end to end: Playwright in Debian's Chromium (CHROMIUM_PATH) against a real `bourse up`, with axe and screenshots
+	@test -x "$${CHROMIUM_PATH:-/usr/bin/chromium}" || { echo "The end-to-end tests drive Debian's Chromium: apt-get install chromium (or set CHROMIUM_PATH)" >&2; exit 1; }
+	@cd web && npm run --silent e2e
+
 .PHONY: web-check
 web-check: $(STAMP) $(WEB_MODULES) ## The UI's checks: API types match the served schema, tsc, ESLint, Vitest
 	@fresh=$$(mktemp); trap 'rm -f "$$fresh"' EXIT; \
@@ -70,7 +75,7 @@ web-check: $(STAMP) $(WEB_MODULES) ## The UI's checks: API types match the serve
 	  || { echo "web/openapi.json differs from the schema the API serves; run \`make web-api\` and commit both files" >&2; exit 1; }
 	@echo "web/openapi.json matches the served schema"
 	@cd web && npm run --silent check:api
-	@cd web && npm run --silent typecheck && echo "tsc --noEmit: clean"
+	@cd web && npm run --silent typecheck && npx tsc --noEmit -p e2e/tsconfig.json && echo "tsc --noEmit (the app and e2e/): clean"
 	@cd web && npm run --silent lint && echo "eslint: clean"
 	@cd web && npm run --silent test
 

@@ -1,6 +1,7 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { createContext, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore, type ReactNode } from "react";
 import { api, setSignedOutHandler, unwrap, type Schemas } from "../api/client";
+import { ApiError } from "../lib/errors";
 import { getAccessToken, refreshSession, signIn as startSession, signOut as endSession, subscribeToken, type Credentials } from "../api/session";
 
 export type User = Schemas["UserOut"];
@@ -22,6 +23,27 @@ export function useAuth(): Auth {
   return auth;
 }
 
+/** Waits before each new try of a refused restore: a busy server is not a signed-out user. */
+export const RESTORE_BACKOFF_MS = [500, 1000, 2000];
+
+/**
+ * The session refresh on load, tried again after a 503: the server refused it before doing
+ * anything (admission control, a busy database), so the cookie is still the current one.
+ * Any other failure is final: after a lost answer the cookie may already be used up, and
+ * trying it again would be taken for a stolen token and end the session.
+ */
+async function restoreSession(): Promise<boolean> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await refreshSession();
+    } catch (error) {
+      const busy = error instanceof ApiError && error.status === 503;
+      if (!busy || attempt >= RESTORE_BACKOFF_MS.length) throw error;
+      await new Promise((resolve) => setTimeout(resolve, RESTORE_BACKOFF_MS[attempt]));
+    }
+  }
+}
+
 export function AuthProvider({ children }: { children: ReactNode }) {
   const client = useQueryClient();
   const token = useSyncExternalStore(subscribeToken, getAccessToken);
@@ -30,7 +52,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
   useEffect(() => {
     let live = true;
     // A reload keeps the session: the cookie gets a new access token.
-    void refreshSession()
+    void restoreSession()
       .catch(() => false)
       .finally(() => {
         if (live) setRestored(true);

@@ -55,6 +55,32 @@ describe("route guards", () => {
     expect(calls.map((c) => c.path)).toEqual(["/api/v1/auth/session/refresh"]);
   });
 
+  test("a reload while the server answers 503 tries the session again and stays signed in", async () => {
+    let refreshes = 0;
+    mockApi(({ path }) => {
+      if (path === "/api/v1/auth/session/refresh") {
+        refreshes += 1;
+        return refreshes === 1 ? error(503, "database_busy") : { status: 200, body: { access_token: "t", token_type: "bearer", expires_in: 900 } };
+      }
+      if (path === "/api/v1/auth/me") return { status: 200, body: user("operator") };
+      if (path.startsWith("/api/v1/admin/withdrawals")) return { status: 200, body: { data: [], next_before: null } };
+      if (path.startsWith("/api/v1/admin/deposits")) return { status: 200, body: { data: [], next_before: null } };
+      if (path === "/api/v1/admin/jobs/stats") return { status: 200, body: { busy_workers: 0, workers: 1, failed: 0, pipeline_heartbeat_at: null, queues: [] } };
+      if (path.startsWith("/api/v1/admin/jobs/failed")) return { status: 200, body: [] };
+      return undefined;
+    });
+    routes("/admin");
+    expect(await screen.findByRole("heading", { name: "Back office" }, { timeout: 5000 })).toBeInTheDocument();
+    expect(refreshes).toBe(2);
+  });
+
+  test("a reload whose session refresh fails otherwise is signed out, without a second try of the cookie", async () => {
+    const calls = mockApi(({ path }) => (path === "/api/v1/auth/session/refresh" ? error(500, "internal_error") : undefined));
+    routes("/wallets");
+    expect(await screen.findByRole("heading", { name: "Sign in" })).toBeInTheDocument();
+    expect(calls.map((c) => c.path)).toEqual(["/api/v1/auth/session/refresh"]);
+  });
+
   test("a 401 on a call refreshes the session once and retries with the new token", async () => {
     let refreshes = 0;
     const calls = mockApi(({ path, headers }) => {

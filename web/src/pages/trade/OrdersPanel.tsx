@@ -136,7 +136,7 @@ function FillsTable({ fills }: { fills: Schemas["TradeOut"][] }) {
             <th scope="col" className="text-right">Quantity</th>
             <th scope="col" className="text-right">Value</th>
             <th scope="col" className="text-right">Fee</th>
-            <th scope="col">Liquidity</th>
+            <th scope="col" className="pl-4">Liquidity</th>
           </tr>
         </thead>
         <tbody>
@@ -148,7 +148,7 @@ function FillsTable({ fills }: { fills: Schemas["TradeOut"][] }) {
               <td className="text-right font-mono">{f.quantity}</td>
               <td className="text-right font-mono">{f.quote_amount}</td>
               <td className="text-right font-mono">{f.fee}</td>
-              <td>{f.liquidity}</td>
+              <td className="pl-4">{f.liquidity}</td>
             </tr>
           ))}
         </tbody>
