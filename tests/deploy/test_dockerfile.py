@@ -21,6 +21,7 @@ def test_it_has_the_stages_the_issue_names() -> None:
     froms = [line.split() for line in DOCKERFILE.splitlines() if line.startswith("FROM ")]
     assert froms == [
         ["FROM", "${PYTHON_IMAGE}", "AS", "deps"],
+        ["FROM", "${NODE_IMAGE}", "AS", "web"],
         ["FROM", "deps", "AS", "app"],
         ["FROM", "${PYTHON_IMAGE}", "AS", "runtime"],
     ]
@@ -30,7 +31,9 @@ def test_the_build_context_is_an_allow_list() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "uv.lock", "README.md", "LICENSE", "migrations/", "src/"}
+    assert allowed == {"pyproject.toml", "uv.lock", "README.md", "LICENSE", "migrations/", "src/", "web/"}
+    # The UI's dependencies and its build are made inside the image, never sent from here.
+    assert {"web/node_modules/", "src/bourse/webui/dist/"} <= set(lines)
 
 
 def runtime_line(line: str) -> str:
